@@ -1,0 +1,7 @@
+//! netmend: a per-node network self-healing agent for Kubernetes nodes.
+//!
+//! The flow: `observe` (kernel, read-only) -> [`model::snapshot::NodeSnapshot`] -> `detect` (pure)
+//! -> findings -> `remediate` (pure policy and guards) -> `act` (the only kernel writes) -> verify.
+
+pub mod model;
+pub mod observe;

@@ -1,0 +1,8 @@
+//! The vocabulary of netmend, pure data shared by every layer: the node snapshot (rulesets,
+//! sockets, addresses, links), findings and fix plans/outcomes. No I/O, no tokio, no processes.
+
+pub mod finding;
+pub mod graph;
+pub mod render;
+pub mod ruleset;
+pub mod snapshot;

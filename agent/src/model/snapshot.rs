@@ -1,0 +1,96 @@
+//! `NodeSnapshot`: everything the checks read about one node (or one network namespace) at one
+//! moment, and the health of each source that fed it. Built by `observe`, read by `detect`.
+
+use crate::model::ruleset::{Backend, Ruleset};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// A TCP socket in LISTEN state in the observed namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListeningSocket {
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+/// An address configured on one of the node's interfaces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LocalAddress {
+    pub address: IpAddr,
+    pub prefix: u8,
+    pub ifindex: u32,
+}
+
+/// Health of one source of the snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceStatus {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chains: Option<usize>,
+    #[serde(rename = "durationMs")]
+    pub duration_ms: u64,
+    /// Why the source is degraded or absent ("map not pinned", "no legacy tables loaded").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl SourceStatus {
+    pub fn ok(duration: Duration) -> SourceStatus {
+        SourceStatus {
+            ok: true,
+            rules: None,
+            chains: None,
+            duration_ms: duration.as_millis() as u64,
+            detail: None,
+        }
+    }
+
+    pub fn failed(duration: Duration, detail: impl Into<String>) -> SourceStatus {
+        SourceStatus {
+            ok: false,
+            rules: None,
+            chains: None,
+            duration_ms: duration.as_millis() as u64,
+            detail: Some(detail.into()),
+        }
+    }
+}
+
+/// Everything one observation pass saw.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeSnapshot {
+    /// nf_tables state (None when the source failed).
+    pub nftables: Option<Ruleset>,
+    /// x_tables state (None when the source failed; empty when no legacy table is loaded).
+    pub legacy: Option<Ruleset>,
+    /// TCP listeners (None when the source failed).
+    pub listeners: Option<Vec<ListeningSocket>>,
+    /// Addresses of the node (None when the source failed).
+    pub addresses: Option<Vec<LocalAddress>>,
+    /// Per-source status keyed by the source names of INTERFACE.md (`nftables`, `iptables-legacy`,
+    /// `sockets`, `addresses`, `links`, `arp`, `bpf`).
+    pub sources: BTreeMap<String, SourceStatus>,
+}
+
+impl NodeSnapshot {
+    pub fn ruleset(&self, backend: Backend) -> Option<&Ruleset> {
+        match backend {
+            Backend::Nft => self.nftables.as_ref(),
+            Backend::Legacy => self.legacy.as_ref(),
+        }
+    }
+
+    /// Whether `ip` is one of the node's own addresses (loopback counts).
+    pub fn is_local_address(&self, ip: IpAddr) -> bool {
+        if ip.is_loopback() {
+            return true;
+        }
+        self.addresses
+            .as_ref()
+            .is_some_and(|addrs| addrs.iter().any(|a| a.address == ip))
+    }
+}

@@ -1,0 +1,5 @@
+//! Read-only probes of the kernel, one file per source. Nothing here changes kernel state. Wire
+//! decoding lives in pure functions beside each probe and is tested on captured bytes.
+
+pub mod netlink;
+pub mod xt;
