@@ -1,1 +1,210 @@
+//! Harness of the privileged end-to-end tests: fresh network namespaces (created with `ip netns
+//! add`, removed on drop), commands run inside them with the real `nft`, `iptables-nft`,
+//! `iptables-legacy`, `arping` and `bpftool`, and the `netmend` binary under test.
+//!
+//! Every test builds and removes its own namespaces and never touches the host's ruleset or links.
+//! Without root the tests fail with a message saying so; they never pass silently.
 
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Fails the test unless it runs as root, saying why.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this end-to-end test needs root (network namespaces, nftables, x_tables): run the suite as root"
+    );
+}
+
+/// Fails the test unless `tool` is on PATH, naming the package that provides it.
+pub fn require_tool(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file()))
+        .unwrap_or(false)
+        || ["/usr/sbin", "/sbin", "/usr/bin"]
+            .iter()
+            .any(|d| std::path::Path::new(d).join(tool).is_file());
+    assert!(
+        found,
+        "this test needs `{tool}`; the README's test command installs it (apt-get install nftables iptables iproute2 arping bpftool)"
+    );
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace that exists for the life of the value.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    /// Creates `nm-<tag>-<pid>-<n>` with loopback up.
+    pub fn new(tag: &str) -> NetNs {
+        require_root();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("nm-{tag}-{}-{n}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("run ip netns add");
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ns = NetNs { name };
+        ns.sh("ip link set lo up").expect("bring lo up");
+        ns
+    }
+
+    /// The path of the namespace file (for `--netns` and setns).
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Runs a shell command inside the namespace (via nsenter, which keeps /sys/fs/bpf visible);
+    /// fails with the command's stderr when it exits non-zero.
+    pub fn sh(&self, script: &str) -> Result<String> {
+        let out = self.sh_output(script)?;
+        if !out.status.success() {
+            bail!(
+                "in {}: `{script}` failed ({}): {}{}",
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs a shell command inside the namespace and returns its raw output whatever the status.
+    pub fn sh_output(&self, script: &str) -> Result<Output> {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.path().display()))
+            .args(["sh", "-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("nsenter into {}", self.name))
+    }
+
+    /// Loads an iptables-restore file with the given binary (`iptables-nft-restore`,
+    /// `iptables-legacy-restore`, ...), without flushing (`--noflush`).
+    pub fn restore(&self, binary: &str, rules: &str) -> Result<()> {
+        let path = temp_file("rules", rules)?;
+        self.sh(&format!("{binary} --noflush < {}", path.display()))?;
+        let _ = std::fs::remove_file(path);
+        Ok(())
+    }
+
+    /// Loads an `nft -f` file.
+    pub fn nft_file(&self, rules: &str) -> Result<()> {
+        let path = temp_file("nft", rules)?;
+        self.sh(&format!("nft -f {}", path.display()))?;
+        let _ = std::fs::remove_file(path);
+        Ok(())
+    }
+
+    /// Runs `netmend ARGS` inside the namespace.
+    pub fn netmend(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.path().display()))
+            .arg(netmend_binary())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run netmend")
+    }
+
+    /// Runs `f` on a thread that joined this namespace and returns its result: for calling
+    /// netmend's library probes directly.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = self.path();
+        std::thread::spawn(move || {
+            enter_netns(&path);
+            f()
+        })
+        .join()
+        .expect("namespace thread panicked")
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+pub fn enter_netns(path: &std::path::Path) {
+    let file = std::fs::File::open(path).expect("open netns file");
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns on a valid namespace descriptor; affects only the calling thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+/// A veth pair `a` (in `left`) <-> `b` (in `right`), both up.
+pub fn veth_pair(left: &NetNs, a: &str, right: &NetNs, b: &str) -> Result<()> {
+    left.sh(&format!(
+        "ip link add {a} type veth peer name {b} netns {} && ip link set {a} up",
+        right.name
+    ))?;
+    right.sh(&format!("ip link set {b} up"))?;
+    Ok(())
+}
+
+fn temp_file(tag: &str, contents: &str) -> Result<PathBuf> {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let path = std::env::temp_dir().join(format!("netmend-{tag}-{}-{n}", std::process::id()));
+    std::fs::write(&path, contents).with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
+}
+
+/// The `netmend` binary of this workspace: `NETMEND_BIN` if set, else next to the test executable
+/// (`target/<profile>/netmend`).
+pub fn netmend_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("NETMEND_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join("netmend");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (cargo build -p netmend)",
+        bin.display()
+    );
+    bin
+}
+
+/// The shared bench directory (`../shared/bench` from the repository root).
+pub fn shared_bench_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/bench")
+        .canonicalize()
+        .expect("../shared/bench beside the repository")
+}
+
+/// Output of the kube-proxy ruleset generator for `services` services with `endpoints` each.
+pub fn kube_proxy_ruleset(services: usize, endpoints: usize) -> String {
+    let script = shared_bench_dir().join("gen_kube_proxy_ruleset.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(services.to_string())
+        .arg(endpoints.to_string())
+        .output()
+        .expect("run gen_kube_proxy_ruleset.py");
+    assert!(out.status.success(), "generator failed");
+    String::from_utf8(out.stdout).expect("utf-8 rules")
+}
