@@ -3,5 +3,7 @@
 //! The flow: `observe` (kernel, read-only) -> [`model::snapshot::NodeSnapshot`] -> `detect` (pure)
 //! -> findings -> `remediate` (pure policy and guards) -> `act` (the only kernel writes) -> verify.
 
+pub mod config;
+pub mod detect;
 pub mod model;
 pub mod observe;

@@ -1,0 +1,217 @@
+//! The jump graph of one table: which rule continues into which chain (directly, or through the
+//! verdicts of a verdict map), who references a chain, and which chains base-chain hooks reach.
+//! Pure; built on demand from a [`Table`].
+
+use crate::model::ruleset::{Action, BaseChain, Chain, HookPoint, Rule, SetElement, Table};
+use std::collections::HashMap;
+
+/// A continuation of a rule into a chain.
+#[derive(Debug, Clone, Copy)]
+pub struct Edge<'a> {
+    pub target: usize,
+    /// The verdict-map element that selects this target, when the rule is a `vmap` lookup.
+    pub element: Option<&'a SetElement>,
+}
+
+/// Index over one table's chains.
+#[derive(Debug)]
+pub struct TableGraph<'a> {
+    pub table: &'a Table,
+    index: HashMap<&'a str, usize>,
+    /// For each chain, the (chain, rule) positions that jump or go to it.
+    referrers: Vec<Vec<(usize, usize)>>,
+}
+
+impl<'a> TableGraph<'a> {
+    pub fn new(table: &'a Table) -> TableGraph<'a> {
+        let index: HashMap<&str, usize> = table
+            .chains
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.as_str(), i))
+            .collect();
+        let mut graph = TableGraph {
+            table,
+            index,
+            referrers: vec![Vec::new(); table.chains.len()],
+        };
+        for (ci, chain) in table.chains.iter().enumerate() {
+            for (ri, rule) in chain.rules.iter().enumerate() {
+                let mut targets: Vec<usize> = graph.edges(rule).map(|e| e.target).collect();
+                targets.sort_unstable();
+                targets.dedup();
+                for t in targets {
+                    graph.referrers[t].push((ci, ri));
+                }
+            }
+        }
+        graph
+    }
+
+    pub fn chain_index(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    pub fn chain(&self, index: usize) -> &'a Chain {
+        &self.table.chains[index]
+    }
+
+    /// Rules (as chain and rule positions) that continue into chain `index`.
+    pub fn referrers(&self, index: usize) -> &[(usize, usize)] {
+        &self.referrers[index]
+    }
+
+    /// The chains a rule may continue into.
+    pub fn edges(&self, rule: &'a Rule) -> impl Iterator<Item = Edge<'a>> + '_ {
+        let direct = match &rule.action {
+            Action::Verdict { verdict } => verdict
+                .target_chain()
+                .and_then(|c| self.chain_index(c))
+                .map(|target| Edge {
+                    target,
+                    element: None,
+                }),
+            _ => None,
+        };
+        let mapped = match &rule.action {
+            Action::VerdictMap { set, .. } => self.table.sets.get(set),
+            _ => None,
+        };
+        let mapped_edges = mapped
+            .into_iter()
+            .flat_map(|set| set.elements.iter())
+            .filter_map(move |element| {
+                let target = element.verdict.as_ref()?.target_chain()?;
+                Some(Edge {
+                    target: self.chain_index(target)?,
+                    element: Some(element),
+                })
+            });
+        direct.into_iter().chain(mapped_edges)
+    }
+
+    /// Base chains attached to one of `hooks` whose type is `chain_type` (e.g. "nat").
+    pub fn base_chains(
+        &self,
+        hooks: &[HookPoint],
+        chain_type: &str,
+    ) -> Vec<(usize, &'a BaseChain)> {
+        self.table
+            .chains
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.base.as_ref().map(|b| (i, b)))
+            .filter(|(_, b)| hooks.contains(&b.hook) && b.chain_type == chain_type)
+            .collect()
+    }
+
+    /// Whether chain `index` is reachable from any base chain.
+    pub fn reachable_from_any_hook(&self) -> Vec<bool> {
+        let mut seen = vec![false; self.table.chains.len()];
+        let mut stack: Vec<usize> = self
+            .table
+            .chains
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.base.is_some())
+            .map(|(i, _)| i)
+            .collect();
+        while let Some(i) = stack.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            for rule in &self.table.chains[i].rules {
+                stack.extend(self.edges(rule).map(|e| e.target));
+            }
+        }
+        seen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ruleset::{Backend, Family, KeyValue, Set, SetDataType, TableId, Verdict};
+    use std::collections::BTreeMap;
+
+    fn rule(action: Action) -> Rule {
+        Rule {
+            handle: 1,
+            matches: vec![],
+            action,
+            comment: None,
+            counters: None,
+        }
+    }
+
+    fn chain(name: &str, rules: Vec<Rule>, base: Option<HookPoint>) -> Chain {
+        Chain {
+            name: name.into(),
+            handle: 0,
+            base: base.map(|hook| BaseChain {
+                hook,
+                priority: -100,
+                chain_type: "nat".into(),
+                policy: Verdict::Accept,
+            }),
+            rules,
+        }
+    }
+
+    #[test]
+    fn referrers_and_reachability_follow_jumps_and_verdict_maps() {
+        let mut sets = BTreeMap::new();
+        sets.insert(
+            "svc".to_string(),
+            Set {
+                name: "svc".into(),
+                anonymous: false,
+                key_types: vec![SetDataType::InetProto, SetDataType::InetService],
+                is_verdict_map: true,
+                interval: false,
+                elements: vec![SetElement {
+                    key: vec![KeyValue::Proto(6), KeyValue::Port(6443)],
+                    key_end: None,
+                    verdict: Some(Verdict::Goto("ext".into())),
+                }],
+            },
+        );
+        let table = Table {
+            id: TableId {
+                backend: Backend::Nft,
+                family: Family::Ip,
+                name: "t".into(),
+            },
+            handle: 1,
+            chains: vec![
+                chain(
+                    "pre",
+                    vec![
+                        rule(Action::Verdict {
+                            verdict: Verdict::Jump("mid".into()),
+                        }),
+                        rule(Action::VerdictMap {
+                            set: "svc".into(),
+                            key: vec![],
+                        }),
+                    ],
+                    Some(HookPoint::Prerouting),
+                ),
+                chain("mid", vec![], None),
+                chain("ext", vec![], None),
+                chain("orphan", vec![], None),
+            ],
+            sets,
+        };
+        let graph = TableGraph::new(&table);
+        assert_eq!(graph.referrers(1), &[(0, 0)]);
+        assert_eq!(graph.referrers(2), &[(0, 1)]);
+        assert!(graph.referrers(3).is_empty());
+        assert_eq!(
+            graph.reachable_from_any_hook(),
+            vec![true, true, true, false]
+        );
+        assert_eq!(graph.base_chains(&[HookPoint::Prerouting], "nat").len(), 1);
+        assert!(graph.base_chains(&[HookPoint::Output], "nat").is_empty());
+    }
+}
