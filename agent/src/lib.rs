@@ -7,3 +7,4 @@ pub mod config;
 pub mod detect;
 pub mod model;
 pub mod observe;
+pub mod remediate;

@@ -1,0 +1,8 @@
+//! Pure remediation policy: which findings persist (the tracker), and whether a fix may act on a
+//! finding now (the guards of CHECKS.md), each decision with a typed reason that doubles as a
+//! metric label. No I/O: the journal's history arrives as a [`history::FixHistory`] value and time
+//! as an argument, so every rule here is tested with plain values.
+
+pub mod guard;
+pub mod history;
+pub mod tracker;
