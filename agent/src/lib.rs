@@ -8,3 +8,4 @@ pub mod detect;
 pub mod model;
 pub mod observe;
 pub mod remediate;
+pub mod journal;
