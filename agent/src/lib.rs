@@ -9,3 +9,5 @@ pub mod model;
 pub mod observe;
 pub mod remediate;
 pub mod journal;
+pub mod report;
+pub mod runtime;

@@ -1,0 +1,131 @@
+//! A recording fake of the node for engine tests: a probe that returns the current in-memory
+//! snapshot and an actuator that applies fix actions to it (or fails as scripted), recording every
+//! call. Test-only.
+
+use crate::model::finding::FixAction;
+use crate::model::snapshot::NodeSnapshot;
+use crate::runtime::{ActError, ActReport, Actuator, NodeProbe, ProbeFatal};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// Shared state of the fake node.
+#[derive(Debug, Default)]
+pub struct FakeState {
+    pub snapshot: NodeSnapshot,
+    pub snapshots_taken: usize,
+    pub applied: Vec<(FixAction, Option<u32>)>,
+    /// Error the next apply returns instead of acting.
+    pub fail_next: Option<ActError>,
+    /// Applied actions do not change the snapshot (the fault "comes back" at once).
+    pub ineffective: bool,
+    /// Called on each snapshot, to change the node between reads (a racing writer).
+    pub on_snapshot: Option<fn(&mut NodeSnapshot, usize)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FakeNode(pub Rc<RefCell<FakeState>>);
+
+impl FakeNode {
+    pub fn new(snapshot: NodeSnapshot) -> FakeNode {
+        FakeNode(Rc::new(RefCell::new(FakeState {
+            snapshot,
+            ..FakeState::default()
+        })))
+    }
+}
+
+impl NodeProbe for FakeNode {
+    fn snapshot(&mut self) -> Result<NodeSnapshot, ProbeFatal> {
+        let mut state = self.0.borrow_mut();
+        state.snapshots_taken += 1;
+        let n = state.snapshots_taken;
+        if let Some(hook) = state.on_snapshot {
+            hook(&mut state.snapshot, n);
+        }
+        Ok(state.snapshot.clone())
+    }
+}
+
+impl Actuator for FakeNode {
+    fn apply(
+        &mut self,
+        action: &FixAction,
+        nft_generation: Option<u32>,
+    ) -> Result<ActReport, ActError> {
+        let mut state = self.0.borrow_mut();
+        state.applied.push((action.clone(), nft_generation));
+        if let Some(error) = state.fail_next.take() {
+            return Err(error);
+        }
+        if state.ineffective {
+            return Ok(ActReport {
+                detail: "did it".into(),
+                was_promisc_before: None,
+            });
+        }
+        match action {
+            FixAction::FlushChain {
+                table,
+                chain,
+                delete_chain,
+                ..
+            } => {
+                let ruleset = match table.backend {
+                    crate::model::ruleset::Backend::Nft => state.snapshot.nftables.as_mut(),
+                    crate::model::ruleset::Backend::Legacy => state.snapshot.legacy.as_mut(),
+                }
+                .expect("ruleset present");
+                for t in ruleset
+                    .tables
+                    .iter_mut()
+                    .filter(|t| t.id.name == table.table)
+                {
+                    if *delete_chain {
+                        t.chains.retain(|c| c.name != *chain);
+                    } else if let Some(c) = t.chains.iter_mut().find(|c| c.name == *chain) {
+                        c.rules.clear();
+                    }
+                }
+                if let Some(g) = ruleset.generation.as_mut() {
+                    *g += 1;
+                }
+                Ok(ActReport {
+                    detail: format!("flushed {chain}"),
+                    was_promisc_before: None,
+                })
+            }
+            FixAction::RemoveRules {
+                table,
+                rules,
+                delete_chains,
+                ..
+            } => {
+                let ruleset = match table.backend {
+                    crate::model::ruleset::Backend::Nft => state.snapshot.nftables.as_mut(),
+                    crate::model::ruleset::Backend::Legacy => state.snapshot.legacy.as_mut(),
+                }
+                .expect("ruleset present");
+                for t in ruleset
+                    .tables
+                    .iter_mut()
+                    .filter(|t| t.id.name == table.table)
+                {
+                    for r in rules {
+                        if let Some(c) = t.chains.iter_mut().find(|c| c.name == r.chain) {
+                            c.rules.retain(|x| x.handle != r.handle);
+                        }
+                    }
+                    t.chains.retain(|c| !delete_chains.contains(&c.name));
+                }
+                Ok(ActReport {
+                    detail: format!("removed {} rules", rules.len()),
+                    was_promisc_before: None,
+                })
+            }
+            FixAction::SetPromisc { .. } => Ok(ActReport {
+                detail: "set promisc".into(),
+                was_promisc_before: Some(false),
+            }),
+        }
+    }
+}

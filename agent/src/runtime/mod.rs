@@ -1,0 +1,58 @@
+//! Running the pipeline: the narrow traits behind which every kernel effect sits ([`NodeProbe`]
+//! reads, [`Actuator`] writes), the pass shared by `netmend check` and `netmend run` (detect ->
+//! track -> guard -> re-check -> act -> verify -> journal), and the one-shot driver.
+//!
+//! The kernel implementations of the traits live in `observe` and `act`; tests drive the same code
+//! with recording fakes.
+
+pub mod oneshot;
+pub mod pass;
+
+use crate::model::finding::FixAction;
+use crate::model::snapshot::NodeSnapshot;
+
+/// A failure that makes observation impossible rather than degraded: a missing privilege or
+/// kernel feature. `netmend check` exits 2 with this one-line message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ProbeFatal(pub String);
+
+/// Reads the node. Each call returns a fresh snapshot of every source.
+pub trait NodeProbe {
+    fn snapshot(&mut self) -> Result<NodeSnapshot, ProbeFatal>;
+}
+
+/// Why an action did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActError {
+    /// The kernel refused because the ruleset changed since it was read (nftables generation).
+    #[error("the ruleset changed since it was read: {0}")]
+    StateMoved(String),
+    /// The action cannot run on this node (e.g. no iptables-legacy binary for a legacy table).
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What an applied action changed, for the journal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActReport {
+    pub detail: String,
+    /// For set-promisc: whether the flag was already set before.
+    pub was_promisc_before: Option<bool>,
+}
+
+/// Changes the node. Every action is applied whole or not at all.
+pub trait Actuator {
+    /// Applies `action`; `nft_generation` is the nftables generation the decision was made on, so
+    /// the kernel can refuse a batch built on a stale view.
+    fn apply(
+        &mut self,
+        action: &FixAction,
+        nft_generation: Option<u32>,
+    ) -> Result<ActReport, ActError>;
+}
+
+#[cfg(test)]
+pub(crate) mod fake;

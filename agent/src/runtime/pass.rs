@@ -1,0 +1,204 @@
+//! One evaluation pass and the execution of a fix decision, shared by `netmend check` and
+//! `netmend run`: detect on a snapshot, then for a decision to apply: re-check the precondition on
+//! a fresh snapshot, act through the [`Actuator`], verify on another snapshot, and say what to
+//! journal. Everything kernel-facing goes through the traits.
+
+use crate::config::Config;
+use crate::detect;
+use crate::journal::JournalEntry;
+use crate::model::finding::{FixAction, FixId, FixReport, Outcome};
+use crate::model::ruleset::Backend;
+use crate::model::snapshot::NodeSnapshot;
+use crate::remediate::guard::Decision;
+use crate::remediate::tracker::TrackedFinding;
+use crate::runtime::{ActError, Actuator, NodeProbe};
+use std::time::SystemTime;
+
+/// Every enabled check on one snapshot.
+pub fn evaluate(snapshot: &NodeSnapshot, config: &Config) -> Vec<crate::model::finding::Finding> {
+    detect::run_ruleset_checks(snapshot, config)
+}
+
+/// The result of executing one decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Execution {
+    /// The outcomes in order (e.g. applied then verified), each counted once in metrics.
+    pub outcomes: Vec<Outcome>,
+    pub report: FixReport,
+    /// Lines for the journal.
+    pub journal: Vec<JournalEntry>,
+}
+
+impl Execution {
+    fn skipped(fix: FixId, outcome: Outcome, detail: String) -> Execution {
+        Execution {
+            outcomes: vec![outcome],
+            report: FixReport {
+                name: fix,
+                state: outcome.state(),
+                detail,
+            },
+            journal: Vec::new(),
+        }
+    }
+
+    pub fn final_outcome(&self) -> Outcome {
+        *self.outcomes.last().expect("an execution has an outcome")
+    }
+}
+
+fn nft_generation(action: &FixAction, snapshot: &NodeSnapshot) -> Option<u32> {
+    match action {
+        FixAction::FlushChain { table, .. } | FixAction::RemoveRules { table, .. }
+            if table.backend == Backend::Nft =>
+        {
+            snapshot.nftables.as_ref().and_then(|r| r.generation)
+        }
+        _ => None,
+    }
+}
+
+/// Carries out `decision` for `tracked`. Skips come back as they are; an apply re-checks,
+/// acts and verifies.
+pub fn execute(
+    decision: Decision,
+    tracked: &TrackedFinding,
+    config: &Config,
+    probe: &mut dyn NodeProbe,
+    actuator: &mut dyn Actuator,
+    now: impl Fn() -> SystemTime,
+) -> Execution {
+    let (fix, action) = match decision {
+        Decision::Skip {
+            fix,
+            outcome,
+            detail,
+        } => return Execution::skipped(fix, outcome, detail),
+        Decision::Apply { fix, action } => (fix, action),
+    };
+    let finding = &tracked.finding;
+    let key = finding.key();
+    let entry = |outcome: Outcome, detail: &str| {
+        JournalEntry::new(
+            now(),
+            Some(finding.check),
+            fix,
+            &finding.subject,
+            &key,
+            outcome,
+            detail,
+        )
+    };
+
+    // Guard 3: the precondition, re-checked on fresh state right before acting.
+    let fresh = match probe.snapshot() {
+        Ok(s) => s,
+        Err(e) => {
+            let detail = format!("could not re-read the node before acting: {e}; nothing done");
+            return Execution {
+                outcomes: vec![Outcome::Failed],
+                journal: vec![entry(Outcome::Failed, &detail)],
+                report: FixReport {
+                    name: fix,
+                    state: Outcome::Failed.state(),
+                    detail,
+                },
+            };
+        }
+    };
+    let still_same = evaluate(&fresh, config).into_iter().any(|f| {
+        f.key() == key
+            && f.proposal
+                .as_ref()
+                .and_then(|p| p.action.as_ref())
+                .is_some_and(|a| *a == action)
+    });
+    if !still_same {
+        let detail =
+            "the state changed since it was read (gone or different); nothing done".to_string();
+        return Execution {
+            outcomes: vec![Outcome::SkippedPreconditionMoved],
+            journal: vec![entry(Outcome::SkippedPreconditionMoved, &detail)],
+            report: FixReport {
+                name: fix,
+                state: Outcome::SkippedPreconditionMoved.state(),
+                detail,
+            },
+        };
+    }
+
+    let generation = nft_generation(&action, &fresh);
+    let applied = match actuator.apply(&action, generation) {
+        Ok(report) => report,
+        Err(error) => {
+            let (outcome, detail) = match &error {
+                ActError::StateMoved(_) => (
+                    Outcome::SkippedPreconditionMoved,
+                    format!("{error}; nothing done"),
+                ),
+                ActError::Unavailable(_) => (Outcome::Blocked, format!("blocked: {error}")),
+                ActError::Failed(_) => {
+                    (Outcome::Failed, format!("failed: {error}; nothing changed"))
+                }
+            };
+            return Execution {
+                outcomes: vec![outcome],
+                journal: vec![entry(outcome, &detail)],
+                report: FixReport {
+                    name: fix,
+                    state: outcome.state(),
+                    detail,
+                },
+            };
+        }
+    };
+    let mut applied_entry = entry(Outcome::Applied, &applied.detail);
+    if let FixAction::SetPromisc { interface, .. } = &action {
+        applied_entry.interface = Some(interface.clone());
+        applied_entry.was_promisc_before = applied.was_promisc_before;
+        // Verification needs ARP traffic over `verifyWithin`: the agent does it later.
+        return Execution {
+            outcomes: vec![Outcome::Applied],
+            journal: vec![applied_entry],
+            report: FixReport {
+                name: fix,
+                state: Outcome::Applied.state(),
+                detail: format!(
+                    "{}; verifying within {}",
+                    applied.detail,
+                    humantime::format_duration(config.fixes.set_promisc.verify_within)
+                ),
+            },
+        };
+    }
+
+    // Guard 5: verify on fresh state.
+    let (outcome, detail) = match probe.snapshot() {
+        Ok(after) => {
+            if evaluate(&after, config).iter().any(|f| f.key() == key) {
+                (
+                    Outcome::Ineffective,
+                    format!("{}; the finding is still there afterwards", applied.detail),
+                )
+            } else {
+                (
+                    Outcome::Verified,
+                    format!("{}; verified gone", applied.detail),
+                )
+            }
+        }
+        Err(e) => (
+            Outcome::Ineffective,
+            format!("{}; could not verify: {e}", applied.detail),
+        ),
+    };
+    Execution {
+        outcomes: vec![Outcome::Applied, outcome],
+        journal: vec![applied_entry, entry(outcome, &detail)],
+        report: FixReport {
+            name: fix,
+            state: outcome.state(),
+            detail,
+        },
+    }
+}
