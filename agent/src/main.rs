@@ -1,1 +1,246 @@
-fn main() {}
+//! Composition root of the `netmend` binary: command line -> configuration -> logging -> one of
+//! the commands. No logic of its own beyond wiring and exit codes (0 no findings, 1 findings,
+//! 2 error with a one-line message on stderr).
+
+use anyhow::{anyhow, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use netmend::config::Config;
+use netmend::journal::Journal;
+use netmend::model::finding::{CheckId, FixId};
+use netmend::runtime::oneshot::{run_check, CheckOptions};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "netmend",
+    version,
+    about = "Per-node network self-healing for Kubernetes: detects and mends broken nftables/iptables, ARP and promiscuous state"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Observe this node for a window, evaluate every enabled check once and print the findings.
+    Check {
+        /// Configuration file (YAML); built-in defaults (dry-run) without it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Network namespace to inspect: a name under /run/netns or a path such as /proc/PID/ns/net.
+        #[arg(long)]
+        netns: Option<String>,
+        /// How long to observe (e.g. 5s, 500ms, 0s for instantaneous checks only).
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        window: Duration,
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+        /// Run the fixes through the guards (in mode dry-run this still changes nothing).
+        #[arg(long)]
+        apply: bool,
+        /// Where the journal lives (used with --apply, so cooldowns and breakers hold).
+        #[arg(long, default_value = "/var/lib/netmend")]
+        state_dir: PathBuf,
+    },
+    /// The catalog: every check and fix with a one-line description.
+    Checks,
+    /// Validate a configuration file: exit 0 when valid, 2 with the key path and reason when not.
+    ValidateConfig {
+        /// The YAML file to validate.
+        file: PathBuf,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration ({e}); write e.g. 5s, 500ms or 0s"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::Check { .. }));
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            // One line: the chain of causes joined.
+            let message = error
+                .chain()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(": ");
+            eprintln!("netmend: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if quiet { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("NETMEND_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Checks => {
+            print!("{}", catalog());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ValidateConfig { file } => {
+            let config = load_config(Some(&file))?;
+            println!(
+                "{}: valid (mode {}, fixes enabled: {})",
+                file.display(),
+                config.mode,
+                enabled_fixes(&config)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check {
+            config,
+            netns,
+            window,
+            output,
+            apply,
+            state_dir,
+        } => {
+            let config = load_config(config.as_deref())?;
+            if let Some(netns) = &netns {
+                enter_netns(netns)?;
+            }
+            let mut probe = netmend::observe::KernelProbe::new(&config);
+            let mut actuator = netmend::act::KernelActuator::new();
+            let mut journal = if apply {
+                Some(Journal::open(&state_dir).context("--apply keeps a journal")?)
+            } else {
+                None
+            };
+            let report = run_check(
+                CheckOptions { window, apply },
+                &config,
+                &node_name(),
+                &mut probe,
+                &mut actuator,
+                journal.as_mut(),
+                &mut |d| probe_wait(d),
+                &std::time::SystemTime::now,
+            )
+            .map_err(|e| anyhow!(e))?;
+            match output {
+                OutputFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("reports serialise")
+                ),
+                OutputFormat::Text => print!("{}", netmend::report::render_text(&report, window)),
+            }
+            Ok(if report.findings.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+fn probe_wait(window: Duration) {
+    std::thread::sleep(window);
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    let Some(path) = path else {
+        return Ok(Config::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    Config::from_yaml(&text).with_context(|| format!("invalid config {}", path.display()))
+}
+
+fn enabled_fixes(config: &Config) -> String {
+    let on: Vec<&str> = FixId::ALL
+        .iter()
+        .filter(|f| config.fix(**f).enabled)
+        .map(|f| f.as_str())
+        .collect();
+    if on.is_empty() {
+        "none".to_string()
+    } else {
+        on.join(", ")
+    }
+}
+
+fn catalog() -> String {
+    let mut out = String::from("checks:\n");
+    for check in CheckId::ALL {
+        let fix = check.fix().map(|f| f.as_str()).unwrap_or("report only");
+        out.push_str(&format!(
+            "  {:<27} {} [fix: {fix}]\n",
+            check.as_str(),
+            check.description()
+        ));
+    }
+    out.push_str("fixes:\n");
+    for fix in FixId::ALL {
+        out.push_str(&format!("  {:<27} {}\n", fix.as_str(), fix.description()));
+    }
+    out
+}
+
+/// The node name: `NODE_NAME` (the chart sets it from spec.nodeName), else the hostname.
+fn node_name() -> String {
+    if let Ok(name) = std::env::var("NODE_NAME") {
+        if !name.is_empty() {
+            return name;
+        }
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+/// Moves this (still single-threaded) process into a network namespace before anything else
+/// runs, so every thread created afterwards inherits it (KERNEL-FACTS: the namespace belongs to a
+/// thread).
+fn enter_netns(netns: &str) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let path = if netns.contains('/') {
+        PathBuf::from(netns)
+    } else {
+        Path::new("/run/netns").join(netns)
+    };
+    let file = std::fs::File::open(&path).with_context(|| {
+        format!(
+            "network namespace {netns:?} not found ({} cannot be opened)",
+            path.display()
+        )
+    })?;
+    // SAFETY: setns on a descriptor we own; CLONE_NEWNET rejects other namespace types.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(match err.raw_os_error() {
+            Some(libc::EPERM) => anyhow!(
+                "missing privilege: entering network namespace {netns:?} needs CAP_SYS_ADMIN"
+            ),
+            Some(libc::EINVAL) => anyhow!("{} is not a network namespace", path.display()),
+            _ => anyhow!("cannot enter network namespace {}: {err}", path.display()),
+        });
+    }
+    Ok(())
+}

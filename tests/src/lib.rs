@@ -93,11 +93,40 @@ impl NetNs {
             .with_context(|| format!("nsenter into {}", self.name))
     }
 
+    /// Starts a long-running shell command inside the namespace; it is killed when the guard
+    /// drops.
+    pub fn spawn(&self, script: &str) -> Background {
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.path().display()))
+            .args(["sh", "-c", &format!("exec {script}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn in namespace");
+        Background(child)
+    }
+
+    /// Starts a TCP listener on `addr:port` inside the namespace and waits until it listens.
+    pub fn listen_tcp(&self, addr: &str, port: u16) -> Background {
+        let guard = self.spawn(&format!(
+            "python3 -c \"import socket,time; s=socket.socket(socket.AF_INET6 if ':' in '{addr}' else socket.AF_INET); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('{addr}', {port})); s.listen(); time.sleep(600)\""
+        ));
+        for _ in 0..100 {
+            let out = self.sh("ss -Htln").unwrap_or_default();
+            if out.contains(&format!(":{port} ")) {
+                return guard;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("listener on {addr}:{port} did not come up in {}", self.name);
+    }
+
     /// Loads an iptables-restore file with the given binary (`iptables-nft-restore`,
     /// `iptables-legacy-restore`, ...), without flushing (`--noflush`).
     pub fn restore(&self, binary: &str, rules: &str) -> Result<()> {
         let path = temp_file("rules", rules)?;
-        self.sh(&format!("{binary} --noflush < {}", path.display()))?;
+        self.sh(&format!("{binary} -w --noflush < {}", path.display()))?;
         let _ = std::fs::remove_file(path);
         Ok(())
     }
@@ -149,6 +178,16 @@ pub fn enter_netns(path: &std::path::Path) {
     // SAFETY: setns on a valid namespace descriptor; affects only the calling thread.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
     assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+/// A process started in a namespace, killed on drop.
+pub struct Background(pub std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A veth pair `a` (in `left`) <-> `b` (in `right`), both up.

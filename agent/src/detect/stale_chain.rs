@@ -47,7 +47,11 @@ pub fn detect(snapshot: &NodeSnapshot) -> Vec<Finding> {
             }
             let graph = TableGraph::new(table);
             for (index, chain) in table.chains.iter().enumerate() {
-                if is_cilium_backup_chain(&chain.name) {
+                // An empty backup chain that is still jumped to is harmless (the jump returns at
+                // once) and nothing is left for the fix to do: only report chains with rules, or
+                // empty ones that can be deleted.
+                let mendable = !chain.rules.is_empty() || graph.referrers(index).is_empty();
+                if is_cilium_backup_chain(&chain.name) && mendable {
                     findings.push(finding_for(table, &graph, index));
                 }
             }
@@ -219,6 +223,22 @@ mod tests {
         assert_eq!(
             findings[0].evidence["referencedBy"][0],
             "-A POSTROUTING -j OLD_CILIUM_POST_nat"
+        );
+    }
+
+    #[test]
+    fn an_empty_referenced_backup_is_left_alone() {
+        let table = iptables_table(
+            Backend::Nft,
+            "nat",
+            ":POSTROUTING ACCEPT\n:OLD_CILIUM_POST_nat -\n-A POSTROUTING -j OLD_CILIUM_POST_nat\n",
+        );
+        assert!(detect(&snapshot_with(Some(vec![table]), None)).is_empty());
+        let unreferenced = iptables_table(Backend::Nft, "nat", ":OLD_CILIUM_POST_nat -\n");
+        let findings = detect(&snapshot_with(Some(vec![unreferenced]), None));
+        assert_eq!(
+            findings[0].proposal.as_ref().unwrap().detail,
+            "would delete the empty chain"
         );
     }
 
