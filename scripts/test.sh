@@ -28,7 +28,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo build --locked -p netmend
-cargo test --locked --workspace 2>&1 | tee /tmp/netmend-cargo-test.log
+cargo test --locked --workspace
 if [ -x tests/chart/run.sh ]; then
   tests/chart/run.sh
 fi

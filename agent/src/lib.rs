@@ -11,3 +11,4 @@ pub mod remediate;
 pub mod journal;
 pub mod report;
 pub mod runtime;
+pub mod metrics;
