@@ -12,3 +12,4 @@ pub mod journal;
 pub mod report;
 pub mod runtime;
 pub mod metrics;
+pub mod http;

@@ -5,6 +5,7 @@
 //! The kernel implementations of the traits live in `observe` and `act`; tests drive the same code
 //! with recording fakes.
 
+pub mod agent;
 pub mod oneshot;
 pub mod pass;
 

@@ -1,0 +1,158 @@
+//! The agent's read-only HTTP surface (axum): `/healthz` (every loop alive), `/readyz` (first full
+//! snapshot done, latched), `/metrics` (OpenMetrics), `/status` (the JSON of INTERFACE.md plus the
+//! journal and the config state). No endpoint changes anything.
+
+use crate::journal::JournalEntry;
+use crate::metrics::Metrics;
+use crate::report::Report;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// State of the configuration as /status shows it.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ConfigState {
+    /// The file path, or "built-in defaults".
+    pub source: String,
+    /// sha256 of the file content in force (hex, first 16 chars).
+    pub hash: String,
+    /// Whether the file on disk is valid (false: the last good config stays in force).
+    pub valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub mode: String,
+    /// The configuration in force.
+    pub effective: serde_json::Value,
+}
+
+/// The document of `GET /status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusDocument {
+    #[serde(flatten)]
+    pub report: Report,
+    pub journal: Vec<JournalEntry>,
+    pub config: ConfigState,
+}
+
+/// Liveness: each loop beats; a loop silent for longer than its allowance is dead.
+#[derive(Debug, Default)]
+pub struct Heartbeats {
+    beats: Mutex<BTreeMap<&'static str, (Instant, Duration)>>,
+}
+
+impl Heartbeats {
+    /// Records that `loop_name` is alive and will beat again within `allowance`.
+    pub fn beat(&self, loop_name: &'static str, allowance: Duration) {
+        self.beats
+            .lock()
+            .expect("heartbeat lock")
+            .insert(loop_name, (Instant::now(), allowance));
+    }
+
+    /// Loops that missed their allowance.
+    pub fn stale(&self) -> Vec<&'static str> {
+        let now = Instant::now();
+        self.beats
+            .lock()
+            .expect("heartbeat lock")
+            .iter()
+            .filter(|(_, (at, allowance))| now.duration_since(*at) > *allowance)
+            .map(|(name, _)| *name)
+            .collect()
+    }
+}
+
+/// Everything the HTTP handlers read.
+pub struct Shared {
+    pub status: RwLock<StatusDocument>,
+    pub metrics: Metrics,
+    pub heartbeats: Heartbeats,
+    pub ready: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(node: String, config: ConfigState) -> Shared {
+        Shared {
+            status: RwLock::new(StatusDocument {
+                report: Report {
+                    node,
+                    findings: Vec::new(),
+                    sources: BTreeMap::new(),
+                },
+                journal: Vec::new(),
+                config,
+            }),
+            metrics: Metrics::new(),
+            heartbeats: Heartbeats::default(),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Latches readiness.
+    pub fn set_ready(&self) {
+        if !self.ready.swap(true, Ordering::SeqCst) {
+            self.metrics.set_ready(true);
+            tracing::info!("ready: first full snapshot done");
+        }
+    }
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .with_state(shared)
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    let stale = shared.heartbeats.stale();
+    if stale.is_empty() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("loops not alive: {}\n", stale.join(", ")),
+        )
+            .into_response()
+    }
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: first full snapshot not done yet\n",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> Response {
+    let body = {
+        let doc = shared.status.read().expect("status lock");
+        serde_json::to_string_pretty(&*doc).expect("status serialises")
+    };
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
