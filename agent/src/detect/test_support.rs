@@ -11,13 +11,17 @@ use std::net::IpAddr;
 
 pub fn snapshot_with(nft: Option<Vec<Table>>, legacy: Option<Vec<Table>>) -> NodeSnapshot {
     NodeSnapshot {
-        nftables: nft.map(|tables| Ruleset {
-            tables,
-            generation: Some(1),
+        nftables: nft.map(|tables| {
+            std::sync::Arc::new(Ruleset {
+                tables,
+                generation: Some(1),
+            })
         }),
-        legacy: legacy.map(|tables| Ruleset {
-            tables,
-            generation: None,
+        legacy: legacy.map(|tables| {
+            std::sync::Arc::new(Ruleset {
+                tables,
+                generation: None,
+            })
         }),
         listeners: Some(Vec::new()),
         addresses: Some(Vec::new()),

@@ -5,6 +5,7 @@ use crate::model::ruleset::{Backend, Ruleset};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A TCP socket in LISTEN state in the observed namespace.
@@ -61,12 +62,12 @@ impl SourceStatus {
 }
 
 /// Everything one observation pass saw.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct NodeSnapshot {
-    /// nf_tables state (None when the source failed).
-    pub nftables: Option<Ruleset>,
+    /// nf_tables state (None when the source failed). Shared: the agent keeps it between passes.
+    pub nftables: Option<Arc<Ruleset>>,
     /// x_tables state (None when the source failed; empty when no legacy table is loaded).
-    pub legacy: Option<Ruleset>,
+    pub legacy: Option<Arc<Ruleset>>,
     /// TCP listeners (None when the source failed).
     pub listeners: Option<Vec<ListeningSocket>>,
     /// Addresses of the node (None when the source failed).
@@ -79,8 +80,8 @@ pub struct NodeSnapshot {
 impl NodeSnapshot {
     pub fn ruleset(&self, backend: Backend) -> Option<&Ruleset> {
         match backend {
-            Backend::Nft => self.nftables.as_ref(),
-            Backend::Legacy => self.legacy.as_ref(),
+            Backend::Nft => self.nftables.as_deref(),
+            Backend::Legacy => self.legacy.as_deref(),
         }
     }
 

@@ -74,6 +74,7 @@ impl Actuator for FakeNode {
                     crate::model::ruleset::Backend::Nft => state.snapshot.nftables.as_mut(),
                     crate::model::ruleset::Backend::Legacy => state.snapshot.legacy.as_mut(),
                 }
+                .map(std::sync::Arc::make_mut)
                 .expect("ruleset present");
                 for t in ruleset
                     .tables
@@ -104,6 +105,7 @@ impl Actuator for FakeNode {
                     crate::model::ruleset::Backend::Nft => state.snapshot.nftables.as_mut(),
                     crate::model::ruleset::Backend::Legacy => state.snapshot.legacy.as_mut(),
                 }
+                .map(std::sync::Arc::make_mut)
                 .expect("ruleset present");
                 for t in ruleset
                     .tables

@@ -223,7 +223,7 @@ mod tests {
         // The third read (the re-check) sees one more rule in the backup chain.
         node.0.borrow_mut().on_snapshot = Some(|s, n| {
             if n == 3 {
-                let t = &mut s.nftables.as_mut().unwrap().tables[0];
+                let t = &mut std::sync::Arc::make_mut(s.nftables.as_mut().unwrap()).tables[0];
                 let c = t
                     .chains
                     .iter_mut()
