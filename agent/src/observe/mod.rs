@@ -3,3 +3,4 @@
 
 pub mod netlink;
 pub mod xt;
+pub mod nft_events;

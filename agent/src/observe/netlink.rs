@@ -86,7 +86,11 @@ pub fn errno_name(errno: i32) -> String {
         _ => "",
     };
     let text = io::Error::from_raw_os_error(errno).to_string();
-    let text = text.split(" (os error").next().unwrap_or(&text).to_lowercase();
+    let text = text
+        .split(" (os error")
+        .next()
+        .unwrap_or(&text)
+        .to_lowercase();
     if name.is_empty() {
         format!("errno {errno} ({text})")
     } else {
@@ -391,7 +395,9 @@ impl NetlinkSocket {
             buf: vec![0u8; DUMP_READ_SIZE],
         };
         // Ask for extended acks and strict checking where supported; failures are harmless.
-        socket.set_int_option(libc::SOL_NETLINK, libc::NETLINK_EXT_ACK, 1).ok();
+        socket
+            .set_int_option(libc::SOL_NETLINK, libc::NETLINK_EXT_ACK, 1)
+            .ok();
         Ok(socket)
     }
 
@@ -524,7 +530,12 @@ impl NetlinkSocket {
     /// Sends a dump request and hands every reply message's payload to `on_message`, until
     /// NLMSG_DONE. Fails with [`NetlinkError::DumpInterrupted`] when the kernel flags the dump as
     /// inconsistent (NLM_F_DUMP_INTR) so that the caller re-dumps.
-    pub fn dump<F>(&mut self, request: &[u8], what: &str, mut on_message: F) -> Result<(), NetlinkError>
+    pub fn dump<F>(
+        &mut self,
+        request: &[u8],
+        what: &str,
+        mut on_message: F,
+    ) -> Result<(), NetlinkError>
     where
         F: FnMut(Message<'_>) -> Result<(), NetlinkError>,
     {
@@ -574,7 +585,12 @@ impl NetlinkSocket {
 
     /// Sends a request (or a batch) that asks for acks and waits until every sequence number in
     /// `expected_seqs` was acknowledged or one failed. Returns the first error.
-    pub fn transact(&mut self, request: &[u8], expected_seqs: &[u32], what: &str) -> Result<(), NetlinkError> {
+    pub fn transact(
+        &mut self,
+        request: &[u8],
+        expected_seqs: &[u32],
+        what: &str,
+    ) -> Result<(), NetlinkError> {
         self.send(request, what)?;
         let mut pending: Vec<u32> = expected_seqs.to_vec();
         let mut first_error: Option<NetlinkError> = None;

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod oneshot;
 pub mod pass;
+pub mod serve;
 
 use crate::model::finding::FixAction;
 use crate::model::snapshot::NodeSnapshot;
