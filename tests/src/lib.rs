@@ -163,6 +163,63 @@ impl NetNs {
     }
 }
 
+impl NetNs {
+    /// `GET path` on `127.0.0.1:port` inside the namespace: (status code, body).
+    pub fn http_get(&self, port: u16, path: &str) -> Result<(u16, String)> {
+        let path = path.to_string();
+        self.run(move || -> Result<(u16, String)> {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+            write!(
+                stream,
+                "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            let status: u16 = response
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .context("no HTTP status line")?;
+            let body = response
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default();
+            Ok((status, body))
+        })
+    }
+
+    /// Starts `netmend ARGS` inside the namespace in the background.
+    pub fn spawn_netmend(&self, args: &[&str], log: &std::path::Path) -> Background {
+        let log = std::fs::File::create(log).expect("agent log file");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.path().display()))
+            .arg(netmend_binary())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn netmend");
+        Background(child)
+    }
+}
+
+/// Polls `f` every 50 ms until it returns Some, for at most `timeout`.
+pub fn wait_for<T>(timeout: std::time::Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = Command::new("ip")
