@@ -8,6 +8,8 @@ use netmend::config::Config;
 use netmend::journal::Journal;
 use netmend::model::finding::{CheckId, FixId};
 use netmend::runtime::oneshot::{run_check, CheckOptions};
+use netmend::act::kernel::KernelActuator;
+use netmend::observe::node::{KernelProbe, NftView};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -48,6 +50,18 @@ enum Command {
         #[arg(long)]
         apply: bool,
         /// Where the journal lives (used with --apply, so cooldowns and breakers hold).
+        #[arg(long, default_value = "/var/lib/netmend")]
+        state_dir: PathBuf,
+    },
+    /// The agent: watch this node, mend behind the guards, serve /healthz /readyz /metrics /status.
+    Run {
+        /// Configuration file (YAML), reloaded when it changes; built-in defaults without it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address of the HTTP server.
+        #[arg(long, default_value = "0.0.0.0:9810")]
+        listen: std::net::SocketAddr,
+        /// Where the journal lives.
         #[arg(long, default_value = "/var/lib/netmend")]
         state_dir: PathBuf,
     },
@@ -103,6 +117,35 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", catalog());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run {
+            config,
+            listen,
+            state_dir,
+        } => {
+            let text = match &config {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read config {}", path.display()))?,
+                ),
+                None => None,
+            };
+            let parsed = match &text {
+                Some(t) => Config::from_yaml(t).with_context(|| {
+                    format!("invalid config {}", config.as_ref().unwrap().display())
+                })?,
+                None => Config::default(),
+            };
+            let journal = Journal::open(&state_dir)?;
+            netmend::runtime::wiring::run_kernel_agent(
+                parsed,
+                config.clone(),
+                text.as_deref(),
+                journal,
+                listen,
+                node_name(),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::ValidateConfig { file } => {
             let config = load_config(Some(&file))?;
             println!(
@@ -125,8 +168,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             if let Some(netns) = &netns {
                 enter_netns(netns)?;
             }
-            let mut probe = netmend::observe::KernelProbe::new(&config);
-            let mut actuator = netmend::act::KernelActuator::new();
+            let mut probe = KernelProbe::new(NftView::Fresh);
+            let mut actuator = KernelActuator::new();
             let mut journal = if apply {
                 Some(Journal::open(&state_dir).context("--apply keeps a journal")?)
             } else {

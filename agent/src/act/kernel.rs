@@ -1,0 +1,306 @@
+//! The kernel-backed [`Actuator`]: turns a [`FixAction`] into one nftables batch (all or nothing,
+//! carrying the generation the decision was made on), into `iptables-legacy` commands ordered so
+//! that a failure part-way leaves a consistent table, or into a link flag change.
+
+use crate::act::iptables_legacy::{self, LegacyOp};
+use crate::act::link;
+use crate::act::nftables::{apply_batch, NftOp};
+use crate::model::finding::{FixAction, TableRef};
+use crate::model::ruleset::Backend;
+use crate::runtime::{ActError, ActReport, Actuator};
+
+#[derive(Debug, Default)]
+pub struct KernelActuator;
+
+impl KernelActuator {
+    pub fn new() -> KernelActuator {
+        KernelActuator
+    }
+}
+
+/// The nftables operations of a ruleset action, referencing rules first so a chain is never
+/// deleted while something still jumps to it (the kernel would answer EBUSY).
+pub fn nft_ops(action: &FixAction) -> Vec<NftOp> {
+    let mut ops = Vec::new();
+    match action {
+        FixAction::FlushChain {
+            table,
+            chain,
+            delete_chain,
+            ..
+        } => {
+            ops.push(NftOp::FlushChain {
+                family: table.family,
+                table: table.table.clone(),
+                chain: chain.clone(),
+            });
+            if *delete_chain {
+                ops.push(NftOp::DeleteChain {
+                    family: table.family,
+                    table: table.table.clone(),
+                    chain: chain.clone(),
+                });
+            }
+        }
+        FixAction::RemoveRules {
+            table,
+            rules,
+            delete_chains,
+            ..
+        } => {
+            for rule in rules {
+                ops.push(NftOp::DeleteRule {
+                    family: table.family,
+                    table: table.table.clone(),
+                    chain: rule.chain.clone(),
+                    handle: rule.handle,
+                });
+            }
+            for chain in delete_chains {
+                ops.push(NftOp::FlushChain {
+                    family: table.family,
+                    table: table.table.clone(),
+                    chain: chain.clone(),
+                });
+                ops.push(NftOp::DeleteChain {
+                    family: table.family,
+                    table: table.table.clone(),
+                    chain: chain.clone(),
+                });
+            }
+        }
+        FixAction::SetPromisc { .. } => {}
+    }
+    ops
+}
+
+/// The legacy operations of a ruleset action. Rules are deleted by position from the last one
+/// up (deleting a rule shifts the positions after it), then chains are flushed and deleted.
+pub fn legacy_ops(action: &FixAction) -> Vec<LegacyOp> {
+    let mut ops = Vec::new();
+    match action {
+        FixAction::FlushChain {
+            table,
+            chain,
+            delete_chain,
+            ..
+        } => {
+            ops.push(LegacyOp::FlushChain {
+                family: table.family,
+                table: table.table.clone(),
+                chain: chain.clone(),
+            });
+            if *delete_chain {
+                ops.push(LegacyOp::DeleteChain {
+                    family: table.family,
+                    table: table.table.clone(),
+                    chain: chain.clone(),
+                });
+            }
+        }
+        FixAction::RemoveRules {
+            table,
+            rules,
+            delete_chains,
+            ..
+        } => {
+            let mut ordered = rules.clone();
+            ordered.sort_by(|a, b| a.chain.cmp(&b.chain).then(b.handle.cmp(&a.handle)));
+            for rule in ordered {
+                ops.push(LegacyOp::DeleteRule {
+                    family: table.family,
+                    table: table.table.clone(),
+                    chain: rule.chain.clone(),
+                    rule_spec_position: rule.handle,
+                });
+            }
+            for chain in delete_chains {
+                ops.push(LegacyOp::FlushChain {
+                    family: table.family,
+                    table: table.table.clone(),
+                    chain: chain.clone(),
+                });
+                ops.push(LegacyOp::DeleteChain {
+                    family: table.family,
+                    table: table.table.clone(),
+                    chain: chain.clone(),
+                });
+            }
+        }
+        FixAction::SetPromisc { .. } => {}
+    }
+    ops
+}
+
+fn describe(action: &FixAction) -> String {
+    match action {
+        FixAction::FlushChain {
+            table,
+            chain,
+            rules,
+            delete_chain,
+            ..
+        } => format!(
+            "flushed {rules} rules from {} {}{}",
+            where_(table),
+            chain,
+            if *delete_chain {
+                " and deleted the chain"
+            } else {
+                ""
+            }
+        ),
+        FixAction::RemoveRules {
+            table,
+            rules,
+            delete_chains,
+            ..
+        } => {
+            let mut text = format!("deleted {} rule(s) in {}", rules.len(), where_(table));
+            if !delete_chains.is_empty() {
+                text.push_str(&format!(" and chain(s) {}", delete_chains.join(", ")));
+            }
+            text
+        }
+        FixAction::SetPromisc { interface, .. } => format!("set {interface} promiscuous"),
+    }
+}
+
+fn where_(table: &TableRef) -> String {
+    format!(
+        "{} {} ({})",
+        table.family,
+        table.table,
+        table.backend.as_str()
+    )
+}
+
+impl Actuator for KernelActuator {
+    fn apply(
+        &mut self,
+        action: &FixAction,
+        nft_generation: Option<u32>,
+    ) -> Result<ActReport, ActError> {
+        let backend = match action {
+            FixAction::FlushChain { table, .. } | FixAction::RemoveRules { table, .. } => {
+                Some(table.backend)
+            }
+            FixAction::SetPromisc { .. } => None,
+        };
+        match (backend, action) {
+            (Some(Backend::Nft), _) => {
+                apply_batch(&nft_ops(action), nft_generation).map_err(|e| {
+                    if e.is_precondition_moved() {
+                        ActError::StateMoved(e.to_string())
+                    } else {
+                        ActError::Failed(e.to_string())
+                    }
+                })?;
+                Ok(ActReport {
+                    detail: describe(action),
+                    was_promisc_before: None,
+                })
+            }
+            (Some(Backend::Legacy), FixAction::FlushChain { table, .. })
+            | (Some(Backend::Legacy), FixAction::RemoveRules { table, .. }) => {
+                iptables_legacy::legacy_tool_available(table.family)
+                    .map_err(|e| ActError::Unavailable(e.to_string()))?;
+                iptables_legacy::apply(&legacy_ops(action))
+                    .map_err(|e| ActError::Failed(e.to_string()))?;
+                Ok(ActReport {
+                    detail: describe(action),
+                    was_promisc_before: None,
+                })
+            }
+            (_, FixAction::SetPromisc { interface, .. }) => {
+                let change = link::set_promisc(interface, true)
+                    .map_err(|e| ActError::Failed(e.to_string()))?;
+                Ok(ActReport {
+                    detail: describe(action),
+                    was_promisc_before: Some(change.was_set_before),
+                })
+            }
+            (Some(_), FixAction::SetPromisc { .. }) | (None, _) => {
+                Err(ActError::Failed("internal: action without a target".into()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::finding::RuleRef;
+    use crate::model::ruleset::Family;
+
+    fn table(backend: Backend) -> TableRef {
+        TableRef {
+            backend,
+            family: Family::Ip,
+            table: "nat".into(),
+        }
+    }
+
+    #[test]
+    fn a_cni_chain_removal_deletes_the_jumps_before_the_chain() {
+        let action = FixAction::RemoveRules {
+            table: table(Backend::Nft),
+            rules: vec![RuleRef {
+                chain: "CNI-HOSTPORT-DNAT".into(),
+                handle: 17,
+            }],
+            delete_chains: vec!["CNI-DN-1".into()],
+            content_hash: 0,
+        };
+        let ops = nft_ops(&action);
+        assert_eq!(ops.len(), 3);
+        assert!(matches!(&ops[0], NftOp::DeleteRule { handle: 17, .. }));
+        assert!(matches!(&ops[1], NftOp::FlushChain { chain, .. } if chain == "CNI-DN-1"));
+        assert!(matches!(&ops[2], NftOp::DeleteChain { chain, .. } if chain == "CNI-DN-1"));
+    }
+
+    #[test]
+    fn legacy_rules_are_deleted_from_the_highest_position_down() {
+        let action = FixAction::RemoveRules {
+            table: table(Backend::Legacy),
+            rules: vec![
+                RuleRef {
+                    chain: "PREROUTING".into(),
+                    handle: 2,
+                },
+                RuleRef {
+                    chain: "PREROUTING".into(),
+                    handle: 5,
+                },
+            ],
+            delete_chains: vec![],
+            content_hash: 0,
+        };
+        let positions: Vec<u64> = legacy_ops(&action)
+            .iter()
+            .map(|op| match op {
+                LegacyOp::DeleteRule {
+                    rule_spec_position, ..
+                } => *rule_spec_position,
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(positions, vec![5, 2]);
+    }
+
+    #[test]
+    fn a_referenced_stale_chain_is_only_flushed() {
+        let action = FixAction::FlushChain {
+            table: table(Backend::Nft),
+            chain: "OLD_CILIUM_POST_nat".into(),
+            rules: 5,
+            delete_chain: false,
+            content_hash: 0,
+        };
+        assert_eq!(nft_ops(&action).len(), 1);
+        assert_eq!(
+            describe(&action),
+            "flushed 5 rules from ip nat (nft) OLD_CILIUM_POST_nat"
+        );
+    }
+}

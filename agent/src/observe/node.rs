@@ -1,0 +1,166 @@
+//! The kernel-backed [`NodeProbe`]: reads every source of a [`NodeSnapshot`] in the calling
+//! thread's network namespace, times each one, and tells a degraded source (reported on its
+//! status, the other checks go on) from a fatal one (a missing privilege or kernel feature, which
+//! `netmend check` turns into exit status 2).
+//!
+//! Two ways to read nftables: [`NftView::Fresh`] dumps every time (the one-shot check), while
+//! [`NftView::Cached`] keeps the last dump and re-dumps only when the kernel's generation id moved
+//! (one tiny GETGEN request a pass), which is what keeps the idle agent idle.
+
+use crate::model::ruleset::Ruleset;
+use crate::model::snapshot::{NodeSnapshot, SourceStatus};
+use crate::observe::{addresses, iptables_legacy, nftables, sockets};
+use crate::runtime::{NodeProbe, ProbeFatal};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How nftables is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NftView {
+    Fresh,
+    Cached,
+}
+
+/// Reads the node through netlink and getsockopt.
+pub struct KernelProbe {
+    view: NftView,
+    cached_nft: Option<(u32, Arc<Ruleset>)>,
+    /// Force the next read to dump in full (a resync, an event overflow).
+    force_dump: bool,
+    /// Full dumps done (for metrics and tests).
+    pub dumps: u64,
+}
+
+impl KernelProbe {
+    pub fn new(view: NftView) -> KernelProbe {
+        KernelProbe {
+            view,
+            cached_nft: None,
+            force_dump: false,
+            dumps: 0,
+        }
+    }
+
+    /// Makes the next snapshot dump nftables in full.
+    pub fn invalidate(&mut self) {
+        self.force_dump = true;
+    }
+
+    fn read_nftables(&mut self) -> Result<(Arc<Ruleset>, SourceStatus), nftables::NftablesError> {
+        let started = Instant::now();
+        if self.view == NftView::Cached && !self.force_dump {
+            if let Some((generation, ruleset)) = &self.cached_nft {
+                if nftables::current_generation()? == *generation {
+                    let status = nft_status(ruleset, started.elapsed());
+                    return Ok((ruleset.clone(), status));
+                }
+            }
+        }
+        let (ruleset, stats) = nftables::read_ruleset()?;
+        self.dumps += 1;
+        self.force_dump = false;
+        let ruleset = Arc::new(ruleset);
+        if self.view == NftView::Cached {
+            if let Some(generation) = ruleset.generation {
+                self.cached_nft = Some((generation, ruleset.clone()));
+            }
+        }
+        let mut status = nft_status(&ruleset, stats.duration);
+        if stats.retries > 0 {
+            status.detail = Some(format!(
+                "{} dump(s) redone: the ruleset changed while being read",
+                stats.retries
+            ));
+        }
+        Ok((ruleset, status))
+    }
+}
+
+fn nft_status(ruleset: &Ruleset, took: Duration) -> SourceStatus {
+    SourceStatus {
+        rules: Some(ruleset.rule_count()),
+        chains: Some(ruleset.chain_count()),
+        ..SourceStatus::ok(took)
+    }
+}
+
+impl NodeProbe for KernelProbe {
+    fn snapshot(&mut self) -> Result<NodeSnapshot, ProbeFatal> {
+        let mut snapshot = NodeSnapshot::default();
+
+        let started = Instant::now();
+        match self.read_nftables() {
+            Ok((ruleset, status)) => {
+                snapshot.nftables = Some(ruleset);
+                snapshot.sources.insert("nftables".into(), status);
+            }
+            Err(e @ nftables::NftablesError::PermissionDenied { .. }) => {
+                return Err(ProbeFatal(format!("missing privilege: {e}")));
+            }
+            Err(e @ nftables::NftablesError::Unavailable { .. }) => {
+                return Err(ProbeFatal(format!("missing kernel feature: {e}")));
+            }
+            Err(e) => {
+                snapshot
+                    .sources
+                    .insert("nftables".into(), SourceStatus::failed(started.elapsed(), e.to_string()));
+            }
+        }
+
+        let started = Instant::now();
+        match iptables_legacy::read_ruleset() {
+            Ok(ruleset) => {
+                let mut status = SourceStatus::ok(started.elapsed());
+                status.rules = Some(ruleset.rule_count());
+                status.chains = Some(ruleset.chain_count());
+                if ruleset.tables.is_empty() {
+                    status.detail = Some("no iptables-legacy table is loaded".into());
+                }
+                snapshot.legacy = Some(Arc::new(ruleset));
+                snapshot.sources.insert("iptables-legacy".into(), status);
+            }
+            Err(e @ iptables_legacy::LegacyError::Permission { .. }) => {
+                return Err(ProbeFatal(format!("missing privilege: {e}")));
+            }
+            Err(e) => {
+                snapshot.sources.insert(
+                    "iptables-legacy".into(),
+                    SourceStatus::failed(started.elapsed(), e.to_string()),
+                );
+            }
+        }
+
+        let started = Instant::now();
+        match sockets::read_listeners() {
+            Ok(listeners) => {
+                snapshot.listeners = Some(listeners);
+                snapshot
+                    .sources
+                    .insert("sockets".into(), SourceStatus::ok(started.elapsed()));
+            }
+            Err(e) => {
+                snapshot.sources.insert(
+                    "sockets".into(),
+                    SourceStatus::failed(started.elapsed(), e.to_string()),
+                );
+            }
+        }
+
+        let started = Instant::now();
+        match addresses::read_addresses() {
+            Ok(addrs) => {
+                snapshot.addresses = Some(addrs);
+                snapshot
+                    .sources
+                    .insert("addresses".into(), SourceStatus::ok(started.elapsed()));
+            }
+            Err(e) => {
+                snapshot.sources.insert(
+                    "addresses".into(),
+                    SourceStatus::failed(started.elapsed(), e.to_string()),
+                );
+            }
+        }
+        Ok(snapshot)
+    }
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Benchmark: `netmend check --window 0s` against `iptables-nft-save -t nat` and `nft list ruleset`
+# on the same kube-proxy-shaped ruleset, side by side, in a fresh network namespace.
+#
+# usage: bench/ruleset.sh [SERVICES] [ENDPOINTS] [RUNS]   (default 10000 2 5; needs root)
+# Prints wall time (hyperfine mean and min) and peak RSS (GNU time) of each command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+services=${1:-10000}; endpoints=${2:-2}; runs=${3:-5}
+ns="nm-bench-$$"
+bin=target/release/netmend
+[ -x "$bin" ] || cargo build --release --locked -p netmend
+trap 'ip netns del "$ns" 2>/dev/null || true' EXIT
+ip netns add "$ns"
+in_ns() { nsenter --net="/run/netns/$ns" "$@"; }
+in_ns ip link set lo up
+python3 ../shared/bench/gen_kube_proxy_ruleset.py "$services" "$endpoints" | in_ns iptables-nft-restore
+echo "ruleset: $services services x $endpoints endpoints: $(in_ns iptables-nft-save -t nat | grep -c '^-A') rules in $(in_ns iptables-nft-save -t nat | grep -c '^:') chains"
+
+peak_rss() {  # peak RSS in MiB of one run
+  in_ns /usr/bin/time -f '%M' "$@" 2>&1 >/dev/null | tail -n 1 | awk '{ printf "%.1f", $1 / 1024 }'
+}
+
+printf '%-40s %10s %10s %12s\n' command "mean s" "min s" "peak MiB"
+for cmd in "$bin check --window 0s --output json" "iptables-nft-save -t nat" "nft list ruleset"; do
+  # shellcheck disable=SC2086
+  json=$(mktemp)
+  hyperfine --style none --warmup 1 --runs "$runs" -i --export-json "$json" \
+    "nsenter --net=/run/netns/$ns $cmd" >/dev/null 2>&1
+  mean=$(python3 -c "import json,sys; r=json.load(open('$json'))['results'][0]; print(f\"{r['mean']:.3f}\")")
+  min=$(python3 -c "import json,sys; r=json.load(open('$json'))['results'][0]; print(f\"{r['min']:.3f}\")")
+  rm -f "$json"
+  # shellcheck disable=SC2086
+  rss=$(peak_rss $cmd)
+  printf '%-40s %10s %10s %12s\n' "${cmd#target/release/}" "$mean" "$min" "$rss"
+done
