@@ -13,3 +13,4 @@ pub mod report;
 pub mod runtime;
 pub mod metrics;
 pub mod http;
+pub mod act;

@@ -4,3 +4,7 @@
 pub mod netlink;
 pub mod xt;
 pub mod nft_events;
+pub mod nftables;
+pub mod iptables_legacy;
+pub mod sockets;
+pub mod addresses;
