@@ -202,10 +202,8 @@ impl Journal {
                 continue;
             }
             match entry.outcome() {
-                Some(Outcome::Applied) => {
-                    if !held.iter().any(|(i, _)| i == interface) {
-                        held.push((interface.clone(), entry.was_promisc_before.unwrap_or(false)));
-                    }
+                Some(Outcome::Applied) if !held.iter().any(|(i, _)| i == interface) => {
+                    held.push((interface.clone(), entry.was_promisc_before.unwrap_or(false)));
                 }
                 Some(Outcome::Reverted) | Some(Outcome::Ineffective) => {
                     held.retain(|(i, _)| i != interface)

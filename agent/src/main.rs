@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use netmend::config::Config;
 use netmend::journal::Journal;
 use netmend::model::finding::{CheckId, FixId};
-use netmend::runtime::oneshot::{run_check, CheckOptions};
+use netmend::runtime::oneshot::{run_check, CheckEnv, CheckOptions};
 use netmend::act::kernel::KernelActuator;
 use netmend::observe::node::{KernelProbe, NftView};
 use std::path::{Path, PathBuf};
@@ -179,11 +179,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 CheckOptions { window, apply },
                 &config,
                 &node_name(),
-                &mut probe,
-                &mut actuator,
-                journal.as_mut(),
-                &mut |d| probe_wait(d),
-                &std::time::SystemTime::now,
+                CheckEnv {
+                    probe: &mut probe,
+                    actuator: &mut actuator,
+                    journal: journal.as_mut(),
+                    sleep: &mut |d| probe_wait(d),
+                    now: &std::time::SystemTime::now,
+                },
             )
             .map_err(|e| anyhow!(e))?;
             match output {

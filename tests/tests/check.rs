@@ -98,7 +98,7 @@ fn stale_cilium_backup_chains_are_found_in_both_backends_and_flushed() {
             rules[0]
                 .as_str()
                 .unwrap()
-                .contains("! -d 99.105.108.105/24 ! -o cilium_+"),
+                .contains("-s 10.42.0.0/24 ! -d 99.105.108.0/24 ! -o cilium_+"),
             "{rules:?}"
         );
     }

@@ -3,7 +3,6 @@
 //! that a failure part-way leaves a consistent table, or into a link flag change.
 
 use crate::act::iptables_legacy::{self, LegacyOp};
-use crate::act::link;
 use crate::act::nftables::{apply_batch, NftOp};
 use crate::model::finding::{FixAction, TableRef};
 use crate::model::ruleset::Backend;
@@ -213,12 +212,8 @@ impl Actuator for KernelActuator {
                 })
             }
             (_, FixAction::SetPromisc { interface, .. }) => {
-                let change = link::set_promisc(interface, true)
-                    .map_err(|e| ActError::Failed(e.to_string()))?;
-                Ok(ActReport {
-                    detail: describe(action),
-                    was_promisc_before: Some(change.was_set_before),
-                })
+                // TEMPORARY until act::link lands.
+                Err(ActError::Unavailable(format!("cannot set {interface} promiscuous yet")))
             }
             (Some(_), FixAction::SetPromisc { .. }) | (None, _) => {
                 Err(ActError::Failed("internal: action without a target".into()))

@@ -3,3 +3,4 @@
 
 pub mod nftables;
 pub mod iptables_legacy;
+pub mod kernel;

@@ -33,6 +33,9 @@ const VISIT_BUDGET: usize = 4_000_000;
 /// How many jump paths a finding shows.
 const MAX_PATHS: usize = 4;
 
+/// A rule's position: (chain index, rule index) in the table.
+type RulePos = (usize, usize);
+
 /// Why a port is protected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Protection {
@@ -292,7 +295,7 @@ fn detect_in_table(
         }
     }
     // One finding per chain holding hijacking rules.
-    let mut per_chain: BTreeMap<usize, Vec<((usize, usize), Hit)>> = BTreeMap::new();
+    let mut per_chain: BTreeMap<usize, Vec<(RulePos, Hit)>> = BTreeMap::new();
     for (pos, hit) in hits {
         if !hit.ports.is_empty() {
             per_chain.entry(pos.0).or_default().push((pos, hit));
@@ -436,7 +439,7 @@ fn owned_by_kube_proxy(table: &Table, chain: &str) -> bool {
 fn finding_for(
     graph: &TableGraph<'_>,
     chain_index: usize,
-    hits: Vec<((usize, usize), Hit)>,
+    hits: Vec<(RulePos, Hit)>,
     protected: &BTreeMap<u16, Protection>,
     truncated: bool,
 ) -> Finding {

@@ -91,7 +91,24 @@ pub fn render_iptables(chain: &str, rule: &Rule) -> String {
         Match::L4Proto { proto, .. } => Some(*proto),
         _ => None,
     });
-    for m in &rule.matches {
+    // iptables-save prints the fixed part first (-s, -d, -i, -o, -p), then the matches in order.
+    let fixed_rank = |m: &Match| match m {
+        Match::Address {
+            direction: Direction::Source,
+            ..
+        } => 0,
+        Match::Address { .. } => 1,
+        Match::Interface {
+            direction: Direction::Source,
+            ..
+        } => 2,
+        Match::Interface { .. } => 3,
+        Match::L4Proto { .. } => 4,
+        _ => 5,
+    };
+    let mut ordered: Vec<&Match> = rule.matches.iter().collect();
+    ordered.sort_by_key(|m| fixed_rank(m));
+    for m in ordered {
         match m {
             Match::Address {
                 direction,

@@ -8,3 +8,4 @@ pub mod nftables;
 pub mod iptables_legacy;
 pub mod sockets;
 pub mod addresses;
+pub mod node;

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod oneshot;
 pub mod pass;
 pub mod serve;
+pub mod wiring;
 
 use crate::model::finding::FixAction;
 use crate::model::snapshot::NodeSnapshot;

@@ -36,17 +36,31 @@ fn one_shot_min_age(finding: &Finding, config: &Config, window: Duration) -> Dur
     }
 }
 
-/// Runs one check. `sleep` waits out the window (the kernel probe counts ARP meanwhile).
+/// What a check run reads, writes and waits with.
+pub struct CheckEnv<'a> {
+    pub probe: &'a mut dyn NodeProbe,
+    pub actuator: &'a mut dyn Actuator,
+    /// The journal, when fixes may be applied.
+    pub journal: Option<&'a mut Journal>,
+    /// Waits out the window (the kernel probe counts ARP meanwhile).
+    pub sleep: &'a mut dyn FnMut(Duration),
+    pub now: &'a dyn Fn() -> SystemTime,
+}
+
+/// Runs one check.
 pub fn run_check(
     options: CheckOptions,
     config: &Config,
     node: &str,
-    probe: &mut dyn NodeProbe,
-    actuator: &mut dyn Actuator,
-    mut journal: Option<&mut Journal>,
-    sleep: &mut dyn FnMut(Duration),
-    now: &dyn Fn() -> SystemTime,
+    env: CheckEnv<'_>,
 ) -> Result<Report, ProbeFatal> {
+    let CheckEnv {
+        probe,
+        actuator,
+        mut journal,
+        sleep,
+        now,
+    } = env;
     let mut tracker = Tracker::new();
     let first = probe.snapshot()?;
     let t0 = now();
@@ -169,11 +183,13 @@ mod tests {
             CheckOptions { window, apply },
             config,
             "node-a",
-            &mut probe,
-            &mut actuator,
-            None,
-            &mut |d| clock.set(clock.get() + d),
-            &|| clock.get(),
+            CheckEnv {
+                probe: &mut probe,
+                actuator: &mut actuator,
+                journal: None,
+                sleep: &mut |d| clock.set(clock.get() + d),
+                now: &|| clock.get(),
+            },
         )
         .unwrap()
     }

@@ -33,14 +33,16 @@ pub enum ServeError {
     LoopDied(&'static str, String),
 }
 
+/// Starts the change feed on its own thread: it sends wakes until the flag is set.
+pub type FeedStarter = Box<dyn FnOnce(Sender<Wake>, Arc<AtomicBool>, Arc<Shared>) + Send>;
+
 /// Everything the agent runs, built by the caller (main wires the kernel implementations; tests
 /// may wire fakes).
 pub struct AgentParts<P: NodeProbe, A: Actuator> {
     pub engine: Engine<P, A>,
     pub shared: Arc<Shared>,
     pub listen: SocketAddr,
-    /// Starts the change feed on its own thread: it sends wakes until `stop` is set.
-    pub feed: Box<dyn FnOnce(Sender<Wake>, Arc<AtomicBool>, Arc<Shared>) + Send>,
+    pub feed: FeedStarter,
 }
 
 /// Runs the agent until a signal or a dead loop.
