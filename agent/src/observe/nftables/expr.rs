@@ -436,7 +436,10 @@ impl<'c> RuleDecoder<'c> {
     }
 
     fn network_field(&self, offset: u32, len: usize) -> (Field, Option<(L3, u8)>) {
+        // An arp table's network header is the ARP header: no IP field lives at these offsets.
+        let guess_allowed = self.ctx.family != Family::Arp;
         let l3 = self.l3.or(match (offset, len) {
+            _ if !guess_allowed => None,
             (12 | 16, 1..=4) | (9, 1) => Some(L3::V4),
             (8 | 24, 1..=16) | (6, 1) => Some(L3::V6),
             _ => None,
