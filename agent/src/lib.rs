@@ -14,3 +14,4 @@ pub mod runtime;
 pub mod metrics;
 pub mod http;
 pub mod act;
+pub mod probe;

@@ -4,3 +4,4 @@
 pub mod nftables;
 pub mod iptables_legacy;
 pub mod kernel;
+pub mod link;

@@ -33,3 +33,5 @@ pub fn run_ruleset_checks(snapshot: &NodeSnapshot, config: &Config) -> Vec<Findi
 
 #[cfg(test)]
 pub(crate) mod test_support;
+pub mod arp_unanswered;
+pub mod promisc_lost;

@@ -6,3 +6,4 @@ pub mod graph;
 pub mod render;
 pub mod ruleset;
 pub mod snapshot;
+pub mod l2;

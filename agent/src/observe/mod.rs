@@ -9,3 +9,6 @@ pub mod iptables_legacy;
 pub mod sockets;
 pub mod addresses;
 pub mod node;
+pub mod links;
+pub mod arp;
+pub mod bpf;

@@ -197,6 +197,12 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
 
     /// One pass: observe, detect, decide, act, publish.
     pub fn pass(&mut self, now: SystemTime) {
+        let started = Instant::now();
+        self.pass_inner(now);
+        tracing::debug!(took_ms = started.elapsed().as_millis() as u64, "pass");
+    }
+
+    fn pass_inner(&mut self, now: SystemTime) {
         let snapshot = match self.probe.snapshot() {
             Ok(s) => s,
             Err(fatal) => {
@@ -349,39 +355,49 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
     /// and on a full resync every `resyncInterval` (the probe decides what a resync re-reads).
     pub fn run(&mut self, wakes: Receiver<Wake>, stop: &AtomicBool) {
         let mut last_pass: Option<Instant> = None;
-        let mut dirty = true;
+        // Only passes triggered by changes are rate-limited: a tick pass just before an event
+        // must not delay the reaction to it.
+        let mut last_change_pass: Option<Instant> = None;
         while !stop.load(Ordering::SeqCst) {
             self.shared.heartbeats.beat("engine", ENGINE_ALLOWANCE);
-            match wakes.recv_timeout(TICK) {
+            let until_tick =
+                last_pass.map_or(Duration::ZERO, |at| TICK.saturating_sub(at.elapsed()));
+            let changed = match wakes.recv_timeout(until_tick) {
                 Ok(wake) => {
                     self.note_change(&wake);
-                    dirty = true;
-                    // Take everything already queued: one pass serves a burst.
-                    while let Ok(more) = wakes.try_recv() {
-                        self.note_change(&more);
-                    }
+                    true
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => false,
                 Err(RecvTimeoutError::Disconnected) => {
-                    tracing::error!("the change feed stopped; stopping the engine");
+                    if !stop.load(Ordering::SeqCst) {
+                        tracing::error!("the change feed stopped; stopping the engine");
+                    }
                     return;
                 }
-            }
+            };
             self.reload_config(Duration::from_secs(2));
-            let min = self.config.engine.min_pass_interval;
-            if let Some(at) = last_pass {
-                let since = at.elapsed();
-                if dirty && since < min {
-                    std::thread::sleep(min - since);
+            if changed {
+                let min = self.config.engine.min_pass_interval;
+                if let Some(since) = last_change_pass.map(|at| at.elapsed()) {
+                    if since < min {
+                        std::thread::sleep(min - since);
+                    }
+                }
+                // Take everything queued meanwhile: one pass serves a burst.
+                while let Ok(more) = wakes.try_recv() {
+                    self.note_change(&more);
                 }
             }
             if stop.load(Ordering::SeqCst) {
                 break;
             }
-            // Ticks also run a pass: guards and confirmation times move with the clock.
-            let _ = std::mem::replace(&mut dirty, false);
+            // Ticks run a pass too: guards and confirmation times move with the clock.
             self.pass(SystemTime::now());
-            last_pass = Some(Instant::now());
+            let now = Instant::now();
+            last_pass = Some(now);
+            if changed {
+                last_change_pass = Some(now);
+            }
         }
     }
 }

@@ -98,6 +98,11 @@ where
     });
 
     let server_cancel = cancel.clone();
+    // Small JSON answers: without TCP_NODELAY, Nagle and delayed ACKs add ~200 ms per request.
+    let listener =
+        axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
+            let _ = stream.set_nodelay(true);
+        });
     let server = tokio::spawn(async move {
         axum::serve(listener, router(shared))
             .with_graceful_shutdown(async move { server_cancel.cancelled().await })

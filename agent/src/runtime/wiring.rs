@@ -64,11 +64,14 @@ fn nftables_feed(wakes: Sender<Wake>, stop: Arc<AtomicBool>, shared: Arc<Shared>
                     count += 1;
                     let wake = match event {
                         NftEvent::Changes(_) => continue,
-                        NftEvent::Committed(generation) => Wake::Changed {
-                            by: generation
-                                .process
-                                .filter(|_| generation.pid != Some(own_pid)),
-                        },
+                        NftEvent::Committed(generation) => {
+                            tracing::debug!(generation = generation.id, by = ?generation.process, "nftables commit");
+                            Wake::Changed {
+                                by: generation
+                                    .process
+                                    .filter(|_| generation.pid != Some(own_pid)),
+                            }
+                        }
                         NftEvent::Overflow => {
                             shared.metrics.resync("event-overflow");
                             Wake::Changed { by: None }

@@ -1,0 +1,347 @@
+//! Check `arp-unanswered` (CHECKS.md): ARP requests for an address this node should answer
+//! arrive on its interface and no reply leaves. Pure: works on ARP counters of one window, the
+//! responder map read at both ends of that window, and the link list. No I/O.
+//!
+//! Targets are the union of the configured ones (`192.168.1.51@wlan0`) and the keys of Cilium's
+//! `cilium_l2_responder_v4` map (resolved to interface names through the link list).
+//!
+//! Signal, per target: at least `min_requests` requests for it were received on its interface, no
+//! reply for it left that interface, and its `responses_sent` counter did not move (when the map
+//! has the key at both ends of the window; replies sent with XDP_TX bypass packet taps, so a
+//! moving counter proves the target is answered). A target whose interface is missing or whose
+//! counters are incomplete (the interface vanished mid-window) is not judged.
+//!
+//! Fix: `set-promisc` when the interface is allowed (a physical NIC per
+//! [`Link::class`], or listed in `allowed_interfaces`) and not already promiscuous; otherwise the
+//! proposal carries no action and says why.
+
+use crate::model::finding::{CheckId, Finding, FixAction, FixId, FixProposal, Severity};
+use crate::model::l2::{flag_names, ArpCounters, ArpTarget, Link, LinkClass, ResponderMap};
+use serde_json::json;
+use std::collections::BTreeSet;
+
+/// How many requesters are listed in the evidence.
+const EVIDENCE_REQUESTERS: usize = 5;
+
+/// The targets named by the responder map's keys, for links present in `links`.
+pub fn targets_from_responder(map: &ResponderMap, links: &[Link]) -> Vec<ArpTarget> {
+    map.entries
+        .iter()
+        .filter_map(|e| {
+            links
+                .iter()
+                .find(|l| l.ifindex == e.ifindex)
+                .map(|l| ArpTarget {
+                    interface: l.name.clone(),
+                    ip: e.ip,
+                })
+        })
+        .collect()
+}
+
+/// The `set-promisc` proposal for a link, or why there is none to make.
+pub fn promisc_proposal(link: &Link, allowed_interfaces: &[String]) -> FixProposal {
+    let blocked = |detail: String| FixProposal {
+        fix: FixId::SetPromisc,
+        action: None,
+        detail,
+    };
+    if link.is_promisc() {
+        return blocked(format!(
+            "{} is already promiscuous: promisc is not the cure here",
+            link.name
+        ));
+    }
+    let listed = allowed_interfaces.iter().any(|i| i == &link.name);
+    match link.class() {
+        LinkClass::Virtual(why) if !listed => blocked(format!(
+            "{} is a virtual interface ({why}); list it under fixes.set-promisc.interfaces to allow",
+            link.name
+        )),
+        class => FixProposal {
+            fix: FixId::SetPromisc,
+            action: Some(FixAction::SetPromisc {
+                interface: link.name.clone(),
+                ifindex: link.ifindex,
+            }),
+            detail: match class {
+                LinkClass::Physical => format!("would set {} promiscuous", link.name),
+                LinkClass::Virtual(why) => format!(
+                    "would set {} promiscuous (virtual: {why}, allowed by configuration)",
+                    link.name
+                ),
+            },
+        },
+    }
+}
+
+/// Runs the check. `responder` is the map read at the start of the window, `responder_after` at
+/// its end.
+pub fn arp_unanswered(
+    targets: &[ArpTarget],
+    counters: &[ArpCounters],
+    responder: Option<&ResponderMap>,
+    responder_after: Option<&ResponderMap>,
+    links: &[Link],
+    min_requests: u32,
+    allowed_interfaces: &[String],
+) -> Vec<Finding> {
+    let mut all: BTreeSet<ArpTarget> = targets.iter().cloned().collect();
+    if let Some(map) = responder {
+        all.extend(targets_from_responder(map, links));
+    }
+    let mut findings = Vec::new();
+    for target in &all {
+        let Some(link) = links.iter().find(|l| l.name == target.interface) else {
+            continue;
+        };
+        let Some(c) = counters
+            .iter()
+            .find(|c| c.ifindex == link.ifindex || c.interface == link.name)
+        else {
+            continue;
+        };
+        if c.gone.is_some() {
+            continue;
+        }
+        let counts = c.target(target.ip).cloned().unwrap_or_default();
+        if counts.requests_received < u64::from(min_requests.max(1)) || counts.replies_sent > 0 {
+            continue;
+        }
+        let before = responder.and_then(|m| m.responses_sent(target.ip, link.ifindex));
+        let after = responder_after.and_then(|m| m.responses_sent(target.ip, link.ifindex));
+        let delta = match (before, after) {
+            (Some(b), Some(a)) => Some(a.saturating_sub(b)),
+            _ => None,
+        };
+        if delta.is_some_and(|d| d > 0) {
+            continue;
+        }
+        let requesters: Vec<_> = counts
+            .requesters
+            .iter()
+            .take(EVIDENCE_REQUESTERS)
+            .map(|r| json!({"mac": r.mac.to_string(), "ip": r.ip.to_string()}))
+            .collect();
+        let evidence = json!({
+            "interface": link.name,
+            "ifindex": link.ifindex,
+            "target": target.ip.to_string(),
+            "requests": counts.requests_received,
+            "repliesSent": counts.replies_sent,
+            "repliesReceived": counts.replies_received,
+            "responderCounter": {
+                "before": before,
+                "after": after,
+                "delta": delta,
+            },
+            "requesters": requesters,
+            "requestersTotal": counts.requesters.len() as u64 + counts.requesters_dropped,
+            "windowMs": c.window_ms,
+            "kernelDrops": c.kernel_drops,
+            "flags": flag_names(link.flags),
+            "promisc": link.is_promisc(),
+            "promiscuity": link.promiscuity,
+            "operstate": link.operstate,
+            "class": link.class(),
+        });
+        let counter_note = match delta {
+            Some(_) => ", and the L2 responder counter did not move",
+            None => "",
+        };
+        findings.push(Finding {
+            check: CheckId::ArpUnanswered,
+            subject: target.subject(),
+            severity: Severity::Warning,
+            message: format!(
+                "{} ARP requests for {} arrived on {} and no reply left{counter_note}",
+                counts.requests_received, target.ip, link.name
+            ),
+            evidence,
+            proposal: Some(promisc_proposal(link, allowed_interfaces)),
+            discriminator: None,
+        });
+    }
+    findings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::l2::{
+        MacAddr, OperState, Requester, ResponderEntry, ResponderStatus, TargetCounts, ARPHRD_ETHER,
+        IFF_BROADCAST, IFF_MULTICAST, IFF_PROMISC, IFF_UP,
+    };
+    use std::net::Ipv4Addr;
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 51);
+
+    fn link(name: &str, ifindex: u32, kind: Option<&str>, promisc: bool) -> Link {
+        Link {
+            ifindex,
+            name: name.into(),
+            flags: IFF_UP | IFF_BROADCAST | IFF_MULTICAST | if promisc { IFF_PROMISC } else { 0 },
+            promiscuity: u32::from(promisc),
+            operstate: OperState::Up,
+            kind: kind.map(str::to_string),
+            mac: Some(MacAddr([0xdc, 0xa6, 0x32, 0x11, 0x22, 0x33])),
+            link_type: ARPHRD_ETHER,
+            mtu: Some(1500),
+            parent_ifindex: None,
+            link_netnsid: None,
+            master: None,
+            parent_dev: Some("mmc1:0001:1".into()),
+        }
+    }
+
+    fn counters(ifindex: u32, name: &str, requests: u64, replies: u64) -> ArpCounters {
+        let mut c = ArpCounters::new(ifindex, name);
+        let mut t = TargetCounts {
+            requests_received: requests,
+            replies_sent: replies,
+            ..TargetCounts::default()
+        };
+        t.add_requester(Requester {
+            mac: MacAddr([0x3c, 0x7c, 0x3f, 1, 2, 3]),
+            ip: Ipv4Addr::new(192, 168, 1, 20),
+        });
+        c.targets.insert(VIP, t);
+        c.window_ms = 30_000;
+        c
+    }
+
+    fn map(sent: u64) -> ResponderMap {
+        ResponderMap {
+            path: "/sys/fs/bpf/tc/globals/cilium_l2_responder_v4".into(),
+            status: ResponderStatus::Read,
+            entries: vec![ResponderEntry {
+                ip: VIP,
+                ifindex: 3,
+                responses_sent: sent,
+            }],
+        }
+    }
+
+    fn target() -> Vec<ArpTarget> {
+        vec![ArpTarget::parse("192.168.1.51@wlan0").unwrap()]
+    }
+
+    #[test]
+    fn the_raspberry_pi_incident_is_found_with_a_promisc_fix() {
+        // The field report: wlan0 (ifindex 3), responses_sent stuck at 0, requests arriving.
+        let links = [link("lo", 1, None, false), link("wlan0", 3, None, false)];
+        let f = arp_unanswered(
+            &[],
+            &[counters(3, "wlan0", 5, 0)],
+            Some(&map(0)),
+            Some(&map(0)),
+            &links,
+            3,
+            &[],
+        );
+        assert_eq!(f.len(), 1);
+        let f = &f[0];
+        assert_eq!(f.check, CheckId::ArpUnanswered);
+        assert_eq!(f.subject, "wlan0@192.168.1.51");
+        assert_eq!(f.severity, Severity::Warning);
+        assert_eq!(f.evidence["requests"], 5);
+        assert_eq!(f.evidence["repliesSent"], 0);
+        assert_eq!(f.evidence["responderCounter"]["delta"], 0);
+        assert_eq!(f.evidence["requesters"][0]["ip"], "192.168.1.20");
+        assert_eq!(f.evidence["promisc"], false);
+        assert!(f.message.contains("did not move"), "{}", f.message);
+        let p = f.proposal.as_ref().unwrap();
+        assert_eq!(
+            p.action,
+            Some(FixAction::SetPromisc {
+                interface: "wlan0".into(),
+                ifindex: 3
+            })
+        );
+    }
+
+    #[test]
+    fn answered_or_quiet_targets_are_fine() {
+        let links = [link("wlan0", 3, None, false)];
+        // A reply left.
+        assert!(arp_unanswered(&target(), &[counters(3, "wlan0", 5, 1)], None, None, &links, 3, &[]).is_empty());
+        // Too few requests.
+        assert!(arp_unanswered(&target(), &[counters(3, "wlan0", 2, 0)], None, None, &links, 3, &[]).is_empty());
+        // The responder counter moved (XDP_TX replies never reach the tap).
+        assert!(arp_unanswered(
+            &target(),
+            &[counters(3, "wlan0", 5, 0)],
+            Some(&map(10)),
+            Some(&map(13)),
+            &links,
+            3,
+            &[]
+        )
+        .is_empty());
+        // The interface vanished mid-window: not judged.
+        let mut gone = counters(3, "wlan0", 5, 0);
+        gone.gone = Some("wlan0 was deleted".into());
+        assert!(arp_unanswered(&target(), &[gone], None, None, &links, 3, &[]).is_empty());
+        // No such interface, or no counters for it.
+        assert!(arp_unanswered(&target(), &[counters(3, "wlan0", 5, 0)], None, None, &[], 3, &[]).is_empty());
+        assert!(arp_unanswered(&target(), &[], None, None, &links, 3, &[]).is_empty());
+    }
+
+    #[test]
+    fn config_targets_without_a_map_are_judged_on_counters_alone() {
+        let links = [link("wlan0", 3, None, false)];
+        let f = arp_unanswered(&target(), &[counters(3, "wlan0", 3, 0)], None, None, &links, 3, &[]);
+        assert_eq!(f.len(), 1);
+        assert!(f[0].evidence["responderCounter"]["delta"].is_null());
+        // The same target from config and map is reported once.
+        let f = arp_unanswered(
+            &target(),
+            &[counters(3, "wlan0", 3, 0)],
+            Some(&map(0)),
+            Some(&map(0)),
+            &links,
+            3,
+            &[],
+        );
+        assert_eq!(f.len(), 1);
+    }
+
+    #[test]
+    fn virtual_interfaces_get_no_action_unless_allowed() {
+        let links = [link("veth0", 3, Some("veth"), false)];
+        let t = vec![ArpTarget::parse("192.168.1.51@veth0").unwrap()];
+        let c = [counters(3, "veth0", 4, 0)];
+        let f = arp_unanswered(&t, &c, None, None, &links, 3, &[]);
+        let p = f[0].proposal.as_ref().unwrap();
+        assert_eq!(p.action, None);
+        assert_eq!(
+            p.detail,
+            "veth0 is a virtual interface (veth); list it under fixes.set-promisc.interfaces to allow"
+        );
+        let f = arp_unanswered(&t, &c, None, None, &links, 3, &["veth0".to_string()]);
+        assert!(f[0].proposal.as_ref().unwrap().action.is_some());
+    }
+
+    #[test]
+    fn already_promiscuous_gets_no_fix() {
+        let links = [link("wlan0", 3, None, true)];
+        let f = arp_unanswered(&target(), &[counters(3, "wlan0", 9, 0)], None, None, &links, 3, &[]);
+        let p = f[0].proposal.as_ref().unwrap();
+        assert_eq!(p.action, None);
+        assert!(p.detail.contains("already promiscuous"), "{}", p.detail);
+        assert_eq!(f[0].evidence["promisc"], true);
+        assert!(f[0].evidence["flags"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("PROMISC")));
+    }
+
+    #[test]
+    fn map_keys_on_unknown_ifindexes_are_ignored() {
+        let links = [link("wlan0", 3, None, false)];
+        let mut m = map(0);
+        m.entries[0].ifindex = 42;
+        assert!(targets_from_responder(&m, &links).is_empty());
+        assert_eq!(targets_from_responder(&map(0), &links), target());
+    }
+}

@@ -1,0 +1,665 @@
+//! ARP accounting, read-only: one `AF_PACKET` tap per watched interface counting, per IPv4
+//! address, the who-has requests received, the replies sent and received, and who asked. The
+//! frame decoder [`decode_arp_frame`] and the bookkeeping [`account`] are pure and tested on
+//! frames captured from the kernel (agent/testdata/l2/). Needs CAP_NET_RAW.
+//!
+//! Kernel quirks handled, in the order the socket is set up:
+//! - the socket is created with protocol 0 so it receives nothing until `bind`;
+//! - a classic BPF filter accepting only ethertype 0x0806 (also behind one 802.1Q tag) is attached
+//!   BEFORE `bind`, so no unfiltered frame is ever queued;
+//! - `bind` uses ETH_P_ALL on the ifindex: binding ETH_P_ARP sees only received frames and misses
+//!   the node's own replies; `sll_pkttype == PACKET_OUTGOING` tells sent from received;
+//! - taps run before tc and netfilter ingress, so requests a filter drops later are still counted;
+//!   replies sent with XDP_TX never reach taps (Cilium's responder counter is the only view);
+//! - `PACKET_STATISTICS` resets on every read: drops are accumulated;
+//! - when the interface goes down or is deleted the socket reports ENETDOWN once; a deleted
+//!   interface then shows ifindex -1 in `getsockname`, which tells "gone" from "down".
+//!
+//! Memory is bounded: at most [`DEFAULT_MAX_TARGETS`] addresses per interface (frames about more
+//! are counted in `overflow`) and [`crate::model::l2::MAX_REQUESTERS`] requesters per address.
+//! Gratuitous ARP (sender address = target address) is an announcement, not a question or an
+//! answer: it is counted only in `frames`.
+
+use crate::model::l2::{ArpCounters, MacAddr, Requester};
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ALL: u16 = 0x0003;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ARP_REQUEST: u16 = 1;
+pub const ARP_REPLY: u16 = 2;
+pub const PACKET_OUTGOING: u8 = 4;
+/// Default cap on tracked addresses per interface.
+pub const DEFAULT_MAX_TARGETS: usize = 4096;
+const ETH_HLEN: usize = 14;
+const ARP_LEN: usize = 28;
+const SNAPLEN: u32 = 128;
+const PACKET_STATISTICS: i32 = 6;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArpError {
+    #[error("opening an AF_PACKET socket for {interface}: {source}")]
+    Socket { interface: String, source: io::Error },
+    #[error("attaching the ARP filter to the socket of {interface}: {source}")]
+    Filter { interface: String, source: io::Error },
+    #[error("binding the ARP tap to {interface} (ifindex {ifindex}): {source}")]
+    Bind {
+        interface: String,
+        ifindex: u32,
+        source: io::Error,
+    },
+}
+
+impl ArpError {
+    /// True when the interface does not exist (any more).
+    pub fn is_gone(&self) -> bool {
+        matches!(
+            self,
+            ArpError::Bind { source, .. }
+                if matches!(source.raw_os_error(), Some(libc::ENODEV) | Some(libc::ENXIO))
+        )
+    }
+}
+
+/// A decoded IPv4-over-Ethernet ARP frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArpFrame {
+    pub eth_dst: MacAddr,
+    pub eth_src: MacAddr,
+    pub op: u16,
+    pub sender_mac: MacAddr,
+    pub sender_ip: Ipv4Addr,
+    pub target_mac: MacAddr,
+    pub target_ip: Ipv4Addr,
+}
+
+/// Why a frame is not IPv4-over-Ethernet ARP.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes is too short for Ethernet + ARP")]
+    Short(usize),
+    #[error("ethertype {0:#06x} is not ARP")]
+    NotArp(u16),
+    #[error("ARP for hardware {htype} / protocol {ptype:#06x} ({hlen}/{plen} bytes), not Ethernet/IPv4")]
+    NotIpv4OverEthernet {
+        htype: u16,
+        ptype: u16,
+        hlen: u8,
+        plen: u8,
+    },
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn ip4(b: &[u8]) -> Ipv4Addr {
+    Ipv4Addr::new(b[0], b[1], b[2], b[3])
+}
+
+/// Decodes an Ethernet frame carrying ARP (optionally behind one 802.1Q tag).
+pub fn decode_arp_frame(frame: &[u8]) -> Result<ArpFrame, FrameError> {
+    if frame.len() < ETH_HLEN {
+        return Err(FrameError::Short(frame.len()));
+    }
+    let mut off = 12;
+    let mut ethertype = be16(frame, off);
+    if ethertype == ETH_P_8021Q {
+        if frame.len() < ETH_HLEN + 4 {
+            return Err(FrameError::Short(frame.len()));
+        }
+        off += 4;
+        ethertype = be16(frame, off);
+    }
+    if ethertype != ETH_P_ARP {
+        return Err(FrameError::NotArp(ethertype));
+    }
+    let arp = &frame[off + 2..];
+    if arp.len() < ARP_LEN {
+        return Err(FrameError::Short(frame.len()));
+    }
+    let (htype, ptype, hlen, plen) = (be16(arp, 0), be16(arp, 2), arp[4], arp[5]);
+    if htype != 1 || ptype != ETH_P_IP || hlen != 6 || plen != 4 {
+        return Err(FrameError::NotIpv4OverEthernet {
+            htype,
+            ptype,
+            hlen,
+            plen,
+        });
+    }
+    let mac = |at: usize| MacAddr(arp[at..at + 6].try_into().unwrap_or_default());
+    Ok(ArpFrame {
+        eth_dst: MacAddr(frame[0..6].try_into().unwrap_or_default()),
+        eth_src: MacAddr(frame[6..12].try_into().unwrap_or_default()),
+        op: be16(arp, 6),
+        sender_mac: mac(8),
+        sender_ip: ip4(&arp[14..18]),
+        target_mac: mac(18),
+        target_ip: ip4(&arp[24..28]),
+    })
+}
+
+/// Builds a broadcast who-has frame (42 bytes; the driver pads to 60).
+pub fn who_has_frame(sender_mac: MacAddr, sender_ip: Ipv4Addr, target_ip: Ipv4Addr) -> Vec<u8> {
+    let mut f = Vec::with_capacity(ETH_HLEN + ARP_LEN);
+    f.extend_from_slice(&MacAddr::BROADCAST.0);
+    f.extend_from_slice(&sender_mac.0);
+    f.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+    f.extend_from_slice(&1u16.to_be_bytes());
+    f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    f.extend_from_slice(&[6, 4]);
+    f.extend_from_slice(&ARP_REQUEST.to_be_bytes());
+    f.extend_from_slice(&sender_mac.0);
+    f.extend_from_slice(&sender_ip.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target_ip.octets());
+    f
+}
+
+/// Counts one decoded frame. `outgoing` is `sll_pkttype == PACKET_OUTGOING`.
+pub fn account(c: &mut ArpCounters, f: &ArpFrame, outgoing: bool, max_targets: usize) {
+    c.frames += 1;
+    if f.sender_ip == f.target_ip {
+        return; // gratuitous: an announcement
+    }
+    let key = match f.op {
+        ARP_REQUEST => f.target_ip,
+        ARP_REPLY => f.sender_ip,
+        _ => return,
+    };
+    if !c.targets.contains_key(&key) && c.targets.len() >= max_targets {
+        c.overflow += 1;
+        return;
+    }
+    let t = c.targets.entry(key).or_default();
+    match (f.op, outgoing) {
+        (ARP_REQUEST, false) => {
+            t.requests_received += 1;
+            t.add_requester(Requester {
+                mac: f.sender_mac,
+                ip: f.sender_ip,
+            });
+        }
+        (ARP_REQUEST, true) => t.requests_sent += 1,
+        (ARP_REPLY, true) => t.replies_sent += 1,
+        _ => t.replies_received += 1,
+    }
+}
+
+/// Classic BPF: accept ARP (also behind one 802.1Q tag), `SNAPLEN` bytes; drop the rest.
+fn arp_filter() -> [libc::sock_filter; 7] {
+    let ins = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    const LD_H_ABS: u16 = 0x28;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+    [
+        ins(LD_H_ABS, 0, 0, 12),
+        ins(JEQ_K, 3, 0, u32::from(ETH_P_ARP)),
+        ins(JEQ_K, 0, 3, u32::from(ETH_P_8021Q)),
+        ins(LD_H_ABS, 0, 0, 16),
+        ins(JEQ_K, 0, 1, u32::from(ETH_P_ARP)),
+        ins(RET_K, 0, 0, SNAPLEN),
+        ins(RET_K, 0, 0, 0),
+    ]
+}
+
+/// Opens an AF_PACKET SOCK_RAW socket with the ARP filter attached, bound to `ifindex` with
+/// `protocol` (ETH_P_ALL for the tap, ETH_P_ARP for the prober).
+pub(crate) fn open_arp_socket(
+    ifindex: u32,
+    name: &str,
+    protocol: u16,
+) -> Result<OwnedFd, ArpError> {
+    // SAFETY: plain socket(2) call, checked.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(ArpError::Socket {
+            interface: name.to_string(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: fd is freshly created and owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let filter = arp_filter();
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prog points at `filter`, alive for the call; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            &prog as *const libc::sock_fprog as *const libc::c_void,
+            std::mem::size_of::<libc::sock_fprog>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(ArpError::Filter {
+            interface: name.to_string(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    let rcvbuf: i32 = 1 << 20;
+    // SAFETY: valid int option; failure only means the default buffer.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &rcvbuf as *const i32 as *const libc::c_void,
+            4,
+        )
+    };
+    // SAFETY: an all-zero sockaddr_ll is valid; fields set below.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = protocol.to_be();
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: sll is a valid sockaddr_ll for the length given.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(ArpError::Bind {
+            interface: name.to_string(),
+            ifindex,
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(fd)
+}
+
+/// Receives one frame without blocking: `Ok(None)` when nothing is queued; else (pkttype, len).
+pub(crate) fn recv_frame(fd: i32, buf: &mut [u8]) -> io::Result<Option<(u8, usize)>> {
+    loop {
+        // SAFETY: zeroed sockaddr_ll is valid; buffers valid for their lengths.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut sll_len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        // SAFETY: as above.
+        let rc = unsafe {
+            libc::recvfrom(
+                fd,
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                libc::MSG_DONTWAIT,
+                &mut sll as *mut libc::sockaddr_ll as *mut libc::sockaddr,
+                &mut sll_len,
+            )
+        };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => return Ok(None),
+                _ => return Err(err),
+            }
+        }
+        return Ok(Some((sll.sll_pkttype, rc as usize)));
+    }
+}
+
+/// The ifindex the packet socket is bound to now (-1 once the device was unregistered).
+fn bound_ifindex(fd: i32) -> Option<i32> {
+    // SAFETY: zeroed sockaddr_ll is valid; lengths match.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::getsockname(
+            fd,
+            &mut sll as *mut libc::sockaddr_ll as *mut libc::sockaddr,
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(sll.sll_ifindex)
+}
+
+/// One raw frame as the tap saw it (for recording test data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFrame {
+    pub outgoing: bool,
+    pub pkttype: u8,
+    pub bytes: Vec<u8>,
+}
+
+/// The ARP tap of one interface.
+#[derive(Debug)]
+pub struct ArpMonitor {
+    fd: OwnedFd,
+    counters: ArpCounters,
+    max_targets: usize,
+    buf: Vec<u8>,
+    started: Instant,
+}
+
+impl ArpMonitor {
+    /// Opens the tap on `ifindex` (named `name` in reports) in the calling thread's namespace.
+    pub fn open(ifindex: u32, name: &str) -> Result<ArpMonitor, ArpError> {
+        Self::with_max_targets(ifindex, name, DEFAULT_MAX_TARGETS)
+    }
+
+    /// Like [`ArpMonitor::open`] with a different cap on tracked addresses.
+    pub fn with_max_targets(
+        ifindex: u32,
+        name: &str,
+        max_targets: usize,
+    ) -> Result<ArpMonitor, ArpError> {
+        Ok(ArpMonitor {
+            fd: open_arp_socket(ifindex, name, ETH_P_ALL)?,
+            counters: ArpCounters::new(ifindex, name),
+            max_targets,
+            buf: vec![0u8; 2048],
+            started: Instant::now(),
+        })
+    }
+
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    /// True once the interface vanished; the monitor then counts nothing more.
+    pub fn is_gone(&self) -> bool {
+        self.counters.gone.is_some()
+    }
+
+    /// Handles a receive error: marks down or gone, never fails.
+    fn on_error(&mut self, err: io::Error) {
+        match err.raw_os_error() {
+            Some(libc::ENETDOWN) => {
+                if bound_ifindex(self.fd.as_raw_fd()) == Some(-1) {
+                    self.counters.gone = Some(format!(
+                        "{} was deleted while watched (ENETDOWN, socket unbound)",
+                        self.counters.interface
+                    ));
+                } else {
+                    self.counters.went_down = true;
+                }
+            }
+            Some(libc::ENODEV) | Some(libc::ENXIO) => {
+                self.counters.gone = Some(format!(
+                    "{} vanished while watched ({err})",
+                    self.counters.interface
+                ));
+            }
+            _ => {
+                self.counters.gone = Some(format!(
+                    "reading ARP frames on {} failed: {err}",
+                    self.counters.interface
+                ));
+            }
+        }
+    }
+
+    /// The next frame, waiting up to `timeout`; None on timeout or once the interface is gone.
+    /// Not counted: for recording frames.
+    pub fn next_frame(&mut self, timeout: Duration) -> Option<RawFrame> {
+        let deadline = Instant::now() + timeout;
+        while !self.is_gone() {
+            match recv_frame(self.fd.as_raw_fd(), &mut self.buf) {
+                Ok(Some((pkttype, len))) => {
+                    return Some(RawFrame {
+                        outgoing: pkttype == PACKET_OUTGOING,
+                        pkttype,
+                        bytes: self.buf[..len].to_vec(),
+                    })
+                }
+                Ok(None) => {}
+                Err(e) => self.on_error(e),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            crate::observe::links::wait_readable(self.fd.as_raw_fd(), left);
+        }
+        None
+    }
+
+    /// Counts every queued frame without blocking; returns how many were read.
+    pub fn drain(&mut self) -> usize {
+        let mut n = 0;
+        while !self.is_gone() {
+            match recv_frame(self.fd.as_raw_fd(), &mut self.buf) {
+                Ok(Some((pkttype, len))) => {
+                    n += 1;
+                    match decode_arp_frame(&self.buf[..len]) {
+                        Ok(f) => account(
+                            &mut self.counters,
+                            &f,
+                            pkttype == PACKET_OUTGOING,
+                            self.max_targets,
+                        ),
+                        Err(_) => {
+                            self.counters.frames += 1;
+                            self.counters.malformed += 1;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => self.on_error(e),
+            }
+        }
+        n
+    }
+
+    /// Waits up to `timeout` for frames, then counts everything queued.
+    pub fn poll(&mut self, timeout: Duration) -> usize {
+        if self.is_gone() {
+            return 0;
+        }
+        crate::observe::links::wait_readable(self.fd.as_raw_fd(), timeout);
+        self.drain()
+    }
+
+    /// The counters so far (kernel drops folded in; PACKET_STATISTICS resets on read).
+    pub fn snapshot(&mut self) -> ArpCounters {
+        let mut stats = [0u32; 2];
+        let mut len = std::mem::size_of_val(&stats) as u32;
+        // SAFETY: stats is a valid tpacket_stats-sized buffer for the length given.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_STATISTICS,
+                stats.as_mut_ptr() as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            self.counters.kernel_drops += u64::from(stats[1]);
+        }
+        self.counters.window_ms = self.started.elapsed().as_millis() as u64;
+        self.counters.clone()
+    }
+}
+
+/// Watches `interfaces` (ifindex, name) for `window` and returns one [`ArpCounters`] each, in
+/// order. An interface that does not exist or vanishes mid-window yields counters with `gone`
+/// set; other setup failures (no CAP_NET_RAW) are errors.
+pub fn observe_window(
+    interfaces: &[(u32, String)],
+    window: Duration,
+) -> Result<Vec<ArpCounters>, ArpError> {
+    let mut slots: Vec<Result<ArpMonitor, ArpCounters>> = Vec::with_capacity(interfaces.len());
+    for (ifindex, name) in interfaces {
+        match ArpMonitor::open(*ifindex, name) {
+            Ok(m) => slots.push(Ok(m)),
+            Err(e) if e.is_gone() => {
+                let mut c = ArpCounters::new(*ifindex, name);
+                c.gone = Some(format!("not watched: {e}"));
+                slots.push(Err(c));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let deadline = Instant::now() + window;
+    loop {
+        let live: Vec<usize> = slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, Ok(m) if !m.is_gone()))
+            .map(|(i, _)| i)
+            .collect();
+        let left = deadline.saturating_duration_since(Instant::now());
+        if live.is_empty() || left.is_zero() {
+            break;
+        }
+        let mut pfds: Vec<libc::pollfd> = live
+            .iter()
+            .filter_map(|&i| slots[i].as_ref().ok())
+            .map(|m| libc::pollfd {
+                fd: m.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: pfds is a valid array of pollfd for its length.
+        unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+        for (k, &i) in live.iter().enumerate() {
+            if pfds[k].revents != 0 {
+                if let Ok(m) = &mut slots[i] {
+                    m.drain();
+                }
+            }
+        }
+    }
+    Ok(slots
+        .into_iter()
+        .map(|s| match s {
+            Ok(mut m) => {
+                m.drain();
+                m.snapshot()
+            }
+            Err(c) => c,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    // Frames captured by the tap on a veth while `arping` asked for 10.99.0.51 and the kernel
+    // answered (see agent/testdata/l2/README.md).
+    const REQUEST: &str = include_str!("../../testdata/l2/arp-request.hex");
+    const REPLY_OUT: &str = include_str!("../../testdata/l2/arp-reply-outgoing.hex");
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 51);
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 10);
+
+    #[test]
+    fn decodes_captured_frames() {
+        let req = decode_arp_frame(&unhex(REQUEST)).unwrap();
+        assert_eq!(req.op, ARP_REQUEST);
+        assert_eq!(req.target_ip, VIP);
+        assert_eq!(req.sender_ip, CLIENT);
+        assert_eq!(req.eth_dst, MacAddr::BROADCAST);
+        let rep = decode_arp_frame(&unhex(REPLY_OUT)).unwrap();
+        assert_eq!(rep.op, ARP_REPLY);
+        assert_eq!(rep.sender_ip, VIP);
+        assert_eq!(rep.target_ip, CLIENT);
+        assert_eq!(rep.target_mac, req.sender_mac);
+    }
+
+    #[test]
+    fn counts_requests_replies_and_requesters() {
+        let req = decode_arp_frame(&unhex(REQUEST)).unwrap();
+        let rep = decode_arp_frame(&unhex(REPLY_OUT)).unwrap();
+        let mut c = ArpCounters::new(2, "eth0");
+        for _ in 0..3 {
+            account(&mut c, &req, false, 16);
+        }
+        account(&mut c, &rep, true, 16);
+        account(&mut c, &rep, false, 16);
+        let t = c.target(VIP).unwrap();
+        assert_eq!(t.requests_received, 3);
+        assert_eq!(t.replies_sent, 1);
+        assert_eq!(t.replies_received, 1);
+        assert_eq!(t.requesters.len(), 1);
+        assert_eq!(t.requesters[0].ip, CLIENT);
+        assert_eq!(c.frames, 5);
+        // The node's own outgoing request is not a request received.
+        let mut mine = req;
+        mine.target_ip = Ipv4Addr::new(10, 99, 0, 1);
+        account(&mut c, &mine, true, 16);
+        assert_eq!(c.target(mine.target_ip).unwrap().requests_sent, 1);
+        assert_eq!(c.target(mine.target_ip).unwrap().requests_received, 0);
+    }
+
+    #[test]
+    fn gratuitous_arp_is_not_a_question() {
+        let mut g = decode_arp_frame(&unhex(REQUEST)).unwrap();
+        g.sender_ip = VIP;
+        let mut c = ArpCounters::new(2, "eth0");
+        account(&mut c, &g, false, 16);
+        assert!(c.targets.is_empty());
+        assert_eq!(c.frames, 1);
+    }
+
+    #[test]
+    fn tracked_addresses_are_capped() {
+        let req = decode_arp_frame(&unhex(REQUEST)).unwrap();
+        let mut c = ArpCounters::new(2, "eth0");
+        for i in 0..100u8 {
+            let mut f = req;
+            f.target_ip = Ipv4Addr::new(10, 1, 0, i);
+            account(&mut c, &f, false, 10);
+        }
+        assert_eq!(c.targets.len(), 10);
+        assert_eq!(c.overflow, 90);
+        // Known addresses keep counting after the cap.
+        let mut f = req;
+        f.target_ip = Ipv4Addr::new(10, 1, 0, 0);
+        account(&mut c, &f, false, 10);
+        assert_eq!(c.target(f.target_ip).unwrap().requests_received, 2);
+    }
+
+    #[test]
+    fn built_who_has_round_trips_and_vlan_is_understood() {
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let f = who_has_frame(mac, CLIENT, VIP);
+        let d = decode_arp_frame(&f).unwrap();
+        assert_eq!((d.op, d.sender_mac, d.sender_ip, d.target_ip), (1, mac, CLIENT, VIP));
+        let mut tagged = f[..12].to_vec();
+        tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+        tagged.extend_from_slice(&f[12..]);
+        assert_eq!(decode_arp_frame(&tagged).unwrap().target_ip, VIP);
+    }
+
+    #[test]
+    fn bad_frames_are_errors_not_panics() {
+        let req = unhex(REQUEST);
+        for len in 0..req.len() {
+            let _ = decode_arp_frame(&req[..len]);
+        }
+        assert_eq!(decode_arp_frame(&req[..20]), Err(FrameError::Short(20)));
+        let mut ip = req.clone();
+        ip[12..14].copy_from_slice(&[0x08, 0x00]);
+        assert_eq!(decode_arp_frame(&ip), Err(FrameError::NotArp(0x0800)));
+        let mut v6 = req.clone();
+        v6[16..18].copy_from_slice(&[0x86, 0xdd]);
+        assert!(matches!(
+            decode_arp_frame(&v6),
+            Err(FrameError::NotIpv4OverEthernet { .. })
+        ));
+    }
+}
