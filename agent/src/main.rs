@@ -183,7 +183,6 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     probe: &mut probe,
                     actuator: &mut actuator,
                     journal: journal.as_mut(),
-                    sleep: &mut |d| probe_wait(d),
                     now: &std::time::SystemTime::now,
                 },
             )
@@ -202,10 +201,6 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
     }
-}
-
-fn probe_wait(window: Duration) {
-    std::thread::sleep(window);
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {

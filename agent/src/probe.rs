@@ -30,10 +30,7 @@ pub enum ProbeError {
         source: LinksError,
     },
     #[error("probing {target} on {interface}: the interface has no Ethernet address")]
-    NoMac {
-        interface: String,
-        target: Ipv4Addr,
-    },
+    NoMac { interface: String, target: Ipv4Addr },
     #[error("probing {target} on {interface}: reading its addresses: {source}")]
     Addresses {
         interface: String,

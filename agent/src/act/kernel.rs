@@ -3,6 +3,7 @@
 //! that a failure part-way leaves a consistent table, or into a link flag change.
 
 use crate::act::iptables_legacy::{self, LegacyOp};
+use crate::act::link;
 use crate::act::nftables::{apply_batch, NftOp};
 use crate::model::finding::{FixAction, TableRef};
 use crate::model::ruleset::Backend;
@@ -180,14 +181,19 @@ impl Actuator for KernelActuator {
         action: &FixAction,
         nft_generation: Option<u32>,
     ) -> Result<ActReport, ActError> {
-        let backend = match action {
-            FixAction::FlushChain { table, .. } | FixAction::RemoveRules { table, .. } => {
-                Some(table.backend)
+        let table = match action {
+            FixAction::SetPromisc { interface, .. } => {
+                let change = link::set_promisc(interface.as_str(), true)
+                    .map_err(|e| ActError::Failed(e.to_string()))?;
+                return Ok(ActReport {
+                    detail: describe(action),
+                    was_promisc_before: Some(change.was_set_before),
+                });
             }
-            FixAction::SetPromisc { .. } => None,
+            FixAction::FlushChain { table, .. } | FixAction::RemoveRules { table, .. } => table,
         };
-        match (backend, action) {
-            (Some(Backend::Nft), _) => {
+        match table.backend {
+            Backend::Nft => {
                 apply_batch(&nft_ops(action), nft_generation).map_err(|e| {
                     if e.is_precondition_moved() {
                         ActError::StateMoved(e.to_string())
@@ -195,30 +201,18 @@ impl Actuator for KernelActuator {
                         ActError::Failed(e.to_string())
                     }
                 })?;
-                Ok(ActReport {
-                    detail: describe(action),
-                    was_promisc_before: None,
-                })
             }
-            (Some(Backend::Legacy), FixAction::FlushChain { table, .. })
-            | (Some(Backend::Legacy), FixAction::RemoveRules { table, .. }) => {
+            Backend::Legacy => {
                 iptables_legacy::legacy_tool_available(table.family)
                     .map_err(|e| ActError::Unavailable(e.to_string()))?;
                 iptables_legacy::apply(&legacy_ops(action))
                     .map_err(|e| ActError::Failed(e.to_string()))?;
-                Ok(ActReport {
-                    detail: describe(action),
-                    was_promisc_before: None,
-                })
-            }
-            (_, FixAction::SetPromisc { interface, .. }) => {
-                // TEMPORARY until act::link lands.
-                Err(ActError::Unavailable(format!("cannot set {interface} promiscuous yet")))
-            }
-            (Some(_), FixAction::SetPromisc { .. }) | (None, _) => {
-                Err(ActError::Failed("internal: action without a target".into()))
             }
         }
+        Ok(ActReport {
+            detail: describe(action),
+            was_promisc_before: None,
+        })
     }
 }
 

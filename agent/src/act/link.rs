@@ -10,7 +10,9 @@
 
 use crate::model::l2::{Link, IFF_PROMISC};
 use crate::observe::links::{get_link, ifinfomsg, LinkSelector, LinksError, RTM_NEWLINK};
-use crate::observe::netlink::{MessageBuilder, NetlinkError, NetlinkSocket, NLM_F_ACK, NLM_F_REQUEST};
+use crate::observe::netlink::{
+    MessageBuilder, NetlinkError, NetlinkSocket, NLM_F_ACK, NLM_F_REQUEST,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkActError {
@@ -80,10 +82,7 @@ fn read(selector: &LinkSelector, shown: &str, state: &'static str) -> Result<Lin
 
 /// Sets (`on`) or clears the admin IFF_PROMISC of the link named by index or name, in the calling
 /// thread's network namespace, and verifies it by reading the link back.
-pub fn set_promisc(
-    link: impl Into<LinkSelector>,
-    on: bool,
-) -> Result<PromiscChange, LinkActError> {
+pub fn set_promisc(link: impl Into<LinkSelector>, on: bool) -> Result<PromiscChange, LinkActError> {
     let selector = link.into();
     let state = if on { "on" } else { "off" };
     let shown = selector.to_string();

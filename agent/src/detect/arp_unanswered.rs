@@ -264,9 +264,27 @@ mod tests {
     fn answered_or_quiet_targets_are_fine() {
         let links = [link("wlan0", 3, None, false)];
         // A reply left.
-        assert!(arp_unanswered(&target(), &[counters(3, "wlan0", 5, 1)], None, None, &links, 3, &[]).is_empty());
+        assert!(arp_unanswered(
+            &target(),
+            &[counters(3, "wlan0", 5, 1)],
+            None,
+            None,
+            &links,
+            3,
+            &[]
+        )
+        .is_empty());
         // Too few requests.
-        assert!(arp_unanswered(&target(), &[counters(3, "wlan0", 2, 0)], None, None, &links, 3, &[]).is_empty());
+        assert!(arp_unanswered(
+            &target(),
+            &[counters(3, "wlan0", 2, 0)],
+            None,
+            None,
+            &links,
+            3,
+            &[]
+        )
+        .is_empty());
         // The responder counter moved (XDP_TX replies never reach the tap).
         assert!(arp_unanswered(
             &target(),
@@ -283,14 +301,31 @@ mod tests {
         gone.gone = Some("wlan0 was deleted".into());
         assert!(arp_unanswered(&target(), &[gone], None, None, &links, 3, &[]).is_empty());
         // No such interface, or no counters for it.
-        assert!(arp_unanswered(&target(), &[counters(3, "wlan0", 5, 0)], None, None, &[], 3, &[]).is_empty());
+        assert!(arp_unanswered(
+            &target(),
+            &[counters(3, "wlan0", 5, 0)],
+            None,
+            None,
+            &[],
+            3,
+            &[]
+        )
+        .is_empty());
         assert!(arp_unanswered(&target(), &[], None, None, &links, 3, &[]).is_empty());
     }
 
     #[test]
     fn config_targets_without_a_map_are_judged_on_counters_alone() {
         let links = [link("wlan0", 3, None, false)];
-        let f = arp_unanswered(&target(), &[counters(3, "wlan0", 3, 0)], None, None, &links, 3, &[]);
+        let f = arp_unanswered(
+            &target(),
+            &[counters(3, "wlan0", 3, 0)],
+            None,
+            None,
+            &links,
+            3,
+            &[],
+        );
         assert_eq!(f.len(), 1);
         assert!(f[0].evidence["responderCounter"]["delta"].is_null());
         // The same target from config and map is reported once.
@@ -325,7 +360,15 @@ mod tests {
     #[test]
     fn already_promiscuous_gets_no_fix() {
         let links = [link("wlan0", 3, None, true)];
-        let f = arp_unanswered(&target(), &[counters(3, "wlan0", 9, 0)], None, None, &links, 3, &[]);
+        let f = arp_unanswered(
+            &target(),
+            &[counters(3, "wlan0", 9, 0)],
+            None,
+            None,
+            &links,
+            3,
+            &[],
+        );
         let p = f[0].proposal.as_ref().unwrap();
         assert_eq!(p.action, None);
         assert!(p.detail.contains("already promiscuous"), "{}", p.detail);

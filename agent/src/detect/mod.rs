@@ -11,7 +11,84 @@ pub mod stale_chain;
 
 use crate::config::Config;
 use crate::model::finding::{CheckId, Finding};
+use crate::model::l2::ArpTarget;
 use crate::model::snapshot::NodeSnapshot;
+use promisc_lost::{MustBePromisc, PromiscReason};
+
+/// Runs every enabled check on one snapshot. `promisc_held` lists the interfaces netmend made
+/// promiscuous (from its journal), which `promisc-lost` keeps so.
+pub fn run_checks(snapshot: &NodeSnapshot, config: &Config, promisc_held: &[String]) -> Vec<Finding> {
+    let mut findings = run_ruleset_checks(snapshot, config);
+    let links = snapshot.links.as_deref().unwrap_or_default();
+    if config.check_enabled(CheckId::ArpUnanswered) {
+        if let Some(counters) = &snapshot.arp {
+            let arp = &config.checks.arp_unanswered;
+            let targets: Vec<ArpTarget> = arp
+                .targets
+                .iter()
+                .map(|(ip, interface)| ArpTarget {
+                    interface: interface.clone(),
+                    ip: *ip,
+                })
+                .collect();
+            findings.extend(arp_unanswered::arp_unanswered(
+                &targets,
+                counters,
+                snapshot.responder.as_ref(),
+                snapshot.responder_after.as_ref(),
+                links,
+                arp.min_requests,
+                &config.fixes.set_promisc.interfaces,
+            ));
+        }
+    }
+    if config.check_enabled(CheckId::PromiscLost) && snapshot.links.is_some() {
+        let mut must: Vec<MustBePromisc> = promisc_held
+            .iter()
+            .map(|interface| MustBePromisc {
+                interface: interface.clone(),
+                reason: PromiscReason::Journal,
+            })
+            .collect();
+        must.extend(config.checks.promisc_lost.interfaces.iter().map(|interface| {
+            MustBePromisc {
+                interface: interface.clone(),
+                reason: PromiscReason::Config,
+            }
+        }));
+        findings.extend(promisc_lost::promisc_lost(&must, links));
+    }
+    findings
+}
+
+/// The ARP watch list: configured targets plus the responder map's keys, as (ifindex, name) of
+/// links present now, without duplicates.
+pub fn arp_watch_list(snapshot: &NodeSnapshot, config: &Config) -> Vec<(u32, String)> {
+    let links = snapshot.links.as_deref().unwrap_or_default();
+    let mut names: Vec<String> = config
+        .checks
+        .arp_unanswered
+        .targets
+        .iter()
+        .map(|(_, interface)| interface.clone())
+        .collect();
+    if let Some(map) = &snapshot.responder {
+        names.extend(
+            arp_unanswered::targets_from_responder(map, links)
+                .into_iter()
+                .map(|t| t.interface),
+        );
+    }
+    let mut out: Vec<(u32, String)> = Vec::new();
+    for name in names {
+        if let Some(link) = links.iter().find(|l| l.name == name) {
+            if !out.iter().any(|(i, _)| *i == link.ifindex) {
+                out.push((link.ifindex, link.name.clone()));
+            }
+        }
+    }
+    out
+}
 
 /// Runs every enabled ruleset check on one snapshot.
 pub fn run_ruleset_checks(snapshot: &NodeSnapshot, config: &Config) -> Vec<Finding> {

@@ -252,12 +252,10 @@ impl ArpTarget {
         let (address, name) = trimmed
             .split_once('@')
             .ok_or_else(|| ArpTargetError::MissingAt(text.to_string()))?;
-        let ip: Ipv4Addr = address
-            .parse()
-            .map_err(|_| ArpTargetError::BadAddress {
-                text: text.to_string(),
-                address: address.to_string(),
-            })?;
+        let ip: Ipv4Addr = address.parse().map_err(|_| ArpTargetError::BadAddress {
+            text: text.to_string(),
+            address: address.to_string(),
+        })?;
         let bad = |why| ArpTargetError::BadInterface {
             text: text.to_string(),
             name: name.to_string(),

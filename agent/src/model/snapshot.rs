@@ -1,6 +1,7 @@
 //! `NodeSnapshot`: everything the checks read about one node (or one network namespace) at one
 //! moment, and the health of each source that fed it. Built by `observe`, read by `detect`.
 
+use crate::model::l2::{ArpCounters, Link, ResponderMap};
 use crate::model::ruleset::{Backend, Ruleset};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -72,6 +73,16 @@ pub struct NodeSnapshot {
     pub listeners: Option<Vec<ListeningSocket>>,
     /// Addresses of the node (None when the source failed).
     pub addresses: Option<Vec<LocalAddress>>,
+    /// The node's interfaces (None when the source failed).
+    pub links: Option<Vec<Link>>,
+    /// ARP accounting over the observation window, one entry per watched interface (None when
+    /// nothing was watched, e.g. `--window 0s`).
+    pub arp: Option<Vec<ArpCounters>>,
+    /// ARP accounting since each watch started (the agent verifies set-promisc against it).
+    pub arp_cumulative: Option<Vec<ArpCounters>>,
+    /// Cilium's L2 responder map at the start and at the end of the window.
+    pub responder: Option<ResponderMap>,
+    pub responder_after: Option<ResponderMap>,
     /// Per-source status keyed by the source names of INTERFACE.md (`nftables`, `iptables-legacy`,
     /// `sockets`, `addresses`, `links`, `arp`, `bpf`).
     pub sources: BTreeMap<String, SourceStatus>,

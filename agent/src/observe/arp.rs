@@ -43,9 +43,15 @@ const PACKET_STATISTICS: i32 = 6;
 #[derive(Debug, thiserror::Error)]
 pub enum ArpError {
     #[error("opening an AF_PACKET socket for {interface}: {source}")]
-    Socket { interface: String, source: io::Error },
+    Socket {
+        interface: String,
+        source: io::Error,
+    },
     #[error("attaching the ARP filter to the socket of {interface}: {source}")]
-    Filter { interface: String, source: io::Error },
+    Filter {
+        interface: String,
+        source: io::Error,
+    },
     #[error("binding the ARP tap to {interface} (ifindex {ifindex}): {source}")]
     Bind {
         interface: String,
@@ -84,7 +90,9 @@ pub enum FrameError {
     Short(usize),
     #[error("ethertype {0:#06x} is not ARP")]
     NotArp(u16),
-    #[error("ARP for hardware {htype} / protocol {ptype:#06x} ({hlen}/{plen} bytes), not Ethernet/IPv4")]
+    #[error(
+        "ARP for hardware {htype} / protocol {ptype:#06x} ({hlen}/{plen} bytes), not Ethernet/IPv4"
+    )]
     NotIpv4OverEthernet {
         htype: u16,
         ptype: u16,
@@ -376,14 +384,8 @@ impl ArpMonitor {
     fn on_error(&mut self, err: io::Error) {
         match err.raw_os_error() {
             Some(libc::ENETDOWN) => {
-                if bound_ifindex(self.fd.as_raw_fd()) == Some(-1) {
-                    self.counters.gone = Some(format!(
-                        "{} was deleted while watched (ENETDOWN, socket unbound)",
-                        self.counters.interface
-                    ));
-                } else {
-                    self.counters.went_down = true;
-                }
+                self.counters.went_down = true;
+                self.check_unbound();
             }
             Some(libc::ENODEV) | Some(libc::ENXIO) => {
                 self.counters.gone = Some(format!(
@@ -425,8 +427,28 @@ impl ArpMonitor {
         None
     }
 
+    /// After ENETDOWN the device may still be unregistering: once it is gone the socket's bound
+    /// ifindex reads -1.
+    fn check_unbound(&mut self) {
+        if self.counters.went_down
+            && self.counters.gone.is_none()
+            && bound_ifindex(self.fd.as_raw_fd()) == Some(-1)
+        {
+            self.counters.gone = Some(format!(
+                "{} was deleted while watched (ENETDOWN, socket unbound)",
+                self.counters.interface
+            ));
+        }
+    }
+
+    /// True after ENETDOWN (the interface went down or is being deleted).
+    pub fn went_down(&self) -> bool {
+        self.counters.went_down
+    }
+
     /// Counts every queued frame without blocking; returns how many were read.
     pub fn drain(&mut self) -> usize {
+        self.check_unbound();
         let mut n = 0;
         while !self.is_gone() {
             match recv_frame(self.fd.as_raw_fd(), &mut self.buf) {
@@ -523,12 +545,22 @@ pub fn observe_window(
                 revents: 0,
             })
             .collect();
-        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // A monitor that saw ENETDOWN is re-checked every 250 ms: a deleted device no longer wakes
+        // the poll.
+        let any_down = live
+            .iter()
+            .any(|&i| matches!(&slots[i], Ok(m) if m.went_down()));
+        let wait = if any_down {
+            left.min(Duration::from_millis(250))
+        } else {
+            left
+        };
+        let ms = wait.as_millis().clamp(1, i32::MAX as u128) as i32;
         // SAFETY: pfds is a valid array of pollfd for its length.
         unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
         for (k, &i) in live.iter().enumerate() {
-            if pfds[k].revents != 0 {
-                if let Ok(m) = &mut slots[i] {
+            if let Ok(m) = &mut slots[i] {
+                if pfds[k].revents != 0 || m.went_down() {
                     m.drain();
                 }
             }
@@ -638,7 +670,10 @@ mod tests {
         let mac = MacAddr([2, 0, 0, 0, 0, 1]);
         let f = who_has_frame(mac, CLIENT, VIP);
         let d = decode_arp_frame(&f).unwrap();
-        assert_eq!((d.op, d.sender_mac, d.sender_ip, d.target_ip), (1, mac, CLIENT, VIP));
+        assert_eq!(
+            (d.op, d.sender_mac, d.sender_ip, d.target_ip),
+            (1, mac, CLIENT, VIP)
+        );
         let mut tagged = f[..12].to_vec();
         tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
         tagged.extend_from_slice(&f[12..]);

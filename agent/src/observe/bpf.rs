@@ -14,8 +14,8 @@
 //! `Ok` with [`ResponderStatus::NotPinned`] and no entries, not an error. Anything else that
 //! fails (permission, a different map type or layout) is a [`BpfError`].
 
-use crate::model::l2::{ResponderEntry, ResponderMap};
 pub use crate::model::l2::ResponderStatus;
+use crate::model::l2::{ResponderEntry, ResponderMap};
 use aya::maps::{HashMap, Map, MapData, MapError, MapType};
 use std::net::Ipv4Addr;
 use std::path::Path;

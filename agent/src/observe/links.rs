@@ -8,7 +8,9 @@
 //! reports `dev->gflags` for PROMISC/ALLMULTI), while packet-socket promiscuity shows only in
 //! `IFLA_PROMISCUITY`; both are decoded. Every flag or counter change arrives as an RTM_NEWLINK
 //! event, so a watcher sees promisc loss without polling. A full event queue (ENOBUFS) loses
-//! events: [`LinksError::Overflow`] tells the caller to re-dump.
+//! events: [`LinksError::Overflow`] tells the caller to re-dump. The kernel omits `IFLA_LINK` when
+//! it equals the link's own index, which happens for a veth whose peer in another namespace has
+//! the same ifindex: `link_netnsid` is then the only hint of a peer.
 
 use crate::model::l2::{Link, LinkChange, MacAddr, OperState};
 use crate::observe::netlink::{
@@ -141,7 +143,7 @@ pub fn decode_link(payload: &[u8]) -> Result<Link, DecodeError> {
             }
             IFLA_ADDRESS if attr.value.len() == 6 => link.mac = MacAddr::from_slice(attr.value),
             IFLA_MTU => link.mtu = attr.u32_ne(),
-            IFLA_LINK => link.parent_ifindex = attr.u32_ne().filter(|&i| i != ifindex),
+            IFLA_LINK => link.parent_ifindex = attr.u32_ne(),
             IFLA_MASTER => link.master = attr.u32_ne(),
             IFLA_OPERSTATE => link.operstate = OperState::from_u8(attr.u8().unwrap_or(0)),
             IFLA_PROMISCUITY => link.promiscuity = attr.u32_ne().unwrap_or(0),
@@ -367,7 +369,9 @@ mod tests {
         assert_eq!(veth.name, "nm-veth0");
         assert_eq!(veth.kind.as_deref(), Some("veth"));
         assert!(veth.mac.is_some());
-        assert!(veth.parent_ifindex.is_some());
+        // The peer lives in another namespace; there it has the same ifindex (2), and the kernel
+        // omits IFLA_LINK when it equals the link's own index: only the netnsid tells.
+        assert!(veth.link_netnsid.is_some());
         assert_eq!(veth.class(), LinkClass::Virtual("veth".into()));
         assert!(!veth.is_promisc());
 
@@ -378,7 +382,7 @@ mod tests {
         let vx = decode_link(&unhex(VXLAN)).unwrap();
         assert_eq!(vx.name, "nm-vx0");
         assert_eq!(vx.kind.as_deref(), Some("vxlan"));
-        assert_eq!(vx.mtu, Some(1450));
+        assert_eq!(vx.mtu, Some(1500)); // no lower device: the default MTU
     }
 
     #[test]
@@ -423,10 +427,7 @@ mod tests {
         );
         let mut b = ifinfomsg(7, 0, 0).to_vec();
         b.extend_from_slice(&[40, 0, 3, 0, b'x']);
-        assert_eq!(
-            decode_link(&b),
-            Err(DecodeError::Truncated { ifindex: 7 })
-        );
+        assert_eq!(decode_link(&b), Err(DecodeError::Truncated { ifindex: 7 }));
     }
 
     #[test]

@@ -12,3 +12,4 @@ pub mod node;
 pub mod links;
 pub mod arp;
 pub mod bpf;
+pub mod l2_watch;

@@ -29,6 +29,8 @@ pub struct KernelProbe {
     force_dump: bool,
     /// Full dumps done (for metrics and tests).
     pub dumps: u64,
+    /// Links, the responder map and ARP accounting.
+    l2: crate::observe::l2_watch::L2Watch,
 }
 
 impl KernelProbe {
@@ -38,6 +40,7 @@ impl KernelProbe {
             cached_nft: None,
             force_dump: false,
             dumps: 0,
+            l2: crate::observe::l2_watch::L2Watch::new(),
         }
     }
 
@@ -85,6 +88,14 @@ fn nft_status(ruleset: &Ruleset, took: Duration) -> SourceStatus {
 }
 
 impl NodeProbe for KernelProbe {
+    fn configure(&mut self, config: &crate::config::Config) {
+        self.l2.configure(config);
+    }
+
+    fn observe(&mut self, window: Duration) {
+        self.l2.observe_window(window);
+    }
+
     fn snapshot(&mut self) -> Result<NodeSnapshot, ProbeFatal> {
         let mut snapshot = NodeSnapshot::default();
 
@@ -160,6 +171,10 @@ impl NodeProbe for KernelProbe {
                     SourceStatus::failed(started.elapsed(), e.to_string()),
                 );
             }
+        }
+        match self.view {
+            NftView::Fresh => self.l2.fill_once(&mut snapshot),
+            NftView::Cached => self.l2.fill(&mut snapshot),
         }
         Ok(snapshot)
     }

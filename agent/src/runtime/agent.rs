@@ -10,7 +10,7 @@
 use crate::config::Config;
 use crate::http::{ConfigState, Shared};
 use crate::journal::Journal;
-use crate::model::finding::{CheckId, Finding, FixId, FixReport, Outcome};
+use crate::model::finding::{CheckId, Finding, FixAction, FixId, FixReport, Outcome};
 use crate::remediate::guard::{decide, Decision, GuardScope};
 use crate::remediate::tracker::{persistent, Tracker};
 use crate::report::FindingReport;
@@ -125,6 +125,85 @@ pub struct Engine<P: NodeProbe, A: Actuator> {
     last_changed_by: Option<String>,
     /// Fix reports that stay shown after an apply until the next decision differs.
     last_reports: HashMap<String, FixReport>,
+    /// set-promisc fixes for unanswered ARP waiting for replies to prove them.
+    pending_promisc: Vec<PendingPromisc>,
+}
+
+/// A set-promisc applied for an unanswered target, waiting for verification: replies for the
+/// target leaving the interface (or the responder counter moving) prove it; requests that keep
+/// arriving unanswered for `verifyWithin` disprove it and the flag is reverted (unless it was
+/// already set before).
+#[derive(Debug, Clone)]
+struct PendingPromisc {
+    key: String,
+    subject: String,
+    interface: String,
+    target: std::net::Ipv4Addr,
+    applied_at: SystemTime,
+    requests_at_apply: u64,
+    replies_at_apply: u64,
+    responses_at_apply: Option<u64>,
+}
+
+/// (requests received, replies sent) for `target` on `interface` since the watch started.
+fn arp_totals(
+    snapshot: &crate::model::snapshot::NodeSnapshot,
+    interface: &str,
+    target: std::net::Ipv4Addr,
+) -> (u64, u64) {
+    snapshot
+        .arp_cumulative
+        .iter()
+        .flatten()
+        .find(|c| c.interface == interface)
+        .and_then(|c| c.target(target))
+        .map(|t| (t.requests_received, t.replies_sent))
+        .unwrap_or((0, 0))
+}
+
+fn responses_sent(
+    snapshot: &crate::model::snapshot::NodeSnapshot,
+    interface: &str,
+    target: std::net::Ipv4Addr,
+) -> Option<u64> {
+    let ifindex = snapshot
+        .links
+        .iter()
+        .flatten()
+        .find(|l| l.name == interface)?
+        .ifindex;
+    snapshot
+        .responder_after
+        .as_ref()
+        .or(snapshot.responder.as_ref())?
+        .responses_sent(target, ifindex)
+}
+
+impl PendingPromisc {
+    fn new(
+        tracked: &crate::remediate::tracker::TrackedFinding,
+        interface: &str,
+        snapshot: &crate::model::snapshot::NodeSnapshot,
+        now: SystemTime,
+    ) -> PendingPromisc {
+        let target = tracked
+            .finding
+            .subject
+            .split_once('@')
+            .and_then(|(_, ip)| ip.parse().ok())
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+        let (requests, replies) = arp_totals(snapshot, interface, target);
+        PendingPromisc {
+            key: tracked.finding.key(),
+            subject: tracked.finding.subject.clone(),
+            interface: interface.to_string(),
+            target,
+            applied_at: now,
+            requests_at_apply: requests,
+            replies_at_apply: replies,
+            responses_at_apply: responses_sent(snapshot, interface, target),
+        }
+    }
 }
 
 impl<P: NodeProbe, A: Actuator> Engine<P, A> {
@@ -141,6 +220,8 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
             doc.config = source.state(&config, None);
             doc.journal = journal.recent(RECENT_JOURNAL).to_vec();
         }
+        let mut probe = probe;
+        probe.configure(&config);
         Engine {
             config,
             config_error: None,
@@ -153,7 +234,113 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
             last_state: HashMap::new(),
             last_changed_by: None,
             last_reports: HashMap::new(),
+            pending_promisc: Vec::new(),
         }
+    }
+
+    /// Interfaces netmend made promiscuous and has not released (from the journal).
+    fn promisc_held(&self) -> Vec<String> {
+        self.journal
+            .promisc_interfaces()
+            .into_iter()
+            .map(|(interface, _)| interface)
+            .collect()
+    }
+
+    /// Settles pending set-promisc fixes against what the ARP watch saw since they were applied.
+    fn verify_promisc(&mut self, snapshot: &crate::model::snapshot::NodeSnapshot, now: SystemTime) {
+        let verify_within = self.config.fixes.set_promisc.verify_within;
+        let min_requests = u64::from(self.config.checks.arp_unanswered.min_requests);
+        let mut still_pending = Vec::new();
+        for pending in std::mem::take(&mut self.pending_promisc) {
+            let (requests, replies) = arp_totals(snapshot, &pending.interface, pending.target);
+            let counter_moved = match (
+                pending.responses_at_apply,
+                responses_sent(snapshot, &pending.interface, pending.target),
+            ) {
+                (Some(before), Some(after)) => after > before,
+                _ => false,
+            };
+            let new_requests = requests.saturating_sub(pending.requests_at_apply);
+            let answered = replies > pending.replies_at_apply || counter_moved;
+            let waited = now
+                .duration_since(pending.applied_at)
+                .unwrap_or_default();
+            let (outcome, detail) = if answered {
+                (
+                    Outcome::Verified,
+                    format!(
+                        "{} answers for {} since {} was set promiscuous",
+                        replies.saturating_sub(pending.replies_at_apply),
+                        pending.target,
+                        pending.interface
+                    ),
+                )
+            } else if waited >= verify_within && new_requests >= min_requests {
+                let was_before = self
+                    .journal
+                    .promisc_interfaces()
+                    .into_iter()
+                    .find(|(i, _)| *i == pending.interface)
+                    .map(|(_, before)| before)
+                    .unwrap_or(false);
+                let revert = if was_before {
+                    Ok("left promiscuous: it already was before netmend acted".to_string())
+                } else {
+                    crate::act::link::set_promisc(pending.interface.as_str(), false)
+                        .map(|_| format!("promisc turned off again on {}", pending.interface))
+                        .map_err(|e| e.to_string())
+                };
+                match revert {
+                    Ok(text) => (
+                        Outcome::Reverted,
+                        format!(
+                            "ineffective: {new_requests} requests for {} still unanswered after {}; {text}",
+                            pending.target,
+                            humantime::format_duration(verify_within)
+                        ),
+                    ),
+                    Err(e) => (
+                        Outcome::Failed,
+                        format!("ineffective, and reverting failed: {e}"),
+                    ),
+                }
+            } else {
+                still_pending.push(pending);
+                continue;
+            };
+            if outcome == Outcome::Reverted {
+                self.shared.metrics.fix_outcome(
+                    FixId::SetPromisc,
+                    Outcome::Ineffective,
+                    &pending.subject,
+                    &detail,
+                );
+            }
+            self.shared
+                .metrics
+                .fix_outcome(FixId::SetPromisc, outcome, &pending.subject, &detail);
+            let mut entry = crate::journal::JournalEntry::new(
+                now,
+                Some(CheckId::ArpUnanswered),
+                FixId::SetPromisc,
+                &pending.subject,
+                &pending.key,
+                outcome,
+                &detail,
+            );
+            entry.interface = Some(pending.interface.clone());
+            self.journal_entry(entry);
+            self.last_reports.insert(
+                pending.key.clone(),
+                FixReport {
+                    name: FixId::SetPromisc,
+                    state: outcome.state(),
+                    detail,
+                },
+            );
+        }
+        self.pending_promisc = still_pending;
     }
 
     /// Follows the config file; a bad file keeps the last good config.
@@ -166,6 +353,7 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
                 self.shared
                     .metrics
                     .config_reload(true, &format!("mode {} (hash {hash})", config.mode));
+                self.probe.configure(&config);
                 self.config = config;
                 self.config_error = None;
             }
@@ -218,7 +406,11 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
                 .metrics
                 .source(name, status.ok, Duration::from_millis(status.duration_ms));
         }
-        let tracked = self.tracker.observe(evaluate(&snapshot, &self.config), now);
+        let held = self.promisc_held();
+        self.verify_promisc(&snapshot, now);
+        let tracked = self
+            .tracker
+            .observe(evaluate(&snapshot, &self.config, &held), now);
         let mut active = persistent(tracked, now, |f| self.min_age(f));
         active.sort_by(|a, b| {
             b.finding
@@ -290,6 +482,7 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
                         apply,
                         tracked,
                         &self.config,
+                        &held,
                         &mut self.probe,
                         &mut self.actuator,
                         || now,
@@ -311,6 +504,20 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
                             entry.readded_by = readded.clone();
                         }
                         self.journal_entry(entry);
+                    }
+                    if let (Some(FixAction::SetPromisc { interface, .. }), Outcome::Applied) = (
+                        tracked
+                            .finding
+                            .proposal
+                            .as_ref()
+                            .and_then(|p| p.action.as_ref()),
+                        execution.final_outcome(),
+                    ) {
+                        if tracked.finding.check == CheckId::ArpUnanswered {
+                            self.pending_promisc.push(PendingPromisc::new(
+                                tracked, interface, &snapshot, now,
+                            ));
+                        }
                     }
                     self.last_reports
                         .insert(key.clone(), execution.report.clone());

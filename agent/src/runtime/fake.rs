@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 /// Shared state of the fake node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FakeState {
     pub snapshot: NodeSnapshot,
     pub snapshots_taken: usize,
@@ -20,16 +20,23 @@ pub struct FakeState {
     pub ineffective: bool,
     /// Called on each snapshot, to change the node between reads (a racing writer).
     pub on_snapshot: Option<fn(&mut NodeSnapshot, usize)>,
+    /// The fake's clock: moves only when a window is observed.
+    pub clock: std::time::SystemTime,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct FakeNode(pub Rc<RefCell<FakeState>>);
 
 impl FakeNode {
     pub fn new(snapshot: NodeSnapshot) -> FakeNode {
         FakeNode(Rc::new(RefCell::new(FakeState {
             snapshot,
-            ..FakeState::default()
+            clock: std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
+            snapshots_taken: 0,
+            applied: Vec::new(),
+            fail_next: None,
+            ineffective: false,
+            on_snapshot: None,
         })))
     }
 }
@@ -43,6 +50,11 @@ impl NodeProbe for FakeNode {
             hook(&mut state.snapshot, n);
         }
         Ok(state.snapshot.clone())
+    }
+
+    fn observe(&mut self, window: std::time::Duration) {
+        let mut state = self.0.borrow_mut();
+        state.clock += window;
     }
 }
 

@@ -23,6 +23,16 @@ pub struct ProbeFatal(pub String);
 /// Reads the node. Each call returns a fresh snapshot of every source.
 pub trait NodeProbe {
     fn snapshot(&mut self) -> Result<NodeSnapshot, ProbeFatal>;
+
+    /// Takes the settings that shape what is read (ARP targets, the responder map's path, the
+    /// ARP window). Called at start and on every configuration change.
+    fn configure(&mut self, _config: &crate::config::Config) {}
+
+    /// Observes the node for `window` (the kernel probe counts ARP meanwhile); the next snapshot
+    /// carries what was seen.
+    fn observe(&mut self, window: std::time::Duration) {
+        std::thread::sleep(window);
+    }
 }
 
 /// Why an action did not happen.

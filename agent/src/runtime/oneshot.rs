@@ -42,8 +42,6 @@ pub struct CheckEnv<'a> {
     pub actuator: &'a mut dyn Actuator,
     /// The journal, when fixes may be applied.
     pub journal: Option<&'a mut Journal>,
-    /// Waits out the window (the kernel probe counts ARP meanwhile).
-    pub sleep: &'a mut dyn FnMut(Duration),
     pub now: &'a dyn Fn() -> SystemTime,
 }
 
@@ -58,21 +56,25 @@ pub fn run_check(
         probe,
         actuator,
         mut journal,
-        sleep,
         now,
     } = env;
+    probe.configure(config);
+    let held: Vec<String> = journal
+        .as_ref()
+        .map(|j| j.promisc_interfaces().into_iter().map(|(i, _)| i).collect())
+        .unwrap_or_default();
     let mut tracker = Tracker::new();
     let first = probe.snapshot()?;
     let t0 = now();
-    tracker.observe(evaluate(&first, config), t0);
+    tracker.observe(evaluate(&first, config, &held), t0);
     let last = if options.window.is_zero() {
         first
     } else {
-        sleep(options.window);
+        probe.observe(options.window);
         probe.snapshot()?
     };
     let t1 = if options.window.is_zero() { t0 } else { now() };
-    let tracked = tracker.observe(evaluate(&last, config), t1);
+    let tracked = tracker.observe(evaluate(&last, config, &held), t1);
     let mut findings = persistent(tracked, t1, |f| one_shot_min_age(f, config, options.window));
     findings.sort_by(|a, b| {
         b.finding
@@ -90,7 +92,7 @@ pub fn run_check(
             continue;
         };
         let fix = if options.apply {
-            let execution = execute(decision, tracked, config, probe, actuator, now);
+            let execution = execute(decision, tracked, config, &held, probe, actuator, now);
             if let Some(journal) = journal.as_deref_mut() {
                 for entry in execution.journal {
                     if let Err(e) = journal.append(entry) {

@@ -14,9 +14,14 @@ use crate::remediate::tracker::TrackedFinding;
 use crate::runtime::{ActError, Actuator, NodeProbe};
 use std::time::SystemTime;
 
-/// Every enabled check on one snapshot.
-pub fn evaluate(snapshot: &NodeSnapshot, config: &Config) -> Vec<crate::model::finding::Finding> {
-    detect::run_ruleset_checks(snapshot, config)
+/// Every enabled check on one snapshot; `promisc_held` are the interfaces netmend made
+/// promiscuous (from the journal).
+pub fn evaluate(
+    snapshot: &NodeSnapshot,
+    config: &Config,
+    promisc_held: &[String],
+) -> Vec<crate::model::finding::Finding> {
+    detect::run_checks(snapshot, config, promisc_held)
 }
 
 /// The result of executing one decision.
@@ -64,6 +69,7 @@ pub fn execute(
     decision: Decision,
     tracked: &TrackedFinding,
     config: &Config,
+    promisc_held: &[String],
     probe: &mut dyn NodeProbe,
     actuator: &mut dyn Actuator,
     now: impl Fn() -> SystemTime,
@@ -106,7 +112,7 @@ pub fn execute(
             };
         }
     };
-    let still_same = evaluate(&fresh, config).into_iter().any(|f| {
+    let still_same = evaluate(&fresh, config, promisc_held).into_iter().any(|f| {
         f.key() == key
             && f.proposal
                 .as_ref()
@@ -156,6 +162,10 @@ pub fn execute(
     if let FixAction::SetPromisc { interface, .. } = &action {
         applied_entry.interface = Some(interface.clone());
         applied_entry.was_promisc_before = applied.was_promisc_before;
+    }
+    if matches!(action, FixAction::SetPromisc { .. })
+        && finding.check == crate::model::finding::CheckId::ArpUnanswered
+    {
         // Verification needs ARP traffic over `verifyWithin`: the agent does it later.
         return Execution {
             outcomes: vec![Outcome::Applied],
@@ -175,7 +185,7 @@ pub fn execute(
     // Guard 5: verify on fresh state.
     let (outcome, detail) = match probe.snapshot() {
         Ok(after) => {
-            if evaluate(&after, config).iter().any(|f| f.key() == key) {
+            if evaluate(&after, config, promisc_held).iter().any(|f| f.key() == key) {
                 (
                     Outcome::Ineffective,
                     format!("{}; the finding is still there afterwards", applied.detail),

@@ -1,0 +1,315 @@
+//! The L2 part of a snapshot: links, Cilium's L2 responder map, and ARP accounting on the
+//! interfaces that carry ARP targets (configured ones and the responder map's keys).
+//!
+//! Two ways to count ARP:
+//! - a one-shot window ([`L2Watch::observe_window`]): the counters of exactly that window, with the
+//!   responder map read at both ends of it;
+//! - continuous ([`L2Watch::fill`] in the agent): one packet tap per target interface stays open;
+//!   each snapshot drains it and keeps the cumulative counters with their time, so the window's
+//!   counters are the difference between now and the oldest sample inside the configured window.
+//!   Taps are opened and closed as targets come and go; a vanished interface closes its tap.
+
+use crate::config::Config;
+use crate::detect::arp_watch_list;
+use crate::model::l2::{ArpCounters, ResponderMap, TargetCounts};
+use crate::model::snapshot::{NodeSnapshot, SourceStatus};
+use crate::observe::arp::{observe_window, ArpMonitor};
+use crate::observe::bpf::read_responder_map;
+use crate::observe::links::read_links;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Counters `later - earlier` per target (requesters as seen by `later`).
+pub fn counters_delta(later: &ArpCounters, earlier: &ArpCounters) -> ArpCounters {
+    let mut out = later.clone();
+    for (ip, now) in out.targets.iter_mut() {
+        if let Some(before) = earlier.targets.get(ip) {
+            *now = TargetCounts {
+                requests_received: now.requests_received.saturating_sub(before.requests_received),
+                replies_sent: now.replies_sent.saturating_sub(before.replies_sent),
+                replies_received: now.replies_received.saturating_sub(before.replies_received),
+                requests_sent: now.requests_sent.saturating_sub(before.requests_sent),
+                requesters: now.requesters.clone(),
+                requesters_dropped: now.requesters_dropped.saturating_sub(before.requesters_dropped),
+            };
+        }
+    }
+    out.frames = later.frames.saturating_sub(earlier.frames);
+    out.malformed = later.malformed.saturating_sub(earlier.malformed);
+    out.overflow = later.overflow.saturating_sub(earlier.overflow);
+    out.kernel_drops = later.kernel_drops.saturating_sub(earlier.kernel_drops);
+    out.window_ms = later.window_ms.saturating_sub(earlier.window_ms);
+    out
+}
+
+/// One open tap and its samples.
+struct Tap {
+    monitor: ArpMonitor,
+    samples: VecDeque<(Instant, ArpCounters)>,
+}
+
+/// Reads links and the responder map, and counts ARP on the target interfaces.
+pub struct L2Watch {
+    map_path: PathBuf,
+    window: Duration,
+    /// The configuration's ARP and promisc checks are off: read links only.
+    arp_enabled: bool,
+    config: Option<Config>,
+    taps: BTreeMap<u32, Tap>,
+    responder_samples: VecDeque<(Instant, ResponderMap)>,
+    /// Result of the last one-shot window, handed to the next snapshot.
+    window_result: Option<(Vec<ArpCounters>, Option<ResponderMap>)>,
+}
+
+impl Default for L2Watch {
+    fn default() -> Self {
+        L2Watch::new()
+    }
+}
+
+impl L2Watch {
+    pub fn new() -> L2Watch {
+        L2Watch {
+            map_path: PathBuf::from(crate::config::DEFAULT_RESPONDER_MAP_PATH),
+            window: Duration::from_secs(30),
+            arp_enabled: true,
+            config: None,
+            taps: BTreeMap::new(),
+            responder_samples: VecDeque::new(),
+            window_result: None,
+        }
+    }
+
+    pub fn configure(&mut self, config: &Config) {
+        self.map_path = PathBuf::from(&config.checks.arp_unanswered.responder_map_path);
+        self.window = config.checks.arp_unanswered.window;
+        self.arp_enabled = config.checks.arp_unanswered.enabled;
+        self.config = Some(config.clone());
+    }
+
+    fn read_responder(&self, snapshot: &mut NodeSnapshot) -> Option<ResponderMap> {
+        let started = Instant::now();
+        match read_responder_map(&self.map_path) {
+            Ok(map) => {
+                let mut status = SourceStatus::ok(started.elapsed());
+                if map.status == crate::model::l2::ResponderStatus::NotPinned {
+                    status.detail = Some(format!(
+                        "{} is not pinned: Cilium L2 announcements are not in use",
+                        map.path
+                    ));
+                } else {
+                    status.rules = Some(map.entries.len());
+                }
+                snapshot.sources.insert("bpf".into(), status);
+                Some(map)
+            }
+            Err(e) => {
+                snapshot
+                    .sources
+                    .insert("bpf".into(), SourceStatus::failed(started.elapsed(), e.to_string()));
+                None
+            }
+        }
+    }
+
+    fn read_links(snapshot: &mut NodeSnapshot) {
+        let started = Instant::now();
+        match read_links() {
+            Ok(links) => {
+                snapshot.links = Some(links);
+                snapshot
+                    .sources
+                    .insert("links".into(), SourceStatus::ok(started.elapsed()));
+            }
+            Err(e) => {
+                snapshot.sources.insert(
+                    "links".into(),
+                    SourceStatus::failed(started.elapsed(), e.to_string()),
+                );
+            }
+        }
+    }
+
+    /// One-shot: counts ARP on the target interfaces for `window`.
+    pub fn observe_window(&mut self, window: Duration) {
+        let mut probe = NodeSnapshot::default();
+        Self::read_links(&mut probe);
+        probe.responder = self.read_responder(&mut probe);
+        let watch = match (&self.config, self.arp_enabled) {
+            (Some(config), true) => arp_watch_list(&probe, config),
+            _ => Vec::new(),
+        };
+        if watch.is_empty() {
+            std::thread::sleep(window);
+            self.window_result = None;
+            return;
+        }
+        match observe_window(&watch, window) {
+            Ok(counters) => self.window_result = Some((counters, probe.responder)),
+            Err(e) => {
+                tracing::warn!(error = %e, "ARP accounting failed");
+                self.window_result = None;
+            }
+        }
+    }
+
+    /// Adds links, the responder map and ARP counters to a one-shot snapshot.
+    pub fn fill_once(&mut self, snapshot: &mut NodeSnapshot) {
+        Self::read_links(snapshot);
+        let now = self.read_responder(snapshot);
+        match self.window_result.take() {
+            Some((counters, before)) => {
+                snapshot.sources.insert(
+                    "arp".into(),
+                    arp_status(&counters, Duration::ZERO),
+                );
+                snapshot.arp_cumulative = Some(counters.clone());
+                snapshot.arp = Some(counters);
+                snapshot.responder = before;
+                snapshot.responder_after = now;
+            }
+            None => {
+                snapshot.responder = now;
+            }
+        }
+    }
+
+    /// Agent: adds links, the responder map and the window's ARP counters from the open taps,
+    /// opening taps for new targets and closing those no longer needed.
+    pub fn fill(&mut self, snapshot: &mut NodeSnapshot) {
+        Self::read_links(snapshot);
+        let current = self.read_responder(snapshot);
+        let now = Instant::now();
+        snapshot.responder = current.clone();
+        let watch = match (&self.config, self.arp_enabled) {
+            (Some(config), true) => arp_watch_list(snapshot, config),
+            _ => Vec::new(),
+        };
+        self.taps
+            .retain(|ifindex, tap| watch.iter().any(|(i, _)| i == ifindex) && !tap.monitor.is_gone());
+        for (ifindex, name) in &watch {
+            if self.taps.contains_key(ifindex) {
+                continue;
+            }
+            match ArpMonitor::open(*ifindex, name) {
+                Ok(monitor) => {
+                    self.taps.insert(
+                        *ifindex,
+                        Tap {
+                            monitor,
+                            samples: VecDeque::new(),
+                        },
+                    );
+                }
+                Err(e) => tracing::warn!(interface = %name, error = %e, "cannot watch ARP"),
+            }
+        }
+        if self.taps.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let mut window_counters = Vec::with_capacity(self.taps.len());
+        let mut cumulative = Vec::with_capacity(self.taps.len());
+        for tap in self.taps.values_mut() {
+            tap.monitor.drain();
+            let total = tap.monitor.snapshot();
+            tap.samples.push_back((now, total.clone()));
+            while tap
+                .samples
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > self.window)
+            {
+                tap.samples.pop_front();
+            }
+            let oldest = &tap.samples.front().expect("just pushed").1;
+            let delta = if tap.samples.len() > 1 {
+                counters_delta(&total, oldest)
+            } else {
+                counters_delta(&total, &ArpCounters::new(total.ifindex, &total.interface))
+            };
+            window_counters.push(delta);
+            cumulative.push(total);
+        }
+        if let Some(map) = current {
+            self.responder_samples.push_back((now, map));
+        }
+        while self
+            .responder_samples
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > self.window)
+        {
+            self.responder_samples.pop_front();
+        }
+        snapshot.responder = self.responder_samples.front().map(|(_, m)| m.clone());
+        snapshot.responder_after = self.responder_samples.back().map(|(_, m)| m.clone());
+        snapshot
+            .sources
+            .insert("arp".into(), arp_status(&window_counters, started.elapsed()));
+        snapshot.arp = Some(window_counters);
+        snapshot.arp_cumulative = Some(cumulative);
+    }
+}
+
+fn arp_status(counters: &[ArpCounters], took: Duration) -> SourceStatus {
+    let mut status = SourceStatus::ok(took);
+    let gone: Vec<String> = counters
+        .iter()
+        .filter_map(|c| c.gone.as_ref().map(|why| format!("{}: {why}", c.interface)))
+        .collect();
+    let drops: u64 = counters.iter().map(|c| c.kernel_drops + c.overflow).sum();
+    let mut notes = Vec::new();
+    notes.push(format!(
+        "watching {}",
+        counters
+            .iter()
+            .map(|c| c.interface.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    if !gone.is_empty() {
+        notes.push(gone.join("; "));
+    }
+    if drops > 0 {
+        notes.push(format!("{drops} frames dropped or not tracked"));
+    }
+    status.detail = Some(notes.join("; "));
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn window_counters_are_differences_of_cumulative_samples() {
+        let vip: Ipv4Addr = "10.99.0.51".parse().unwrap();
+        let mut earlier = ArpCounters::new(2, "eth0");
+        earlier.targets.insert(
+            vip,
+            TargetCounts {
+                requests_received: 5,
+                replies_sent: 5,
+                ..TargetCounts::default()
+            },
+        );
+        earlier.frames = 10;
+        let mut later = earlier.clone();
+        later.targets.get_mut(&vip).unwrap().requests_received = 9;
+        later.frames = 14;
+        let other: Ipv4Addr = "10.99.0.52".parse().unwrap();
+        later.targets.insert(
+            other,
+            TargetCounts {
+                requests_received: 2,
+                ..TargetCounts::default()
+            },
+        );
+        let d = counters_delta(&later, &earlier);
+        assert_eq!(d.target(vip).unwrap().requests_received, 4);
+        assert_eq!(d.target(vip).unwrap().replies_sent, 0);
+        assert_eq!(d.target(other).unwrap().requests_received, 2);
+        assert_eq!(d.frames, 4);
+    }
+}
