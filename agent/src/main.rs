@@ -4,12 +4,12 @@
 
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand, ValueEnum};
+use netmend::act::kernel::KernelActuator;
 use netmend::config::Config;
 use netmend::journal::Journal;
 use netmend::model::finding::{CheckId, FixId};
-use netmend::runtime::oneshot::{run_check, CheckEnv, CheckOptions};
-use netmend::act::kernel::KernelActuator;
 use netmend::observe::node::{KernelProbe, NftView};
+use netmend::runtime::oneshot::{run_check, CheckEnv, CheckOptions};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -67,10 +67,33 @@ enum Command {
     },
     /// The catalog: every check and fix with a one-line description.
     Checks,
+    /// Active probes of the node's network.
+    Probe {
+        #[command(subcommand)]
+        what: ProbeCommand,
+    },
     /// Validate a configuration file: exit 0 when valid, 2 with the key path and reason when not.
     ValidateConfig {
         /// The YAML file to validate.
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ProbeCommand {
+    /// Send an ARP who-has for ADDRESS from an interface and wait for the reply: exit 0 when
+    /// answered, 1 when not, 2 on error.
+    Arp {
+        address: std::net::Ipv4Addr,
+        #[arg(long)]
+        interface: String,
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Sender address (default: the interface's first IPv4 address).
+        #[arg(long)]
+        source: Option<std::net::Ipv4Addr>,
+        #[arg(long)]
+        netns: Option<String>,
     },
 }
 
@@ -145,6 +168,38 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 node_name(),
             )?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Probe {
+            what:
+                ProbeCommand::Arp {
+                    address,
+                    interface,
+                    timeout,
+                    source,
+                    netns,
+                },
+        } => {
+            if let Some(netns) = &netns {
+                enter_netns(netns)?;
+            }
+            let result = netmend::probe::probe_arp(&interface, address, timeout, source)?;
+            match result.answered_by {
+                Some(mac) => {
+                    println!(
+                        "{address} is-at {mac} on {interface} ({:.1} ms, asked as {})",
+                        result.rtt.as_secs_f64() * 1000.0,
+                        result.sender_ip
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    println!(
+                        "no reply for {address} on {interface} within {}",
+                        humantime::format_duration(timeout)
+                    );
+                    Ok(ExitCode::from(1))
+                }
+            }
         }
         Command::ValidateConfig { file } => {
             let config = load_config(Some(&file))?;

@@ -93,6 +93,12 @@ fn check_reports_the_unanswered_vip_and_not_an_answered_one() {
         .unwrap()
         .contains("not pinned"));
 
+    // The prober sees the same: no answer while filtered (exit 1).
+    let probe = lan
+        .client
+        .netmend(&["probe", "arp", VIP, "--interface", "cl0", "--timeout", "500ms"]);
+    assert_eq!(probe.status.code(), Some(1), "{}", String::from_utf8_lossy(&probe.stderr));
+
     // Without the filter the VIP is answered: nothing to report.
     lan.node.sh("nft delete table netdev nmdriver").unwrap();
     let out = lan
@@ -101,6 +107,11 @@ fn check_reports_the_unanswered_vip_and_not_an_answered_one() {
     let report = json_of(&out);
     assert_eq!(report["findings"], serde_json::json!([]), "{report:#}");
     assert_eq!(out.status.code(), Some(0));
+    let probe = lan
+        .client
+        .netmend(&["probe", "arp", VIP, "--interface", "cl0"]);
+    assert_eq!(probe.status.code(), Some(0), "{}", String::from_utf8_lossy(&probe.stderr));
+    assert!(String::from_utf8_lossy(&probe.stdout).contains("10.99.0.51 is-at"));
 }
 
 struct Agent {

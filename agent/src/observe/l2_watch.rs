@@ -26,12 +26,16 @@ pub fn counters_delta(later: &ArpCounters, earlier: &ArpCounters) -> ArpCounters
     for (ip, now) in out.targets.iter_mut() {
         if let Some(before) = earlier.targets.get(ip) {
             *now = TargetCounts {
-                requests_received: now.requests_received.saturating_sub(before.requests_received),
+                requests_received: now
+                    .requests_received
+                    .saturating_sub(before.requests_received),
                 replies_sent: now.replies_sent.saturating_sub(before.replies_sent),
                 replies_received: now.replies_received.saturating_sub(before.replies_received),
                 requests_sent: now.requests_sent.saturating_sub(before.requests_sent),
                 requesters: now.requesters.clone(),
-                requesters_dropped: now.requesters_dropped.saturating_sub(before.requesters_dropped),
+                requesters_dropped: now
+                    .requesters_dropped
+                    .saturating_sub(before.requesters_dropped),
             };
         }
     }
@@ -105,9 +109,10 @@ impl L2Watch {
                 Some(map)
             }
             Err(e) => {
-                snapshot
-                    .sources
-                    .insert("bpf".into(), SourceStatus::failed(started.elapsed(), e.to_string()));
+                snapshot.sources.insert(
+                    "bpf".into(),
+                    SourceStatus::failed(started.elapsed(), e.to_string()),
+                );
                 None
             }
         }
@@ -160,10 +165,9 @@ impl L2Watch {
         let now = self.read_responder(snapshot);
         match self.window_result.take() {
             Some((counters, before)) => {
-                snapshot.sources.insert(
-                    "arp".into(),
-                    arp_status(&counters, Duration::ZERO),
-                );
+                snapshot
+                    .sources
+                    .insert("arp".into(), arp_status(&counters, Duration::ZERO));
                 snapshot.arp_cumulative = Some(counters.clone());
                 snapshot.arp = Some(counters);
                 snapshot.responder = before;
@@ -186,8 +190,9 @@ impl L2Watch {
             (Some(config), true) => arp_watch_list(snapshot, config),
             _ => Vec::new(),
         };
-        self.taps
-            .retain(|ifindex, tap| watch.iter().any(|(i, _)| i == ifindex) && !tap.monitor.is_gone());
+        self.taps.retain(|ifindex, tap| {
+            watch.iter().any(|(i, _)| i == ifindex) && !tap.monitor.is_gone()
+        });
         for (ifindex, name) in &watch {
             if self.taps.contains_key(ifindex) {
                 continue;
@@ -243,9 +248,10 @@ impl L2Watch {
         }
         snapshot.responder = self.responder_samples.front().map(|(_, m)| m.clone());
         snapshot.responder_after = self.responder_samples.back().map(|(_, m)| m.clone());
-        snapshot
-            .sources
-            .insert("arp".into(), arp_status(&window_counters, started.elapsed()));
+        snapshot.sources.insert(
+            "arp".into(),
+            arp_status(&window_counters, started.elapsed()),
+        );
         snapshot.arp = Some(window_counters);
         snapshot.arp_cumulative = Some(cumulative);
     }

@@ -108,6 +108,11 @@ impl NftEventSocket {
         Ok(NftEventSocket { socket })
     }
 
+    /// The socket's descriptor, for a poller that also waits on other sockets.
+    pub fn raw_fd(&self) -> i32 {
+        self.socket.raw_fd()
+    }
+
     /// Waits up to `timeout` for notifications and returns what arrived (empty on timeout).
     pub fn wait(&mut self, timeout: Duration) -> Result<Vec<NftEvent>, NetlinkError> {
         let mut pfd = libc::pollfd {

@@ -263,9 +263,7 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
             };
             let new_requests = requests.saturating_sub(pending.requests_at_apply);
             let answered = replies > pending.replies_at_apply || counter_moved;
-            let waited = now
-                .duration_since(pending.applied_at)
-                .unwrap_or_default();
+            let waited = now.duration_since(pending.applied_at).unwrap_or_default();
             let (outcome, detail) = if answered {
                 (
                     Outcome::Verified,
@@ -514,9 +512,8 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
                         execution.final_outcome(),
                     ) {
                         if tracked.finding.check == CheckId::ArpUnanswered {
-                            self.pending_promisc.push(PendingPromisc::new(
-                                tracked, interface, &snapshot, now,
-                            ));
+                            self.pending_promisc
+                                .push(PendingPromisc::new(tracked, interface, &snapshot, now));
                         }
                     }
                     self.last_reports

@@ -35,58 +35,91 @@ pub fn run_kernel_agent(
         engine,
         shared,
         listen,
-        feed: Box::new(nftables_feed),
+        feed: Box::new(change_feed),
     })
 }
 
-/// Turns nftables notifications into wakes until `stop`; a transaction committed by netmend
-/// itself is not attributed (it is not a re-add).
-fn nftables_feed(wakes: Sender<Wake>, stop: Arc<AtomicBool>, shared: Arc<Shared>) {
+/// Turns nftables notifications and link changes into wakes until `stop`. A transaction
+/// committed by netmend itself is not attributed (it is not a re-add). A socket that fails is
+/// reopened; without it, changes are still seen on the next tick.
+fn change_feed(wakes: Sender<Wake>, stop: Arc<AtomicBool>, shared: Arc<Shared>) {
+    use crate::observe::links::LinkWatcher;
     use crate::observe::nft_events::{NftEvent, NftEventSocket};
     let own_pid = std::process::id();
-    let mut socket = match NftEventSocket::open() {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::error!(error = %e, "no nftables notifications: changes are seen on the next tick only");
-            None
-        }
-    };
+    let mut nft = NftEventSocket::open()
+        .map_err(|e| tracing::error!(error = %e, "no nftables notifications: changes are seen on the next tick only"))
+        .ok();
+    let mut links = LinkWatcher::open()
+        .map_err(|e| tracing::error!(error = %e, "no link notifications: changes are seen on the next tick only"))
+        .ok();
     while !stop.load(Ordering::SeqCst) {
         shared.heartbeats.beat("events", Duration::from_secs(30));
-        let Some(events_socket) = socket.as_mut() else {
+        let mut fds: Vec<libc::pollfd> = [
+            nft.as_ref().map(|s| s.raw_fd()),
+            links.as_ref().map(|l| l.raw_fd()),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+        if fds.is_empty() {
             std::thread::sleep(Duration::from_secs(1));
+            nft = NftEventSocket::open().ok();
+            links = LinkWatcher::open().ok();
             continue;
-        };
-        match events_socket.wait(Duration::from_secs(1)) {
-            Ok(events) => {
-                let mut count = 0u64;
-                for event in events {
-                    count += 1;
-                    let wake = match event {
-                        NftEvent::Changes(_) => continue,
-                        NftEvent::Committed(generation) => {
-                            tracing::debug!(generation = generation.id, by = ?generation.process, "nftables commit");
-                            Wake::Changed {
-                                by: generation
-                                    .process
-                                    .filter(|_| generation.pid != Some(own_pid)),
+        }
+        // SAFETY: fds is a valid array of pollfd for its length.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+        if ready <= 0 {
+            continue;
+        }
+        let mut to_send: Vec<Wake> = Vec::new();
+        if let Some(socket) = nft.as_mut() {
+            match socket.wait(Duration::ZERO) {
+                Ok(events) => {
+                    shared.metrics.nft_events(events.len() as u64);
+                    for event in events {
+                        match event {
+                            NftEvent::Changes(_) => {}
+                            NftEvent::Committed(generation) => {
+                                tracing::debug!(generation = generation.id, by = ?generation.process, "nftables commit");
+                                to_send.push(Wake::Changed {
+                                    by: generation
+                                        .process
+                                        .filter(|_| generation.pid != Some(own_pid)),
+                                });
+                            }
+                            NftEvent::Overflow => {
+                                shared.metrics.resync("event-overflow");
+                                to_send.push(Wake::Changed { by: None });
                             }
                         }
-                        NftEvent::Overflow => {
-                            shared.metrics.resync("event-overflow");
-                            Wake::Changed { by: None }
-                        }
-                    };
-                    if wakes.send(wake).is_err() {
-                        return;
                     }
                 }
-                shared.metrics.nft_events(count);
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading nftables notifications failed; reopening");
+                    nft = NftEventSocket::open().ok();
+                }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "reading nftables notifications failed; reopening");
-                std::thread::sleep(Duration::from_secs(1));
-                socket = NftEventSocket::open().ok();
+        }
+        if let Some(watcher) = links.as_mut() {
+            match watcher.try_changes() {
+                Ok(changes) if !changes.is_empty() => to_send.push(Wake::Changed { by: None }),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "link notifications lost; reopening");
+                    to_send.push(Wake::Changed { by: None });
+                    links = LinkWatcher::open().ok();
+                }
+            }
+        }
+        for wake in to_send {
+            if wakes.send(wake).is_err() {
+                return;
             }
         }
     }
