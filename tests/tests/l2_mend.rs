@@ -181,7 +181,10 @@ fn the_agent_sets_promisc_verifies_replies_and_restores_a_cleared_flag() {
     lan.node.sh("ip link set eth0 promisc off").unwrap();
     wait_for(Duration::from_secs(20), || lan.promisc().then_some(()))
         .unwrap_or_else(|| panic!("not restored: {:#}\n{}", status(&lan, &agent), agent_log(&lan)));
-    assert!(journal_has(&lan, &agent, "promisc-lost", "verified"));
+    wait_for(Duration::from_secs(10), || {
+        journal_has(&lan, &agent, "promisc-lost", "verified").then_some(())
+    })
+    .unwrap_or_else(|| panic!("restore not journaled: {:#}", status(&lan, &agent)));
     let metrics = lan.node.http_get(agent.port, "/metrics").unwrap().1;
     assert!(metrics.contains("netmend_fix_attempts_total{fix=\"set-promisc\",outcome=\"verified\"} 2"), "{metrics}");
 
