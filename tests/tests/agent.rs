@@ -35,7 +35,15 @@ impl Agent {
         let state = self.dir.join("state").display().to_string();
         let log = self.dir.join(format!("agent-{}.log", std::process::id()));
         self.process = Some(self.ns.spawn_netmend(
-            &["run", "--config", &config, "--listen", &listen, "--state-dir", &state],
+            &[
+                "run",
+                "--config",
+                &config,
+                "--listen",
+                &listen,
+                "--state-dir",
+                &state,
+            ],
             &log,
         ));
         let ready = wait_for(Duration::from_secs(20), || {
@@ -64,7 +72,10 @@ impl Agent {
     }
 
     fn metrics(&self) -> String {
-        self.ns.http_get(self.port, "/metrics").expect("GET /metrics").1
+        self.ns
+            .http_get(self.port, "/metrics")
+            .expect("GET /metrics")
+            .1
     }
 
     /// Waits until some finding of `check` satisfies `pred`.
@@ -78,7 +89,13 @@ impl Agent {
                 .find(|f| f["check"] == check && pred(f))
                 .cloned()
         })
-        .unwrap_or_else(|| panic!("no matching {check} finding; status {:#}\nlog:\n{}", self.status(), self.log()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no matching {check} finding; status {:#}\nlog:\n{}",
+                self.status(),
+                self.log()
+            )
+        })
     }
 
     fn wait_no_finding(&self, check: &str) {
@@ -91,15 +108,21 @@ impl Agent {
                 .any(|f| f["check"] == check))
             .then_some(())
         });
-        assert!(gone.is_some(), "{check} still reported: {:#}", self.status());
+        assert!(
+            gone.is_some(),
+            "{check} still reported: {:#}",
+            self.status()
+        );
     }
 
     fn stop(&mut self) -> std::process::ExitStatus {
         let mut process = self.process.take().expect("running");
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(process.0.id() as i32, libc::SIGTERM) };
-        let status = wait_for(Duration::from_secs(25), || process.0.try_wait().ok().flatten())
-            .expect("agent stops within the grace period");
+        let status = wait_for(Duration::from_secs(25), || {
+            process.0.try_wait().ok().flatten()
+        })
+        .expect("agent stops within the grace period");
         std::mem::forget(process);
         status
     }
@@ -110,7 +133,8 @@ fn agent(tag: &str, port: u16, config: &str) -> Agent {
         require_tool(tool);
     }
     let ns = NetNs::new(tag);
-    ns.restore("iptables-nft-restore", &kube_proxy_ruleset(200, 2)).unwrap();
+    ns.restore("iptables-nft-restore", &kube_proxy_ruleset(200, 2))
+        .unwrap();
     let dir = std::env::temp_dir().join(format!("netmend-agent-{}", ns.name));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -138,13 +162,17 @@ fn a_hijack_shows_on_status_clears_and_is_mended_after_a_live_switch_to_enforce(
     let f = agent.wait_finding("hostport-hijack", |_| true);
     assert_eq!(f["subject"], "ip nat CNI-DN-3499088e1adba268a4e0c");
     assert_eq!(f["fix"]["state"], "dry-run");
-    assert!(agent.metrics().contains("netmend_findings{check=\"hostport-hijack\"} 1"));
+    assert!(agent
+        .metrics()
+        .contains("netmend_findings{check=\"hostport-hijack\"} 1"));
 
     agent.ns.sh(REMOVE_HIJACK).unwrap();
     agent.wait_no_finding("hostport-hijack");
 
     // Live reload to enforce: mended without a restart.
-    agent.write_config("mode: enforce\nfixes:\n  remove-hijack-rule: { enabled: true, confirmFor: 0s }\n");
+    agent.write_config(
+        "mode: enforce\nfixes:\n  remove-hijack-rule: { enabled: true, confirmFor: 0s }\n",
+    );
     wait_for(Duration::from_secs(10), || {
         (agent.status()["config"]["mode"] == "enforce").then_some(())
     })
@@ -154,7 +182,13 @@ fn a_hijack_shows_on_status_clears_and_is_mended_after_a_live_switch_to_enforce(
         let saved = agent.ns.sh("iptables-nft-save -t nat").unwrap();
         (!saved.contains("CNI-DN-3499088e1adba268a4e0c")).then_some(())
     })
-    .unwrap_or_else(|| panic!("not mended; status {:#}\nlog:\n{}", agent.status(), agent.log()));
+    .unwrap_or_else(|| {
+        panic!(
+            "not mended; status {:#}\nlog:\n{}",
+            agent.status(),
+            agent.log()
+        )
+    });
     let journal = wait_for(Duration::from_secs(10), || {
         let status = agent.status();
         status["journal"]
@@ -182,16 +216,27 @@ fn a_fault_readded_again_and_again_opens_the_breaker_which_survives_a_restart() 
             let saved = agent.ns.sh("iptables-nft-save -t nat").unwrap();
             (!saved.contains("CNI-DN-3499088e1adba268a4e0c")).then_some(())
         })
-        .unwrap_or_else(|| panic!("round {round} not mended: {:#}\n{}", agent.status(), agent.log()));
+        .unwrap_or_else(|| {
+            panic!(
+                "round {round} not mended: {:#}\n{}",
+                agent.status(),
+                agent.log()
+            )
+        });
         std::thread::sleep(Duration::from_millis(1200));
     }
     agent.ns.restore("iptables-nft-restore", HIJACK).unwrap();
     let f = agent.wait_finding("hostport-hijack", |f| f["fix"]["state"] == "circuit-open");
     assert!(
-        f["fix"]["detail"].as_str().unwrap().contains("re-added by iptables-nft"),
+        f["fix"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("re-added by iptables-nft"),
         "{f:#}"
     );
-    assert!(agent.metrics().contains("netmend_circuit_open{fix=\"remove-hijack-rule\"} 1"));
+    assert!(agent
+        .metrics()
+        .contains("netmend_circuit_open{fix=\"remove-hijack-rule\"} 1"));
     assert!(agent.stop().success());
 
     // Restarted with the same state dir: the breaker holds, the journal is there.
@@ -227,7 +272,10 @@ fn an_invalid_config_is_rejected_while_the_agent_keeps_running() {
         .as_str()
         .unwrap()
         .contains("fixes.set-promisc.enabld"));
-    assert_eq!(status["config"]["mode"], "dry-run", "the last good config stays");
+    assert_eq!(
+        status["config"]["mode"], "dry-run",
+        "the last good config stays"
+    );
     assert!(agent
         .metrics()
         .contains("netmend_config_reloads_total{result=\"invalid\"} 1"));
@@ -243,7 +291,13 @@ fn a_bad_config_at_start_is_exit_status_2() {
     let ns = NetNs::new("run-badstart");
     let path = std::env::temp_dir().join(format!("netmend-bad-{}.yaml", ns.name));
     std::fs::write(&path, "mode: sometimes\n").unwrap();
-    let out = ns.netmend(&["run", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:9813"]);
+    let out = ns.netmend(&[
+        "run",
+        "--config",
+        path.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:9813",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("mode"));
 }

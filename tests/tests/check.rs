@@ -8,7 +8,12 @@ use std::process::Output;
 
 /// A namespace that looks like a k3s node: an uplink with the node address 192.168.1.233.
 fn node(tag: &str) -> (NetNs, NetNs) {
-    for tool in ["iptables-nft-restore", "iptables-legacy-restore", "nft", "ip"] {
+    for tool in [
+        "iptables-nft-restore",
+        "iptables-legacy-restore",
+        "nft",
+        "ip",
+    ] {
         require_tool(tool);
     }
     let node = NetNs::new(tag);
@@ -77,7 +82,12 @@ fn stale_cilium_backup_chains_are_found_in_both_backends_and_flushed() {
     ns.restore("iptables-legacy-restore", CILIUM_NAT).unwrap();
 
     let out = ns.netmend(&["check", "--window", "0s", "--output", "json"]);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = json_of(&out);
     let stale = findings_of(&report, "cilium-stale-backup-chain");
     assert_eq!(stale.len(), 2, "{report:#}");
@@ -104,13 +114,26 @@ fn stale_cilium_backup_chains_are_found_in_both_backends_and_flushed() {
     }
     // Same owner in both backends is a split, reported too.
     let split = findings_of(&report, "iptables-backend-split");
-    assert!(split.iter().any(|f| f["subject"] == "ip nat CILIUM_*"), "{report:#}");
+    assert!(
+        split.iter().any(|f| f["subject"] == "ip nat CILIUM_*"),
+        "{report:#}"
+    );
     assert!(report["sources"]["nftables"]["ok"].as_bool().unwrap());
 
     // Dry-run with --apply changes nothing.
-    let out = ns.netmend(&["check", "--window", "0s", "--apply", "--state-dir", &state_dir(&ns)]);
+    let out = ns.netmend(&[
+        "check",
+        "--window",
+        "0s",
+        "--apply",
+        "--state-dir",
+        &state_dir(&ns),
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(ns.sh("iptables-nft-save -t nat").unwrap().contains(":OLD_CILIUM_POST_nat"));
+    assert!(ns
+        .sh("iptables-nft-save -t nat")
+        .unwrap()
+        .contains(":OLD_CILIUM_POST_nat"));
 
     // Enforce: both backup chains flushed and deleted; the live chain untouched.
     let before_live: Vec<String> = ns
@@ -125,8 +148,16 @@ fn stale_cilium_backup_chains_are_found_in_both_backends_and_flushed() {
         "mode: enforce\nfixes:\n  flush-stale-chain: { enabled: true }\n",
     );
     let out = ns.netmend(&[
-        "check", "--window", "0s", "--apply", "--output", "json", "--config", &config,
-        "--state-dir", &state_dir(&ns),
+        "check",
+        "--window",
+        "0s",
+        "--apply",
+        "--output",
+        "json",
+        "--config",
+        &config,
+        "--state-dir",
+        &state_dir(&ns),
     ]);
     let report = json_of(&out);
     for f in findings_of(&report, "cilium-stale-backup-chain") {
@@ -135,7 +166,10 @@ fn stale_cilium_backup_chains_are_found_in_both_backends_and_flushed() {
     let nft_after = ns.sh("iptables-nft-save -t nat").unwrap();
     let legacy_after = ns.sh("iptables-legacy-save -t nat").unwrap();
     assert!(!nft_after.contains("OLD_CILIUM_POST_nat"), "{nft_after}");
-    assert!(!legacy_after.contains("OLD_CILIUM_POST_nat"), "{legacy_after}");
+    assert!(
+        !legacy_after.contains("OLD_CILIUM_POST_nat"),
+        "{legacy_after}"
+    );
     let after_live: Vec<String> = nft_after
         .lines()
         .filter(|l| l.starts_with("-A CILIUM_POST_nat"))
@@ -154,10 +188,21 @@ fn a_referenced_backup_chain_is_flushed_and_kept() {
         "*nat\n:OLD_CILIUM_POST_nat - [0:0]\n-A POSTROUTING -j OLD_CILIUM_POST_nat\n-A OLD_CILIUM_POST_nat -j ACCEPT\nCOMMIT\n",
     )
     .unwrap();
-    let config = write_config(&ns, "mode: enforce\nfixes:\n  flush-stale-chain: { enabled: true }\n");
+    let config = write_config(
+        &ns,
+        "mode: enforce\nfixes:\n  flush-stale-chain: { enabled: true }\n",
+    );
     let out = ns.netmend(&[
-        "check", "--window", "0s", "--apply", "--output", "json", "--config", &config,
-        "--state-dir", &state_dir(&ns),
+        "check",
+        "--window",
+        "0s",
+        "--apply",
+        "--output",
+        "json",
+        "--config",
+        &config,
+        "--state-dir",
+        &state_dir(&ns),
     ]);
     let report = json_of(&out);
     let stale = findings_of(&report, "cilium-stale-backup-chain");
@@ -167,7 +212,10 @@ fn a_referenced_backup_chain_is_flushed_and_kept() {
     let after = ns.sh("iptables-nft-save -t nat").unwrap();
     assert!(after.contains(":OLD_CILIUM_POST_nat"), "{after}");
     assert!(!after.contains("-A OLD_CILIUM_POST_nat"), "{after}");
-    assert!(after.contains("-A POSTROUTING -j OLD_CILIUM_POST_nat"), "{after}");
+    assert!(
+        after.contains("-A POSTROUTING -j OLD_CILIUM_POST_nat"),
+        "{after}"
+    );
 }
 
 /// k3s ServiceLB through the CNI portmap plugin: the API server's 6443 captured, plus Traefik's
@@ -205,19 +253,33 @@ fn portmap_hijack_of_the_api_port_and_of_a_listening_port_is_found_and_removed()
     let _listener = ns.listen_tcp("0.0.0.0", 8443);
 
     let out = ns.netmend(&["check", "--window", "0s", "--output", "json"]);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = json_of(&out);
     let hijacks = findings_of(&report, "hostport-hijack");
-    let subjects: Vec<&str> = hijacks.iter().map(|f| f["subject"].as_str().unwrap()).collect();
+    let subjects: Vec<&str> = hijacks
+        .iter()
+        .map(|f| f["subject"].as_str().unwrap())
+        .collect();
     assert_eq!(
         subjects,
-        ["ip nat CNI-DN-3499088e1adba268a4e0c", "ip nat CNI-DN-b7a2d9a0e4f1c2d3e4f50"],
+        [
+            "ip nat CNI-DN-3499088e1adba268a4e0c",
+            "ip nat CNI-DN-b7a2d9a0e4f1c2d3e4f50"
+        ],
         "{report:#}"
     );
     let api = hijacks[0];
     assert_eq!(api["severity"], "critical");
     assert_eq!(api["evidence"]["ports"], serde_json::json!([6443]));
-    assert_eq!(api["evidence"]["targets"], serde_json::json!(["10.42.0.244:6443"]));
+    assert_eq!(
+        api["evidence"]["targets"],
+        serde_json::json!(["10.42.0.244:6443"])
+    );
     assert_eq!(api["evidence"]["owner"]["containerId"], "8e92d16f0a1b2c3d");
     assert_eq!(
         api["evidence"]["paths"][0],
@@ -230,10 +292,21 @@ fn portmap_hijack_of_the_api_port_and_of_a_listening_port_is_found_and_removed()
         .unwrap()
         .contains("listens on 0.0.0.0:8443"));
 
-    let config = write_config(&ns, "mode: enforce\nfixes:\n  remove-hijack-rule: { enabled: true }\n");
+    let config = write_config(
+        &ns,
+        "mode: enforce\nfixes:\n  remove-hijack-rule: { enabled: true }\n",
+    );
     let out = ns.netmend(&[
-        "check", "--window", "0s", "--apply", "--output", "json", "--config", &config,
-        "--state-dir", &state_dir(&ns),
+        "check",
+        "--window",
+        "0s",
+        "--apply",
+        "--output",
+        "json",
+        "--config",
+        &config,
+        "--state-dir",
+        &state_dir(&ns),
     ]);
     let report = json_of(&out);
     for f in findings_of(&report, "hostport-hijack") {
@@ -247,17 +320,33 @@ fn portmap_hijack_of_the_api_port_and_of_a_listening_port_is_found_and_removed()
     assert!(after.contains("-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT"));
 
     let out = ns.netmend(&["check", "--window", "0s"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
 fn legacy_hijack_is_removed_with_iptables_legacy() {
     let (ns, _lan) = node("hijack-leg");
     ns.restore("iptables-legacy-restore", PORTMAP_NAT).unwrap();
-    let config = write_config(&ns, "mode: enforce\nfixes:\n  remove-hijack-rule: { enabled: true }\n");
+    let config = write_config(
+        &ns,
+        "mode: enforce\nfixes:\n  remove-hijack-rule: { enabled: true }\n",
+    );
     let out = ns.netmend(&[
-        "check", "--window", "0s", "--apply", "--output", "json", "--config", &config,
-        "--state-dir", &state_dir(&ns),
+        "check",
+        "--window",
+        "0s",
+        "--apply",
+        "--output",
+        "json",
+        "--config",
+        &config,
+        "--state-dir",
+        &state_dir(&ns),
     ]);
     let report = json_of(&out);
     let hijacks = findings_of(&report, "hostport-hijack");
@@ -279,11 +368,15 @@ fn kube_proxy_nftables_mode_is_healthy_until_a_nodeport_takes_a_protected_port()
     let (ns, _lan) = node("kpnft");
     ns.nft_file(&kube_proxy_nft_table()).unwrap();
     // The node's own address is a NodePort address, as kube-proxy sets it.
-    ns.sh("nft add element ip kube-proxy nodeport-ips '{ 192.168.1.233 }'").unwrap();
+    ns.sh("nft add element ip kube-proxy nodeport-ips '{ 192.168.1.233 }'")
+        .unwrap();
     let out = ns.netmend(&["check", "--window", "0s", "--output", "json"]);
     let report = json_of(&out);
     assert_eq!(out.status.code(), Some(0), "{report:#}");
-    assert!(report["sources"]["nftables"]["rules"].as_u64().unwrap() >= 40, "{report:#}");
+    assert!(
+        report["sources"]["nftables"]["rules"].as_u64().unwrap() >= 40,
+        "{report:#}"
+    );
 
     ns.sh("nft add element ip kube-proxy service-nodeports '{ tcp . 10250 : goto external-42NFTM6N-ns2/svc2/tcp/p80 }'")
         .unwrap();
@@ -293,9 +386,15 @@ fn kube_proxy_nftables_mode_is_healthy_until_a_nodeport_takes_a_protected_port()
     let hijacks = findings_of(&report, "hostport-hijack");
     assert_eq!(hijacks.len(), 1, "{report:#}");
     let f = hijacks[0];
-    assert_eq!(f["subject"], "ip kube-proxy endpoint-SGOXE6O3-ns2/svc2/tcp/p80__10.180.0.2/80");
+    assert_eq!(
+        f["subject"],
+        "ip kube-proxy endpoint-SGOXE6O3-ns2/svc2/tcp/p80__10.180.0.2/80"
+    );
     assert_eq!(f["evidence"]["ports"], serde_json::json!([10250]));
-    assert_eq!(f["evidence"]["targets"], serde_json::json!(["10.180.0.2:80"]));
+    assert_eq!(
+        f["evidence"]["targets"],
+        serde_json::json!(["10.180.0.2:80"])
+    );
     assert!(
         f["evidence"]["paths"][0]
             .as_str()
@@ -338,8 +437,10 @@ COMMIT
 #[test]
 fn a_healthy_k3s_node_gives_no_findings() {
     let (ns, _lan) = node("healthy");
-    ns.restore("iptables-nft-restore", &kube_proxy_ruleset(1000, 2)).unwrap();
-    ns.restore("iptables-nft-restore", KUBERNETES_SERVICE).unwrap();
+    ns.restore("iptables-nft-restore", &kube_proxy_ruleset(1000, 2))
+        .unwrap();
+    ns.restore("iptables-nft-restore", KUBERNETES_SERVICE)
+        .unwrap();
     ns.restore("iptables-nft-restore", FLANNEL).unwrap();
     // Traefik's ServiceLB host ports 80/443 only.
     let traefik: String = PORTMAP_NAT
@@ -347,7 +448,8 @@ fn a_healthy_k3s_node_gives_no_findings() {
         .filter(|l| !l.contains("3499088e1adba268a4e0c") && !l.contains("b7a2d9a0e4f1c2d3e4f50"))
         .collect::<Vec<_>>()
         .join("\n");
-    ns.restore("iptables-nft-restore", &format!("{traefik}\n")).unwrap();
+    ns.restore("iptables-nft-restore", &format!("{traefik}\n"))
+        .unwrap();
     // The API server and kubelet listen on the node, as they do on k3s.
     let _api = ns.listen_tcp("0.0.0.0", 6443);
     let _kubelet = ns.listen_tcp("::", 10250);
@@ -358,9 +460,16 @@ fn a_healthy_k3s_node_gives_no_findings() {
     assert_eq!(out.status.code(), Some(0));
     let rules = report["sources"]["nftables"]["rules"].as_u64().unwrap();
     assert!(rules > 7000, "kube-proxy rules read: {rules}");
-    assert!(report["sources"]["iptables-legacy"]["ok"].as_bool().unwrap(), "{report:#}");
     assert!(
-        !ns.sh("cat /proc/net/ip_tables_names").unwrap().contains("nat"),
+        report["sources"]["iptables-legacy"]["ok"]
+            .as_bool()
+            .unwrap(),
+        "{report:#}"
+    );
+    assert!(
+        !ns.sh("cat /proc/net/ip_tables_names")
+            .unwrap()
+            .contains("nat"),
         "reading legacy state must not create legacy tables"
     );
 }
@@ -372,13 +481,19 @@ fn the_window_requires_a_backup_chain_to_persist() {
     // A chain present for the whole window is stale.
     let out = ns.netmend(&["check", "--window", "300ms", "--output", "json"]);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(findings_of(&json_of(&out), "cilium-stale-backup-chain").len(), 1);
+    assert_eq!(
+        findings_of(&json_of(&out), "cilium-stale-backup-chain").len(),
+        1
+    );
     // A chain that Cilium removes during the window is not.
     let child = ns.spawn("sh -c 'sleep 0.4; iptables-nft -t nat -F OLD_CILIUM_POST_nat; iptables-nft -t nat -X OLD_CILIUM_POST_nat'");
     let out = ns.netmend(&["check", "--window", "1500ms", "--output", "json"]);
     drop(child);
     let report = json_of(&out);
-    assert!(findings_of(&report, "cilium-stale-backup-chain").is_empty(), "{report:#}");
+    assert!(
+        findings_of(&report, "cilium-stale-backup-chain").is_empty(),
+        "{report:#}"
+    );
 }
 
 #[test]
@@ -388,13 +503,18 @@ fn text_output_is_readable_and_json_matches_the_contract() {
     let out = ns.netmend(&["check", "--window", "0s"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("1 finding"), "{text}");
-    assert!(text.contains("cilium-stale-backup-chain  ip nat OLD_CILIUM_POST_nat"), "{text}");
+    assert!(
+        text.contains("cilium-stale-backup-chain  ip nat OLD_CILIUM_POST_nat"),
+        "{text}"
+    );
     assert!(text.contains("fix flush-stale-chain: dry-run"), "{text}");
     assert!(text.contains("nftables: ok"), "{text}");
 
     let report = json_of(&ns.netmend(&["check", "--window", "0s", "--output", "json"]));
     let f = &report["findings"][0];
-    for key in ["check", "subject", "severity", "message", "since", "evidence", "fix"] {
+    for key in [
+        "check", "subject", "severity", "message", "since", "evidence", "fix",
+    ] {
         assert!(f.get(key).is_some(), "finding lacks {key}: {f:#}");
     }
     assert!(report["node"].is_string());
@@ -404,7 +524,10 @@ fn text_output_is_readable_and_json_matches_the_contract() {
 #[test]
 fn bad_input_exits_2_with_one_clear_line() {
     let (ns, _lan) = node("errors");
-    let config = write_config(&ns, "mode: enforce\nfixes:\n  set-promisc:\n    enabld: true\n");
+    let config = write_config(
+        &ns,
+        "mode: enforce\nfixes:\n  set-promisc:\n    enabld: true\n",
+    );
     let out = ns.netmend(&["check", "--config", &config]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -415,7 +538,12 @@ fn bad_input_exits_2_with_one_clear_line() {
     assert_eq!(out.status.code(), Some(2));
     let good = write_config(&ns, "mode: dry-run\n");
     let out = ns.netmend(&["validate-config", &good]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let out = ns.netmend(&["check", "--netns", "nm-no-such-namespace"]);
     assert_eq!(out.status.code(), Some(2));
@@ -435,7 +563,12 @@ fn missing_privilege_is_named() {
             netmend_e2e::netmend_binary().display()
         ))
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("CAP_NET_ADMIN"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
@@ -446,11 +579,21 @@ fn check_inspects_another_namespace_with_netns() {
     let (ns, _lan) = node("netns");
     ns.restore("iptables-nft-restore", CILIUM_NAT).unwrap();
     let out = std::process::Command::new(netmend_e2e::netmend_binary())
-        .args(["check", "--window", "0s", "--output", "json", "--netns", &ns.name])
+        .args([
+            "check", "--window", "0s", "--output", "json", "--netns", &ns.name,
+        ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(findings_of(&json_of(&out), "cilium-stale-backup-chain").len(), 1);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        findings_of(&json_of(&out), "cilium-stale-backup-chain").len(),
+        1
+    );
 }
 
 #[test]

@@ -28,8 +28,10 @@ fn lan(tag: &str) -> Lan {
     let node = NetNs::new(tag);
     let client = NetNs::new(&format!("{tag}-cl"));
     veth_pair(&node, "eth0", &client, "cl0").unwrap();
-    node.sh(&format!("ip addr add 10.99.0.1/24 dev eth0 && ip addr add {VIP}/32 dev eth0"))
-        .unwrap();
+    node.sh(&format!(
+        "ip addr add 10.99.0.1/24 dev eth0 && ip addr add {VIP}/32 dev eth0"
+    ))
+    .unwrap();
     client.sh("ip addr add 10.99.0.2/24 dev cl0").unwrap();
     node.sh(FILTER).unwrap();
     let dir = std::env::temp_dir().join(format!("netmend-l2-{}", node.name));
@@ -52,7 +54,10 @@ impl Lan {
     }
 
     fn promisc(&self) -> bool {
-        self.node.sh("ip link show eth0").unwrap().contains("PROMISC")
+        self.node
+            .sh("ip link show eth0")
+            .unwrap()
+            .contains("PROMISC")
     }
 }
 
@@ -71,10 +76,15 @@ fn check_reports_the_unanswered_vip_and_not_an_answered_one() {
     let lan = lan("l2check");
     let config = lan.config("checks:\n  arp-unanswered: { targets: [\"10.99.0.51@eth0\"] }\n");
     let _asking = lan.client_asks();
-    let out = lan
-        .node
-        .netmend(&["check", "--window", "3s", "--output", "json", "--config", &config]);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = lan.node.netmend(&[
+        "check", "--window", "3s", "--output", "json", "--config", &config,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = json_of(&out);
     let f = report["findings"]
         .as_array()
@@ -86,7 +96,10 @@ fn check_reports_the_unanswered_vip_and_not_an_answered_one() {
     assert!(f["evidence"]["requests"].as_u64().unwrap() >= 3, "{f:#}");
     assert_eq!(f["evidence"]["repliesSent"], 0, "{f:#}");
     assert_eq!(f["fix"]["state"], "blocked", "veth is virtual: {f:#}");
-    assert!(f["fix"]["detail"].as_str().unwrap().contains("fixes.set-promisc.interfaces"));
+    assert!(f["fix"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("fixes.set-promisc.interfaces"));
     assert!(report["sources"]["arp"]["ok"].as_bool().unwrap());
     assert!(report["sources"]["bpf"]["detail"]
         .as_str()
@@ -94,23 +107,39 @@ fn check_reports_the_unanswered_vip_and_not_an_answered_one() {
         .contains("not pinned"));
 
     // The prober sees the same: no answer while filtered (exit 1).
-    let probe = lan
-        .client
-        .netmend(&["probe", "arp", VIP, "--interface", "cl0", "--timeout", "500ms"]);
-    assert_eq!(probe.status.code(), Some(1), "{}", String::from_utf8_lossy(&probe.stderr));
+    let probe = lan.client.netmend(&[
+        "probe",
+        "arp",
+        VIP,
+        "--interface",
+        "cl0",
+        "--timeout",
+        "500ms",
+    ]);
+    assert_eq!(
+        probe.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
 
     // Without the filter the VIP is answered: nothing to report.
     lan.node.sh("nft delete table netdev nmdriver").unwrap();
-    let out = lan
-        .node
-        .netmend(&["check", "--window", "2s", "--output", "json", "--config", &config]);
+    let out = lan.node.netmend(&[
+        "check", "--window", "2s", "--output", "json", "--config", &config,
+    ]);
     let report = json_of(&out);
     assert_eq!(report["findings"], serde_json::json!([]), "{report:#}");
     assert_eq!(out.status.code(), Some(0));
     let probe = lan
         .client
         .netmend(&["probe", "arp", VIP, "--interface", "cl0"]);
-    assert_eq!(probe.status.code(), Some(0), "{}", String::from_utf8_lossy(&probe.stderr));
+    assert_eq!(
+        probe.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
     assert!(String::from_utf8_lossy(&probe.stdout).contains("10.99.0.51 is-at"));
 }
 
@@ -124,7 +153,15 @@ fn start_agent(lan: &Lan, port: u16, config: &str) -> Agent {
     let state = lan.dir.join("state").display().to_string();
     let listen = format!("127.0.0.1:{port}");
     let process = lan.node.spawn_netmend(
-        &["run", "--config", &config, "--listen", &listen, "--state-dir", &state],
+        &[
+            "run",
+            "--config",
+            &config,
+            "--listen",
+            &listen,
+            "--state-dir",
+            &state,
+        ],
         &lan.dir.join("agent.log"),
     );
     wait_for(Duration::from_secs(20), || {
@@ -171,22 +208,43 @@ fn the_agent_sets_promisc_verifies_replies_and_restores_a_cleared_flag() {
     wait_for(Duration::from_secs(30), || {
         journal_has(&lan, &agent, "arp-unanswered", "verified").then_some(())
     })
-    .unwrap_or_else(|| panic!("not verified: {:#}\n{}", status(&lan, &agent), agent_log(&lan)));
+    .unwrap_or_else(|| {
+        panic!(
+            "not verified: {:#}\n{}",
+            status(&lan, &agent),
+            agent_log(&lan)
+        )
+    });
     assert!(lan.promisc());
     // The client now gets answers.
-    let answered = lan.client.sh_output(&format!("arping -i cl0 -c 2 -w 3 {VIP}")).unwrap();
-    assert!(answered.status.success(), "{}", String::from_utf8_lossy(&answered.stdout));
+    let answered = lan
+        .client
+        .sh_output(&format!("arping -i cl0 -c 2 -w 3 {VIP}"))
+        .unwrap();
+    assert!(
+        answered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&answered.stdout)
+    );
 
     // Cleared by hand (a link reset): promisc-lost restores it.
     lan.node.sh("ip link set eth0 promisc off").unwrap();
-    wait_for(Duration::from_secs(20), || lan.promisc().then_some(()))
-        .unwrap_or_else(|| panic!("not restored: {:#}\n{}", status(&lan, &agent), agent_log(&lan)));
+    wait_for(Duration::from_secs(20), || lan.promisc().then_some(())).unwrap_or_else(|| {
+        panic!(
+            "not restored: {:#}\n{}",
+            status(&lan, &agent),
+            agent_log(&lan)
+        )
+    });
     wait_for(Duration::from_secs(10), || {
         journal_has(&lan, &agent, "promisc-lost", "verified").then_some(())
     })
     .unwrap_or_else(|| panic!("restore not journaled: {:#}", status(&lan, &agent)));
     let metrics = lan.node.http_get(agent.port, "/metrics").unwrap().1;
-    assert!(metrics.contains("netmend_fix_attempts_total{fix=\"set-promisc\",outcome=\"verified\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("netmend_fix_attempts_total{fix=\"set-promisc\",outcome=\"verified\"} 2"),
+        "{metrics}"
+    );
 
     let process = agent.process.take().unwrap();
     drop(process);
@@ -201,7 +259,13 @@ fn a_promisc_fix_that_does_not_help_is_reverted() {
     wait_for(Duration::from_secs(30), || {
         journal_has(&lan, &agent, "arp-unanswered", "reverted").then_some(())
     })
-    .unwrap_or_else(|| panic!("not reverted: {:#}\n{}", status(&lan, &agent), agent_log(&lan)));
+    .unwrap_or_else(|| {
+        panic!(
+            "not reverted: {:#}\n{}",
+            status(&lan, &agent),
+            agent_log(&lan)
+        )
+    });
     assert!(!lan.promisc(), "the flag was turned off again");
     let status = status(&lan, &agent);
     assert!(

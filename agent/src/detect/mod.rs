@@ -17,7 +17,11 @@ use promisc_lost::{MustBePromisc, PromiscReason};
 
 /// Runs every enabled check on one snapshot. `promisc_held` lists the interfaces netmend made
 /// promiscuous (from its journal), which `promisc-lost` keeps so.
-pub fn run_checks(snapshot: &NodeSnapshot, config: &Config, promisc_held: &[String]) -> Vec<Finding> {
+pub fn run_checks(
+    snapshot: &NodeSnapshot,
+    config: &Config,
+    promisc_held: &[String],
+) -> Vec<Finding> {
     let mut findings = run_ruleset_checks(snapshot, config);
     let links = snapshot.links.as_deref().unwrap_or_default();
     if config.check_enabled(CheckId::ArpUnanswered) {
@@ -50,12 +54,17 @@ pub fn run_checks(snapshot: &NodeSnapshot, config: &Config, promisc_held: &[Stri
                 reason: PromiscReason::Journal,
             })
             .collect();
-        must.extend(config.checks.promisc_lost.interfaces.iter().map(|interface| {
-            MustBePromisc {
-                interface: interface.clone(),
-                reason: PromiscReason::Config,
-            }
-        }));
+        must.extend(
+            config
+                .checks
+                .promisc_lost
+                .interfaces
+                .iter()
+                .map(|interface| MustBePromisc {
+                    interface: interface.clone(),
+                    reason: PromiscReason::Config,
+                }),
+        );
         findings.extend(promisc_lost::promisc_lost(&must, links));
     }
     findings
@@ -108,7 +117,7 @@ pub fn run_ruleset_checks(snapshot: &NodeSnapshot, config: &Config) -> Vec<Findi
     findings
 }
 
-#[cfg(test)]
-pub(crate) mod test_support;
 pub mod arp_unanswered;
 pub mod promisc_lost;
+#[cfg(test)]
+pub(crate) mod test_support;

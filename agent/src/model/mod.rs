@@ -3,7 +3,7 @@
 
 pub mod finding;
 pub mod graph;
+pub mod l2;
 pub mod render;
 pub mod ruleset;
 pub mod snapshot;
-pub mod l2;

@@ -31,7 +31,8 @@ impl FakeNode {
     pub fn new(snapshot: NodeSnapshot) -> FakeNode {
         FakeNode(Rc::new(RefCell::new(FakeState {
             snapshot,
-            clock: std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
+            clock: std::time::SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_secs(1_800_000_000),
             snapshots_taken: 0,
             applied: Vec::new(),
             fail_next: None,

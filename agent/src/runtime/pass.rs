@@ -185,7 +185,10 @@ pub fn execute(
     // Guard 5: verify on fresh state.
     let (outcome, detail) = match probe.snapshot() {
         Ok(after) => {
-            if evaluate(&after, config, promisc_held).iter().any(|f| f.key() == key) {
+            if evaluate(&after, config, promisc_held)
+                .iter()
+                .any(|f| f.key() == key)
+            {
                 (
                     Outcome::Ineffective,
                     format!("{}; the finding is still there afterwards", applied.detail),
