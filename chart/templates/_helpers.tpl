@@ -1,0 +1,60 @@
+{{/* Chart name. */}}
+{{- define "netmend.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: release-prefixed unless the release name already contains the chart name. */}}
+{{- define "netmend.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "netmend.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: stable across upgrades. */}}
+{{- define "netmend.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "netmend.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "netmend.labels" -}}
+helm.sh/chart: {{ include "netmend.chart" . }}
+{{ include "netmend.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: agent
+{{- end }}
+
+{{- define "netmend.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "netmend.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "netmend.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/* The config file exactly as the agent reads it. */}}
+{{- define "netmend.configYaml" -}}
+# netmend configuration, rendered by Helm from the chart's `config` values.
+# Edit it with `helm upgrade --set config....`: the agent reloads it live.
+{{ toYaml .Values.config }}
+{{- end }}
+
+{{/* Whether a Service is needed. */}}
+{{- define "netmend.serviceEnabled" -}}
+{{- if or .Values.service.enabled .Values.serviceMonitor.enabled }}true{{- end }}
+{{- end }}
