@@ -1,0 +1,50 @@
+//! The architecture's rule, checked: the pure layers (`model`, `detect`, `remediate`) never use
+//! tokio, the kernel-facing layers (`observe`, `act`), the runtime, or process spawning.
+
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read source dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn pure_layers_do_no_io() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/src");
+    let forbidden = [
+        "tokio",
+        "crate::observe",
+        "crate::act",
+        "crate::runtime",
+        "crate::http",
+        "crate::journal",
+        "std::process",
+        "std::fs",
+        "std::net::TcpStream",
+        "libc::",
+    ];
+    let mut files = Vec::new();
+    for layer in ["model", "detect", "remediate"] {
+        rust_files(&src.join(layer), &mut files);
+    }
+    assert!(files.len() >= 10, "found only {} files", files.len());
+    let mut offences = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            for f in forbidden {
+                if code.contains(f) {
+                    offences.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(offences.is_empty(), "pure layers doing I/O:\n{}", offences.join("\n"));
+}
