@@ -18,118 +18,112 @@ impl KernelActuator {
     }
 }
 
-/// The nftables operations of a ruleset action, referencing rules first so a chain is never
-/// deleted while something still jumps to it (the kernel would answer EBUSY).
-pub fn nft_ops(action: &FixAction) -> Vec<NftOp> {
-    let mut ops = Vec::new();
-    match action {
-        FixAction::FlushChain {
-            table,
-            chain,
-            delete_chain,
-            ..
-        } => {
-            ops.push(NftOp::FlushChain {
-                family: table.family,
-                table: table.table.clone(),
-                chain: chain.clone(),
-            });
-            if *delete_chain {
-                ops.push(NftOp::DeleteChain {
-                    family: table.family,
-                    table: table.table.clone(),
-                    chain: chain.clone(),
-                });
-            }
-        }
-        FixAction::RemoveRules {
-            table,
-            rules,
-            delete_chains,
-            ..
-        } => {
-            for rule in rules {
-                ops.push(NftOp::DeleteRule {
-                    family: table.family,
-                    table: table.table.clone(),
-                    chain: rule.chain.clone(),
-                    handle: rule.handle,
-                });
-            }
-            for chain in delete_chains {
-                ops.push(NftOp::FlushChain {
-                    family: table.family,
-                    table: table.table.clone(),
-                    chain: chain.clone(),
-                });
-                ops.push(NftOp::DeleteChain {
-                    family: table.family,
-                    table: table.table.clone(),
-                    chain: chain.clone(),
-                });
-            }
-        }
-        FixAction::SetPromisc { .. } => {}
-    }
-    ops
+/// One backend-neutral step of a ruleset action, in the order it must run: the referencing rules
+/// first, so a chain is never deleted while something still jumps to it (EBUSY), then each chain
+/// is flushed and deleted.
+enum Step<'a> {
+    DeleteRule { chain: &'a str, handle: u64 },
+    FlushChain(&'a str),
+    DeleteChain(&'a str),
 }
 
-/// The legacy operations of a ruleset action. Rules are deleted by position from the last one
-/// up (deleting a rule shifts the positions after it), then chains are flushed and deleted.
-pub fn legacy_ops(action: &FixAction) -> Vec<LegacyOp> {
-    let mut ops = Vec::new();
+fn steps(action: &FixAction) -> Vec<Step<'_>> {
     match action {
         FixAction::FlushChain {
-            table,
             chain,
             delete_chain,
             ..
         } => {
-            ops.push(LegacyOp::FlushChain {
-                family: table.family,
-                table: table.table.clone(),
-                chain: chain.clone(),
-            });
+            let mut out = vec![Step::FlushChain(chain)];
             if *delete_chain {
-                ops.push(LegacyOp::DeleteChain {
-                    family: table.family,
-                    table: table.table.clone(),
-                    chain: chain.clone(),
-                });
+                out.push(Step::DeleteChain(chain));
             }
+            out
         }
         FixAction::RemoveRules {
-            table,
             rules,
             delete_chains,
             ..
-        } => {
-            let mut ordered = rules.clone();
-            ordered.sort_by(|a, b| a.chain.cmp(&b.chain).then(b.handle.cmp(&a.handle)));
-            for rule in ordered {
-                ops.push(LegacyOp::DeleteRule {
-                    family: table.family,
-                    table: table.table.clone(),
-                    chain: rule.chain.clone(),
-                    rule_spec_position: rule.handle,
-                });
-            }
-            for chain in delete_chains {
-                ops.push(LegacyOp::FlushChain {
-                    family: table.family,
-                    table: table.table.clone(),
-                    chain: chain.clone(),
-                });
-                ops.push(LegacyOp::DeleteChain {
-                    family: table.family,
-                    table: table.table.clone(),
-                    chain: chain.clone(),
-                });
-            }
-        }
-        FixAction::SetPromisc { .. } => {}
+        } => rules
+            .iter()
+            .map(|r| Step::DeleteRule {
+                chain: &r.chain,
+                handle: r.handle,
+            })
+            .chain(
+                delete_chains
+                    .iter()
+                    .flat_map(|c| [Step::FlushChain(c), Step::DeleteChain(c)]),
+            )
+            .collect(),
+        FixAction::SetPromisc { .. } => Vec::new(),
     }
-    ops
+}
+
+fn action_table(action: &FixAction) -> Option<&TableRef> {
+    match action {
+        FixAction::FlushChain { table, .. } | FixAction::RemoveRules { table, .. } => Some(table),
+        FixAction::SetPromisc { .. } => None,
+    }
+}
+
+/// The nftables operations of a ruleset action (one batch).
+pub fn nft_ops(action: &FixAction) -> Vec<NftOp> {
+    let Some(table) = action_table(action) else {
+        return Vec::new();
+    };
+    let (family, name) = (table.family, &table.table);
+    steps(action)
+        .into_iter()
+        .map(|step| match step {
+            Step::DeleteRule { chain, handle } => NftOp::DeleteRule {
+                family,
+                table: name.clone(),
+                chain: chain.to_string(),
+                handle,
+            },
+            Step::FlushChain(chain) => NftOp::FlushChain {
+                family,
+                table: name.clone(),
+                chain: chain.to_string(),
+            },
+            Step::DeleteChain(chain) => NftOp::DeleteChain {
+                family,
+                table: name.clone(),
+                chain: chain.to_string(),
+            },
+        })
+        .collect()
+}
+
+/// The legacy operations of a ruleset action; the legacy writer runs rule deletions from the
+/// highest position down (deleting a rule shifts the positions after it).
+pub fn legacy_ops(action: &FixAction) -> Vec<LegacyOp> {
+    let Some(table) = action_table(action) else {
+        return Vec::new();
+    };
+    let (family, name) = (table.family, &table.table);
+    steps(action)
+        .into_iter()
+        .map(|step| match step {
+            Step::DeleteRule { chain, handle } => LegacyOp::DeleteRule {
+                family,
+                table: name.clone(),
+                chain: chain.to_string(),
+                rule_spec_position: handle,
+            },
+            Step::FlushChain(chain) => LegacyOp::FlushChain {
+                family,
+                table: name.clone(),
+                chain: chain.to_string(),
+            },
+            Step::DeleteChain(chain) => LegacyOp::DeleteChain {
+                family,
+                table: name.clone(),
+                chain: chain.to_string(),
+            },
+        })
+        .collect()
 }
 
 fn describe(action: &FixAction) -> String {
@@ -265,7 +259,7 @@ mod tests {
             delete_chains: vec![],
             content_hash: 0,
         };
-        let positions: Vec<u64> = legacy_ops(&action)
+        let positions: Vec<u64> = iptables_legacy::ordered(&legacy_ops(&action))
             .iter()
             .map(|op| match op {
                 LegacyOp::DeleteRule {

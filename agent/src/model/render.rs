@@ -244,7 +244,8 @@ pub fn render_iptables(chain: &str, rule: &Rule) -> String {
     out
 }
 
-fn field_text(field: &Field) -> String {
+/// How people write a field in nft syntax.
+pub fn field_text(field: &Field) -> String {
     match field {
         Field::Address(Direction::Source) => "ip saddr".into(),
         Field::Address(Direction::Destination) => "ip daddr".into(),

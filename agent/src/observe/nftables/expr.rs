@@ -1041,24 +1041,8 @@ fn ct_state_names(mask: u32) -> String {
     }
 }
 
-/// How people write a field in nft syntax.
-pub fn field_text(field: &Field) -> String {
-    match field {
-        Field::Address(Direction::Source) => "ip saddr".into(),
-        Field::Address(Direction::Destination) => "ip daddr".into(),
-        Field::L4Proto => "meta l4proto".into(),
-        Field::Port(Direction::Source) => "th sport".into(),
-        Field::Port(Direction::Destination) => "th dport".into(),
-        Field::Interface(Direction::Source) => "iifname".into(),
-        Field::Interface(Direction::Destination) => "oifname".into(),
-        Field::Mark => "meta mark".into(),
-        Field::CtState => "ct state".into(),
-        Field::FibAddrType(Direction::Source) => "fib saddr type".into(),
-        Field::FibAddrType(Direction::Destination) => "fib daddr type".into(),
-        Field::Numgen => "numgen".into(),
-        Field::Other(text) => text.clone(),
-    }
-}
+/// How people write a field in nft syntax (shared with the evidence renderer).
+pub use crate::model::render::field_text;
 
 fn keys_text(key: &[Field]) -> String {
     key.iter().map(field_text).collect::<Vec<_>>().join(" . ")
