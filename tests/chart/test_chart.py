@@ -12,15 +12,22 @@ import fnmatch
 import importlib.metadata
 import json
 import os
+import sys
 import re
 import shutil
+import signal
+import socket
 import subprocess
+import time
+import urllib.error
+import urllib.request
 import tomllib
 from pathlib import Path
 
 import helm_python as helm
 import jsonschema
 import kubernetes_validate
+import promql_parser
 import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
@@ -331,6 +338,165 @@ def test_dashboard_is_grafana_json_on_real_metrics():
     used = set(re.findall(r"\bnetmend_[a-z_]+", " ".join(exprs)))
     assert {"netmend_findings", "netmend_fix_attempts_total", "netmend_source_up",
             "netmend_circuit_open", "netmend_ready"} <= used <= METRICS
+
+
+
+def _all_promql(values: dict) -> dict[str, str]:
+    """Every PromQL expression the chart ships: alert rules and dashboard panels (Grafana's
+    variables replaced by what Grafana would substitute)."""
+    out = {}
+    rule = the(objects(values), "PrometheusRule")
+    for g in rule["spec"]["groups"]:
+        for r in g["rules"]:
+            out[r["alert"]] = r["expr"]
+    cm = the(objects(values), "ConfigMap", "netmend-dashboard")
+    for p in json.loads(cm["data"]["netmend.json"])["panels"]:
+        for t in p.get("targets", []):
+            expr = t["expr"].replace("$__rate_interval", "1m").replace("$node", ".*")
+            out[f"panel {p['title']} {t.get('refId', '')}"] = expr
+    return out
+
+
+def test_every_promql_expression_parses():
+    exprs = _all_promql(FULL)
+    assert len(exprs) >= 6 + 8
+    for name, expr in exprs.items():
+        try:
+            promql_parser.parse(expr)
+        except ValueError as e:  # the parser's syntax errors
+            pytest.fail(f"{name}: {e}: {expr}")
+    # the parser is not a no-op
+    with pytest.raises(ValueError):
+        promql_parser.parse("sum by (node (netmend_findings)")
+
+
+def test_fixes_failing_alert_sees_the_first_failure():
+    """The agent creates a fix's failed series at its first failure; increase() over a series
+    that starts at 1 is 0, so the rule must also catch a series absent one window ago."""
+    expr = _all_promql(FULL)["NetmendFixesFailing"]
+    assert "increase(netmend_fix_attempts_total{outcome=\"failed\"}[30m])" in expr
+    assert re.search(r"unless\s+netmend_fix_attempts_total\{outcome=\"failed\"\}\s+offset 30m", expr), expr
+    # absent() only when the chart's own ServiceMonitor names the job
+    no_sm = deep_merge(FULL, {"serviceMonitor": {"enabled": False}})
+    rule = the(objects(no_sm), "PrometheusRule")
+    not_ready = [r for g in rule["spec"]["groups"] for r in g["rules"] if r["alert"] == "NetmendAgentNotReady"]
+    assert "absent(" not in not_ready[0]["expr"]
+    assert 'absent(up{job="netmend"})' in _all_promql(FULL)["NetmendAgentNotReady"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+_GET_IN_NS = """
+import json, sys, urllib.request, urllib.error
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
+        print(json.dumps([r.status, r.read().decode()]))
+except urllib.error.HTTPError as e:
+    print(json.dumps([e.code, e.read().decode()]))
+"""
+
+
+@pytest.fixture
+def netns():
+    """A fresh network namespace (loopback up), removed afterwards: the agent under test never
+    sees the host's ruleset or links."""
+    assert os.geteuid() == 0, "this test runs the agent in a network namespace: run the suite as root"
+    name = f"nm-chart-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+    yield name
+    subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_rendered_pod_command_runs_the_real_agent(tmp_path, netns):
+    """The DaemonSet's args and env, with the pod's paths mapped into tmp_path, start the real
+    agent: probes answer as the chart expects, the metrics the alerts and the dashboard query
+    exist, the config it runs is the ConfigMap's, and SIGTERM ends it cleanly within the grace."""
+    objs = objects(FULL)
+    ds = the(objs, "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    (tmp_path / "config.yaml").write_text(the(objs, "ConfigMap", RELEASE)["data"]["config.yaml"])
+    port = _free_port()
+    mapped = {"/etc/netmend/config.yaml": str(tmp_path / "config.yaml"),
+              "/var/lib/netmend": str(tmp_path / "state")}
+    args = []
+    for a in c["args"]:
+        flag, _, value = a.partition("=")
+        if flag == "--listen":
+            assert value == f"0.0.0.0:{c['ports'][0]['containerPort']}"
+            value = f"127.0.0.1:{port}"
+        args.append(f"{flag}={mapped.get(value, value)}" if value else a)
+    env = {e["name"]: e.get("value", "chart-test-node") for e in c["env"]}  # NODE_NAME: downward API
+    enter = ["nsenter", f"--net=/run/netns/{netns}"]
+    proc = subprocess.Popen([*enter, str(netmend_bin()), *args], env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def _get(url: str) -> tuple[int, str]:
+        out = subprocess.run([*enter, sys.executable, "-c", _GET_IN_NS, url],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise OSError(out.stderr)
+        code, body = json.loads(out.stdout)
+        return code, body
+
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 15
+        code = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                code, _ = _get(base + c["readinessProbe"]["httpGet"]["path"])
+                if code == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        assert code == 200, f"readiness never 200 (exit {proc.poll()})"
+        assert _get(base + c["livenessProbe"]["httpGet"]["path"])[0] == 200
+        assert _get(base + c["startupProbe"]["httpGet"]["path"])[0] == 200
+
+        # every metric family the alerts and the dashboard query is one the agent exposes
+        _, metrics = _get(base + "/metrics")
+        families = dict(re.findall(r"^# TYPE (\S+) (\S+)$", metrics, re.M))
+        exposed = set()
+        for fam, kind in families.items():
+            exposed |= {fam, fam + "_total"} if kind == "counter" else \
+                {fam, fam + "_bucket", fam + "_sum", fam + "_count"} if kind == "histogram" else {fam}
+        used = set(re.findall(r"\bnetmend_[a-z_]+", " ".join(_all_promql(FULL).values())))
+        assert len(used) >= 7 and used <= exposed, used - exposed
+        assert re.search(r'^netmend_build_info\{version="[^"]+"\} 1$', metrics, re.M)
+
+        # /status: the node from NODE_NAME, the ConfigMap's config in force
+        code, body = _get(base + "/status")
+        status = json.loads(body)
+        assert code == 200 and status["node"] == "chart-test-node"
+        assert status["config"]["valid"] is True and status["config"]["mode"] == "enforce"
+    finally:
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = proc.communicate(timeout=pod["terminationGracePeriodSeconds"])
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise AssertionError("the agent outlived terminationGracePeriodSeconds after SIGTERM")
+    assert proc.returncode == 0, stderr[-2000:]
+    assert time.monotonic() - start < 20
+    # FULL sets log.format=text: the env the chart renders reaches the agent's logger
+    assert env["NETMEND_LOG_FORMAT"] == "text" and not stderr.lstrip().startswith("{")
 
 
 # ---- the DaemonSet --------------------------------------------------------------------------
