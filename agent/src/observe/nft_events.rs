@@ -96,9 +96,15 @@ pub struct NftEventSocket {
 
 impl NftEventSocket {
     pub fn open() -> Result<NftEventSocket, NetlinkError> {
-        let mut socket = NetlinkSocket::open(libc::NETLINK_NETFILTER)?;
         // A large buffer rides out ordinary bursts; overflow is still handled (a re-dump).
-        let _ = socket.set_receive_buffer(8 << 20);
+        NftEventSocket::open_with_buffer(8 << 20)
+    }
+
+    /// Like [`NftEventSocket::open`] with a receive buffer of `bytes` (tests force overflows
+    /// with a small one).
+    pub fn open_with_buffer(bytes: i32) -> Result<NftEventSocket, NetlinkError> {
+        let mut socket = NetlinkSocket::open(libc::NETLINK_NETFILTER)?;
+        let _ = socket.set_receive_buffer(bytes);
         socket
             .join_group(NFNLGRP_NFTABLES)
             .map_err(|source| NetlinkError::Io {
@@ -111,6 +117,38 @@ impl NftEventSocket {
     /// The socket's descriptor, for a poller that also waits on other sockets.
     pub fn raw_fd(&self) -> i32 {
         self.socket.raw_fd()
+    }
+
+    /// Waits up to `timeout` for notifications, then hands every queued datagram (raw netlink
+    /// messages) to `on_read` without blocking further; a lost batch (ENOBUFS) is `None`.
+    /// Returns the number of reads handed over.
+    pub fn drain_raw(
+        &mut self,
+        timeout: Duration,
+        mut on_read: impl FnMut(Option<&[u8]>),
+    ) -> Result<usize, NetlinkError> {
+        let mut pfd = libc::pollfd {
+            fd: self.socket.raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, millis) };
+        if rc <= 0 {
+            return Ok(0);
+        }
+        let mut reads = 0;
+        loop {
+            match self.socket.try_recv("read nftables notifications") {
+                Ok(Some(len)) => on_read(Some(self.socket.received(len))),
+                Ok(None) => break,
+                Err(e) if e.errno() == Some(libc::ENOBUFS) => on_read(None),
+                Err(e) => return Err(e),
+            }
+            reads += 1;
+        }
+        Ok(reads)
     }
 
     /// Waits up to `timeout` for notifications and returns what arrived (empty on timeout).

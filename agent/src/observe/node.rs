@@ -4,8 +4,10 @@
 //! `netmend check` turns into exit status 2).
 //!
 //! Two ways to read nftables: [`NftView::Fresh`] dumps every time (the one-shot check), while
-//! [`NftView::Cached`] keeps the last dump and re-dumps only when the kernel's generation id moved
-//! (one tiny GETGEN request a pass), which is what keeps the idle agent idle.
+//! [`NftView::Cached`] keeps the ruleset current from change notifications
+//! ([`nftables::NftTracker`]: cost proportional to the change, one tiny GETGEN request a pass to
+//! confirm the generation) and dumps in full only at start, on an event overflow, on a
+//! notification it cannot apply, on a generation mismatch and on [`NodeProbe::resync`].
 
 use crate::model::ruleset::Ruleset;
 use crate::model::snapshot::{NodeSnapshot, SourceStatus};
@@ -24,11 +26,12 @@ pub enum NftView {
 /// Reads the node through netlink and getsockopt.
 pub struct KernelProbe {
     view: NftView,
-    cached_nft: Option<(u32, Arc<Ruleset>)>,
-    /// Force the next read to dump in full (a resync, an event overflow).
-    force_dump: bool,
+    /// The incremental reader (cached view only).
+    tracker: nftables::NftTracker,
     /// Full dumps done (for metrics and tests).
     pub dumps: u64,
+    /// Notification messages applied to the cached ruleset.
+    pub events_applied: u64,
     /// Links, the responder map and ARP accounting.
     l2: crate::observe::l2_watch::L2Watch,
 }
@@ -37,37 +40,34 @@ impl KernelProbe {
     pub fn new(view: NftView) -> KernelProbe {
         KernelProbe {
             view,
-            cached_nft: None,
-            force_dump: false,
+            tracker: nftables::NftTracker::new(),
             dumps: 0,
+            events_applied: 0,
             l2: crate::observe::l2_watch::L2Watch::new(),
         }
     }
 
     /// Makes the next snapshot dump nftables in full.
     pub fn invalidate(&mut self) {
-        self.force_dump = true;
+        self.tracker.resync("invalidated");
     }
 
     fn read_nftables(&mut self) -> Result<(Arc<Ruleset>, SourceStatus), nftables::NftablesError> {
         let started = Instant::now();
-        if self.view == NftView::Cached && !self.force_dump {
-            if let Some((generation, ruleset)) = &self.cached_nft {
-                if nftables::current_generation()? == *generation {
-                    let status = nft_status(ruleset, started.elapsed());
-                    return Ok((ruleset.clone(), status));
-                }
+        if self.view == NftView::Cached {
+            let result = self.tracker.refresh();
+            self.dumps = self.tracker.stats.dumps;
+            self.events_applied = self.tracker.stats.events_applied;
+            let (ruleset, dumped) = result?;
+            let mut status = nft_status(&ruleset, started.elapsed());
+            if let Some(why) = dumped.filter(|why| why != "start") {
+                status.detail = Some(format!("full re-read: {why}"));
             }
+            return Ok((ruleset, status));
         }
         let (ruleset, stats) = nftables::read_ruleset()?;
         self.dumps += 1;
-        self.force_dump = false;
         let ruleset = Arc::new(ruleset);
-        if self.view == NftView::Cached {
-            if let Some(generation) = ruleset.generation {
-                self.cached_nft = Some((generation, ruleset.clone()));
-            }
-        }
         let mut status = nft_status(&ruleset, stats.duration);
         if stats.retries > 0 {
             status.detail = Some(format!(
@@ -88,6 +88,10 @@ fn nft_status(ruleset: &Ruleset, took: Duration) -> SourceStatus {
 }
 
 impl NodeProbe for KernelProbe {
+    fn resync(&mut self) {
+        self.tracker.resync("periodic resync");
+    }
+
     fn configure(&mut self, config: &crate::config::Config) {
         self.l2.configure(config);
     }
@@ -112,9 +116,10 @@ impl NodeProbe for KernelProbe {
                 return Err(ProbeFatal(format!("missing kernel feature: {e}")));
             }
             Err(e) => {
-                snapshot
-                    .sources
-                    .insert("nftables".into(), SourceStatus::failed(started.elapsed(), e.to_string()));
+                snapshot.sources.insert(
+                    "nftables".into(),
+                    SourceStatus::failed(started.elapsed(), e.to_string()),
+                );
             }
         }
 

@@ -562,6 +562,7 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
         // Only passes triggered by changes are rate-limited: a tick pass just before an event
         // must not delay the reaction to it.
         let mut last_change_pass: Option<Instant> = None;
+        let mut last_resync = Instant::now();
         while !stop.load(Ordering::SeqCst) {
             self.shared.heartbeats.beat("engine", ENGINE_ALLOWANCE);
             let until_tick =
@@ -594,6 +595,11 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
             }
             if stop.load(Ordering::SeqCst) {
                 break;
+            }
+            if last_resync.elapsed() >= self.config.engine.resync_interval {
+                self.probe.resync();
+                self.shared.metrics.resync("periodic");
+                last_resync = Instant::now();
             }
             // Ticks run a pass too: guards and confirmation times move with the clock.
             self.pass(SystemTime::now());

@@ -33,6 +33,10 @@ pub trait NodeProbe {
     fn observe(&mut self, window: std::time::Duration) {
         std::thread::sleep(window);
     }
+
+    /// Makes the next snapshot re-read every source in full instead of trusting what is kept
+    /// up to date incrementally (called every `resyncInterval`).
+    fn resync(&mut self) {}
 }
 
 /// Why an action did not happen.

@@ -18,9 +18,11 @@
 //! and tested on captured bytes in `agent/testdata/nft/`.
 
 mod expr;
+mod incremental;
 mod set;
 
 pub use expr::{decode_rule, field_text, DecodedRule, RuleContext};
+pub use incremental::{ApplySummary, NeedResync, NftCache, NftTracker, TrackerStats};
 pub use set::{decode_set, decode_set_elements, finish_elements, split_key_type, SetHeader};
 
 use crate::model::ruleset::{
@@ -237,7 +239,7 @@ fn generation_on(socket: &mut NetlinkSocket) -> Result<u32, AttemptError> {
 }
 
 /// Decodes a NEWTABLE payload: (family, name, handle).
-fn decode_table(payload: &[u8]) -> Option<(Family, String, u64)> {
+pub(crate) fn decode_table(payload: &[u8]) -> Option<(Family, String, u64)> {
     let family = Family::from_nfproto(*payload.first()?)?;
     let mut name = None;
     let mut handle = 0;
@@ -252,7 +254,7 @@ fn decode_table(payload: &[u8]) -> Option<(Family, String, u64)> {
 }
 
 /// Decodes a NEWCHAIN payload: (family, table, chain without rules).
-fn decode_chain(payload: &[u8]) -> Option<(Family, String, Chain)> {
+pub(crate) fn decode_chain(payload: &[u8]) -> Option<(Family, String, Chain)> {
     let family = Family::from_nfproto(*payload.first()?)?;
     let mut table = None;
     let mut name = None;
@@ -451,6 +453,10 @@ impl RulesetBuilder {
 
 type PendingElements = HashMap<(usize, String), Vec<set::RawElement>>;
 
+/// Per table (in [`Ruleset::tables`] order): set name -> decoded header, which element
+/// decoding needs and the model does not keep.
+pub(crate) type SetHeaders = Vec<HashMap<String, SetHeader>>;
+
 /// The rules of each chain a worker dumped (by chain slot index), and the bytes it read.
 type WorkerOutput = (Vec<(usize, Vec<Rule>)>, u64);
 
@@ -629,7 +635,7 @@ fn read_once(
     socket: &mut NetlinkSocket,
     threads: usize,
     mut recorder: Recorder<'_>,
-) -> Result<(Ruleset, NftDumpStats), AttemptError> {
+) -> Result<(Ruleset, NftDumpStats, SetHeaders), AttemptError> {
     let started = Instant::now();
     let before = generation_on(socket)?;
     let mut bytes = 0u64;
@@ -717,13 +723,14 @@ fn read_once(
         duration: started.elapsed(),
         retries: 0,
     };
-    Ok((builder.finish(before), stats))
+    let headers = std::mem::take(&mut builder.set_headers);
+    Ok((builder.finish(before), stats, headers))
 }
 
 fn read_with_retries(
     threads: usize,
     mut recorder: Recorder<'_>,
-) -> Result<(Ruleset, NftDumpStats), NftablesError> {
+) -> Result<(Ruleset, NftDumpStats, SetHeaders), NftablesError> {
     let started = Instant::now();
     let mut socket = open_socket()?;
     for attempt in 0..MAX_ATTEMPTS {
@@ -731,10 +738,10 @@ fn read_with_retries(
             buf.clear();
         }
         match read_once(&mut socket, threads, recorder.as_deref_mut()) {
-            Ok((ruleset, mut stats)) => {
+            Ok((ruleset, mut stats, headers)) => {
                 stats.retries = attempt;
                 stats.duration = started.elapsed();
-                return Ok((ruleset, stats));
+                return Ok((ruleset, stats, headers));
             }
             Err(AttemptError::Raced) => {
                 // A fresh socket drops any reply left over from the abandoned dump.
@@ -751,6 +758,13 @@ fn read_with_retries(
 /// Reads every nftables table of the calling thread's network namespace, consistent with one
 /// generation (returned in [`Ruleset::generation`]).
 pub fn read_ruleset() -> Result<(Ruleset, NftDumpStats), NftablesError> {
+    read_with_retries(RULE_DUMP_THREADS, None).map(|(ruleset, stats, _)| (ruleset, stats))
+}
+
+/// [`read_ruleset`] plus the decoded set headers (the incremental cache decodes later element
+/// notifications with them).
+pub(crate) fn read_ruleset_with_sets() -> Result<(Ruleset, NftDumpStats, SetHeaders), NftablesError>
+{
     read_with_retries(RULE_DUMP_THREADS, None)
 }
 
@@ -758,13 +772,21 @@ pub fn read_ruleset() -> Result<(Ruleset, NftDumpStats), NftablesError> {
 /// the kernel sent (tables, chains, sets, elements, rules, in that order), for test captures.
 pub fn capture_ruleset_messages() -> Result<(Ruleset, Vec<u8>), NftablesError> {
     let mut recorded = Vec::new();
-    let (ruleset, _) = read_with_retries(1, Some(&mut recorded))?;
+    let (ruleset, _, _) = read_with_retries(1, Some(&mut recorded))?;
     Ok((ruleset, recorded))
 }
 
 /// Decodes captured messages (as written by [`capture_ruleset_messages`]) into a ruleset whose
 /// generation is `generation`. Pure: the unit tests run it on `agent/testdata/nft/*.bin`.
 pub fn decode_messages(bytes: &[u8], generation: u32) -> Result<Ruleset, NftablesError> {
+    decode_messages_with_sets(bytes, generation).map(|(ruleset, _)| ruleset)
+}
+
+/// [`decode_messages`] plus the set headers, as [`read_ruleset_with_sets`] returns them.
+pub(crate) fn decode_messages_with_sets(
+    bytes: &[u8],
+    generation: u32,
+) -> Result<(Ruleset, SetHeaders), NftablesError> {
     let malformed = |detail: String| NftablesError::Malformed {
         what: "captured messages".into(),
         detail,
@@ -818,7 +840,8 @@ pub fn decode_messages(bytes: &[u8], generation: u32) -> Result<Ruleset, Nftable
     for (t, c, rule) in rules {
         builder.tables[t].chains[c].rules.push(rule);
     }
-    Ok(builder.finish(generation))
+    let headers = std::mem::take(&mut builder.set_headers);
+    Ok((builder.finish(generation), headers))
 }
 
 fn rule_names(attrs: &[u8]) -> Option<(&str, &str)> {
