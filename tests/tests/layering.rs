@@ -46,5 +46,9 @@ fn pure_layers_do_no_io() {
             }
         }
     }
-    assert!(offences.is_empty(), "pure layers doing I/O:\n{}", offences.join("\n"));
+    assert!(
+        offences.is_empty(),
+        "pure layers doing I/O:\n{}",
+        offences.join("\n")
+    );
 }
