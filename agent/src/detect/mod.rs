@@ -23,6 +23,17 @@ pub fn run_checks(
     promisc_held: &[String],
 ) -> Vec<Finding> {
     let mut findings = run_ruleset_checks(snapshot, config);
+    findings.extend(run_l2_checks(snapshot, config, promisc_held));
+    findings
+}
+
+/// The link and ARP checks only (cheap: the agent runs them every pass).
+pub fn run_l2_checks(
+    snapshot: &NodeSnapshot,
+    config: &Config,
+    promisc_held: &[String],
+) -> Vec<Finding> {
+    let mut findings = Vec::new();
     let links = snapshot.links.as_deref().unwrap_or_default();
     if config.check_enabled(CheckId::ArpUnanswered) {
         if let Some(counters) = &snapshot.arp {

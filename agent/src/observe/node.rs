@@ -34,6 +34,8 @@ pub struct KernelProbe {
     pub events_applied: u64,
     /// Links, the responder map and ARP accounting.
     l2: crate::observe::l2_watch::L2Watch,
+    /// The last legacy read, reused while its content is unchanged.
+    last_legacy: Option<Arc<Ruleset>>,
 }
 
 impl KernelProbe {
@@ -44,6 +46,7 @@ impl KernelProbe {
             dumps: 0,
             events_applied: 0,
             l2: crate::observe::l2_watch::L2Watch::new(),
+            last_legacy: None,
         }
     }
 
@@ -132,7 +135,14 @@ impl NodeProbe for KernelProbe {
                 if ruleset.tables.is_empty() {
                     status.detail = Some("no iptables-legacy table is loaded".into());
                 }
-                snapshot.legacy = Some(Arc::new(ruleset));
+                // Unchanged content keeps the previous Arc, so the engine can tell "nothing
+                // changed" by identity and skip re-running the ruleset checks.
+                let ruleset = match &self.last_legacy {
+                    Some(previous) if **previous == ruleset => previous.clone(),
+                    _ => Arc::new(ruleset),
+                };
+                self.last_legacy = Some(ruleset.clone());
+                snapshot.legacy = Some(ruleset);
                 snapshot.sources.insert("iptables-legacy".into(), status);
             }
             Err(e @ iptables_legacy::LegacyError::Permission { .. }) => {

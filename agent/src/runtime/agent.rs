@@ -15,7 +15,7 @@ use crate::remediate::guard::{decide, Decision, GuardScope};
 use crate::remediate::tracker::{persistent, Tracker};
 use crate::report::FindingReport;
 use crate::runtime::oneshot::history_of;
-use crate::runtime::pass::{evaluate, execute};
+use crate::runtime::pass::execute;
 use crate::runtime::{Actuator, NodeProbe};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -127,6 +127,18 @@ pub struct Engine<P: NodeProbe, A: Actuator> {
     last_reports: HashMap<String, FixReport>,
     /// set-promisc fixes for unanswered ARP waiting for replies to prove them.
     pending_promisc: Vec<PendingPromisc>,
+    /// The last ruleset findings and what they were computed from.
+    ruleset_memo: Option<RulesetMemo>,
+}
+
+/// Inputs and result of the last ruleset evaluation.
+struct RulesetMemo {
+    nft_generation: Option<Option<u32>>,
+    legacy: Option<std::sync::Weak<crate::model::ruleset::Ruleset>>,
+    listeners: Option<Vec<crate::model::snapshot::ListeningSocket>>,
+    addresses: Option<Vec<crate::model::snapshot::LocalAddress>>,
+    config: Config,
+    findings: Vec<Finding>,
 }
 
 /// A set-promisc applied for an unanswered target, waiting for verification: replies for the
@@ -235,7 +247,47 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
             last_changed_by: None,
             last_reports: HashMap::new(),
             pending_promisc: Vec::new(),
+            ruleset_memo: None,
         }
+    }
+
+    /// The ruleset checks' findings, re-run only when their inputs changed: the nftables
+    /// generation, the legacy ruleset (the probe keeps the same `Arc` while its content is
+    /// unchanged), listeners, addresses or the configuration. Idle ticks then cost no walk over the
+    /// rules. The memo holds no strong reference to a ruleset, so the incremental cache can keep
+    /// changing its own in place without a copy.
+    fn ruleset_findings(
+        &mut self,
+        snapshot: &crate::model::snapshot::NodeSnapshot,
+    ) -> Vec<Finding> {
+        let nft_generation = snapshot.nftables.as_ref().map(|r| r.generation);
+        let legacy = snapshot.legacy.as_ref().map(std::sync::Arc::downgrade);
+        if let Some(memo) = &self.ruleset_memo {
+            let same_legacy = match (&memo.legacy, &legacy) {
+                (Some(a), Some(b)) => a.ptr_eq(b),
+                (None, None) => true,
+                _ => false,
+            };
+            if memo.nft_generation == nft_generation
+                && nft_generation.is_some_and(|g| g.is_some())
+                && same_legacy
+                && memo.listeners == snapshot.listeners
+                && memo.addresses == snapshot.addresses
+                && memo.config == self.config
+            {
+                return memo.findings.clone();
+            }
+        }
+        let findings = crate::detect::run_ruleset_checks(snapshot, &self.config);
+        self.ruleset_memo = Some(RulesetMemo {
+            nft_generation,
+            legacy,
+            listeners: snapshot.listeners.clone(),
+            addresses: snapshot.addresses.clone(),
+            config: self.config.clone(),
+            findings: findings.clone(),
+        });
+        findings
     }
 
     /// Interfaces netmend made promiscuous and has not released (from the journal).
@@ -406,9 +458,9 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
         }
         let held = self.promisc_held();
         self.verify_promisc(&snapshot, now);
-        let tracked = self
-            .tracker
-            .observe(evaluate(&snapshot, &self.config, &held), now);
+        let mut findings = self.ruleset_findings(&snapshot);
+        findings.extend(crate::detect::run_l2_checks(&snapshot, &self.config, &held));
+        let tracked = self.tracker.observe(findings, now);
         let mut active = persistent(tracked, now, |f| self.min_age(f));
         active.sort_by(|a, b| {
             b.finding

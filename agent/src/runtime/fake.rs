@@ -132,6 +132,9 @@ impl Actuator for FakeNode {
                     }
                     t.chains.retain(|c| !delete_chains.contains(&c.name));
                 }
+                if let Some(g) = ruleset.generation.as_mut() {
+                    *g += 1;
+                }
                 Ok(ActReport {
                     detail: format!("removed {} rules", rules.len()),
                     was_promisc_before: None,
