@@ -15,3 +15,6 @@ pub mod probe;
 pub mod remediate;
 pub mod report;
 pub mod runtime;
+
+#[cfg(test)]
+pub(crate) mod testutil;

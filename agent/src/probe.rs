@@ -191,13 +191,7 @@ pub fn probe_arp(
 mod tests {
     use super::*;
 
-    fn unhex(s: &str) -> Vec<u8> {
-        let s: String = s.split_whitespace().collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::testutil::unhex;
 
     const REQUEST: &str = include_str!("../testdata/l2/arp-request.hex");
     const REPLY: &str = include_str!("../testdata/l2/arp-reply-outgoing.hex");

@@ -50,6 +50,22 @@ fn write_config(ns: &NetNs, text: &str) -> String {
     path.display().to_string()
 }
 
+/// `netmend check --window 0s --apply --output json --config CONFIG` with a fresh state dir.
+fn check_and_apply(ns: &NetNs, config: &str) -> Value {
+    json_of(&ns.netmend(&[
+        "check",
+        "--window",
+        "0s",
+        "--apply",
+        "--output",
+        "json",
+        "--config",
+        config,
+        "--state-dir",
+        &state_dir(ns),
+    ]))
+}
+
 fn state_dir(ns: &NetNs) -> String {
     let path = std::env::temp_dir().join(format!("netmend-state-{}", ns.name));
     let _ = std::fs::remove_dir_all(&path);
@@ -147,19 +163,7 @@ fn stale_cilium_backup_chains_are_found_in_both_backends_and_flushed() {
         &ns,
         "mode: enforce\nfixes:\n  flush-stale-chain: { enabled: true }\n",
     );
-    let out = ns.netmend(&[
-        "check",
-        "--window",
-        "0s",
-        "--apply",
-        "--output",
-        "json",
-        "--config",
-        &config,
-        "--state-dir",
-        &state_dir(&ns),
-    ]);
-    let report = json_of(&out);
+    let report = check_and_apply(&ns, &config);
     for f in findings_of(&report, "cilium-stale-backup-chain") {
         assert_eq!(f["fix"]["state"], "verified", "{f:#}");
     }
@@ -192,19 +196,7 @@ fn a_referenced_backup_chain_is_flushed_and_kept() {
         &ns,
         "mode: enforce\nfixes:\n  flush-stale-chain: { enabled: true }\n",
     );
-    let out = ns.netmend(&[
-        "check",
-        "--window",
-        "0s",
-        "--apply",
-        "--output",
-        "json",
-        "--config",
-        &config,
-        "--state-dir",
-        &state_dir(&ns),
-    ]);
-    let report = json_of(&out);
+    let report = check_and_apply(&ns, &config);
     let stale = findings_of(&report, "cilium-stale-backup-chain");
     assert_eq!(stale.len(), 1);
     assert_eq!(stale[0]["fix"]["state"], "verified", "{report:#}");
@@ -296,19 +288,7 @@ fn portmap_hijack_of_the_api_port_and_of_a_listening_port_is_found_and_removed()
         &ns,
         "mode: enforce\nfixes:\n  remove-hijack-rule: { enabled: true }\n",
     );
-    let out = ns.netmend(&[
-        "check",
-        "--window",
-        "0s",
-        "--apply",
-        "--output",
-        "json",
-        "--config",
-        &config,
-        "--state-dir",
-        &state_dir(&ns),
-    ]);
-    let report = json_of(&out);
+    let report = check_and_apply(&ns, &config);
     for f in findings_of(&report, "hostport-hijack") {
         assert_eq!(f["fix"]["state"], "verified", "{f:#}");
     }
@@ -336,19 +316,7 @@ fn legacy_hijack_is_removed_with_iptables_legacy() {
         &ns,
         "mode: enforce\nfixes:\n  remove-hijack-rule: { enabled: true }\n",
     );
-    let out = ns.netmend(&[
-        "check",
-        "--window",
-        "0s",
-        "--apply",
-        "--output",
-        "json",
-        "--config",
-        &config,
-        "--state-dir",
-        &state_dir(&ns),
-    ]);
-    let report = json_of(&out);
+    let report = check_and_apply(&ns, &config);
     let hijacks = findings_of(&report, "hostport-hijack");
     assert_eq!(hijacks.len(), 1, "{report:#}");
     assert_eq!(hijacks[0]["evidence"]["backend"], "legacy");

@@ -100,12 +100,7 @@ pub fn read_addresses() -> Result<Vec<LocalAddress>, AddressesError> {
 mod tests {
     use super::*;
 
-    fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::testutil::unhex;
 
     // RTM_NEWADDR payloads captured in a namespace (see tests/tests/sockets.rs, capture_payloads).
     const LO4: &str = "020880fe01000000080001007f000001080002007f000001070003006c6f0000080008008000000014000600ffffffffffffffffe50f0800e50f0800";

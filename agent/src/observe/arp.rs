@@ -582,13 +582,7 @@ pub fn observe_window(
 mod tests {
     use super::*;
 
-    fn unhex(s: &str) -> Vec<u8> {
-        let s: String = s.split_whitespace().collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::testutil::unhex;
 
     // Frames captured by the tap on a veth while `arping` asked for 10.99.0.51 and the kernel
     // answered (see agent/testdata/l2/README.md).

@@ -341,13 +341,7 @@ mod tests {
     use super::*;
     use crate::model::l2::{LinkClass, IFF_LOOPBACK, IFF_PROMISC, IFF_UP};
 
-    fn unhex(s: &str) -> Vec<u8> {
-        let s: String = s.split_whitespace().collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::testutil::unhex;
 
     // RTM_NEWLINK payloads captured from the kernel (see agent/testdata/l2/README.md).
     const LO: &str = include_str!("../../testdata/l2/link-lo.hex");

@@ -112,12 +112,7 @@ pub fn read_listeners() -> Result<Vec<ListeningSocket>, SocketsError> {
 mod tests {
     use super::*;
 
-    fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::testutil::unhex;
 
     // Captured from SOCK_DIAG_BY_FAMILY replies in a namespace with python listeners on
     // 127.0.0.1:9999 and [::]:6443 (see tests/tests/sockets.rs, capture_payloads).
