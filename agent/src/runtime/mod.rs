@@ -6,6 +6,7 @@
 //! with recording fakes.
 
 pub mod agent;
+pub mod backoff;
 pub mod oneshot;
 pub mod pass;
 pub mod serve;

@@ -3,6 +3,7 @@
 
 use crate::http::Shared;
 use crate::runtime::agent::{Engine, Wake};
+use crate::runtime::backoff::Backoff;
 use crate::runtime::serve::{serve, AgentParts, ServeError};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,8 +53,44 @@ fn change_feed(wakes: Sender<Wake>, stop: Arc<AtomicBool>, shared: Arc<Shared>) 
     let mut links = LinkWatcher::open()
         .map_err(|e| tracing::error!(error = %e, "no link notifications: changes are seen on the next tick only"))
         .ok();
+    let seed = u64::from(own_pid)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+    let mut nft_retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(60), seed);
+    let mut links_retry = Backoff::new(
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+        seed.rotate_left(17),
+    );
     while !stop.load(Ordering::SeqCst) {
         shared.heartbeats.beat("events", Duration::from_secs(30));
+        let now = std::time::Instant::now();
+        if nft.is_none() && nft_retry.ready(now) {
+            match NftEventSocket::open() {
+                Ok(socket) => {
+                    nft_retry.succeeded();
+                    nft = Some(socket);
+                }
+                Err(e) => {
+                    let delay = nft_retry.failed(now);
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "nftables notifications unavailable");
+                }
+            }
+        }
+        if links.is_none() && links_retry.ready(now) {
+            match LinkWatcher::open() {
+                Ok(watcher) => {
+                    links_retry.succeeded();
+                    links = Some(watcher);
+                }
+                Err(e) => {
+                    let delay = links_retry.failed(now);
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "link notifications unavailable");
+                }
+            }
+        }
         let mut fds: Vec<libc::pollfd> = [
             nft.as_ref().map(|s| s.raw_fd()),
             links.as_ref().map(|l| l.raw_fd()),
@@ -68,8 +105,6 @@ fn change_feed(wakes: Sender<Wake>, stop: Arc<AtomicBool>, shared: Arc<Shared>) 
         .collect();
         if fds.is_empty() {
             std::thread::sleep(Duration::from_secs(1));
-            nft = NftEventSocket::open().ok();
-            links = LinkWatcher::open().ok();
             continue;
         }
         // SAFETY: fds is a valid array of pollfd for its length.
@@ -102,7 +137,8 @@ fn change_feed(wakes: Sender<Wake>, stop: Arc<AtomicBool>, shared: Arc<Shared>) 
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "reading nftables notifications failed; reopening");
-                    nft = NftEventSocket::open().ok();
+                    to_send.push(Wake::Changed { by: None });
+                    nft = None;
                 }
             }
         }
@@ -113,7 +149,7 @@ fn change_feed(wakes: Sender<Wake>, stop: Arc<AtomicBool>, shared: Arc<Shared>) 
                 Err(e) => {
                     tracing::debug!(error = %e, "link notifications lost; reopening");
                     to_send.push(Wake::Changed { by: None });
-                    links = LinkWatcher::open().ok();
+                    links = None;
                 }
             }
         }
