@@ -791,6 +791,45 @@ mod tests {
     }
 
     #[test]
+    fn the_loop_ticks_resyncs_on_its_interval_and_stops_when_asked() {
+        let dir = temp_dir("loop");
+        let node = FakeNode::new(stale_node());
+        let config = Config::from_yaml("engine: { resyncInterval: 1s }\n").unwrap();
+        let mut e = engine(&node, config, &dir);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stopper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                tx.send(Wake::Changed {
+                    by: Some("kube-proxy".into()),
+                })
+                .unwrap();
+                std::thread::sleep(Duration::from_millis(2500));
+                stop.store(true, Ordering::SeqCst);
+                tx
+            })
+        };
+        e.run(rx, &stop);
+        drop(stopper.join().unwrap());
+        let state = node.0.borrow();
+        assert!(state.resyncs >= 1, "resyncs: {}", state.resyncs);
+        assert!(
+            state.snapshots_taken >= 2,
+            "passes: {}",
+            state.snapshots_taken
+        );
+        assert_eq!(e.last_changed_by.as_deref(), Some("kube-proxy"));
+        assert!(e
+            .shared
+            .metrics
+            .encode()
+            .contains("netmend_resyncs_total{result=\"periodic\"}"));
+        drop(state);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn dry_run_skips_are_counted_once_not_every_pass() {
         let dir = temp_dir("skips");
         let node = FakeNode::new(stale_node());

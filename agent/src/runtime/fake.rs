@@ -22,6 +22,8 @@ pub struct FakeState {
     pub on_snapshot: Option<fn(&mut NodeSnapshot, usize)>,
     /// The fake's clock: moves only when a window is observed.
     pub clock: std::time::SystemTime,
+    /// Full re-reads requested by the engine.
+    pub resyncs: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -38,6 +40,7 @@ impl FakeNode {
             fail_next: None,
             ineffective: false,
             on_snapshot: None,
+            resyncs: 0,
         })))
     }
 }
@@ -51,6 +54,10 @@ impl NodeProbe for FakeNode {
             hook(&mut state.snapshot, n);
         }
         Ok(state.snapshot.clone())
+    }
+
+    fn resync(&mut self) {
+        self.0.borrow_mut().resyncs += 1;
     }
 
     fn observe(&mut self, window: std::time::Duration) {
