@@ -131,6 +131,17 @@ pub struct Engine<P: NodeProbe, A: Actuator> {
     ruleset_memo: Option<RulesetMemo>,
 }
 
+/// The closed label of a full nftables re-read's reason.
+fn resync_label(reason: &str) -> &'static str {
+    if reason.contains("overflow") || reason.contains("ENOBUFS") {
+        "event-overflow"
+    } else if reason.contains("invalidated") {
+        "invalidated"
+    } else {
+        "inconsistent"
+    }
+}
+
 /// Inputs and result of the last ruleset evaluation.
 struct RulesetMemo {
     nft_generation: Option<Option<u32>>,
@@ -451,6 +462,17 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
                 return;
             }
         };
+        if let Some(why) = snapshot
+            .sources
+            .get("nftables")
+            .and_then(|s| s.detail.as_deref())
+            .and_then(|d| d.strip_prefix("full re-read: "))
+        {
+            // The periodic one is counted where it is asked for (in `run`).
+            if !why.starts_with("periodic") {
+                self.shared.metrics.resync(resync_label(why));
+            }
+        }
         for (name, status) in &snapshot.sources {
             self.shared
                 .metrics
@@ -827,6 +849,16 @@ mod tests {
             .contains("netmend_resyncs_total{result=\"periodic\"}"));
         drop(state);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn resync_reasons_map_to_closed_labels() {
+        assert_eq!(resync_label("event overflow (ENOBUFS)"), "event-overflow");
+        assert_eq!(resync_label("invalidated"), "invalidated");
+        assert_eq!(
+            resync_label("generation mismatch (kernel 7, cache 5)"),
+            "inconsistent"
+        );
     }
 
     #[test]

@@ -128,10 +128,9 @@ fn change_feed(wakes: Sender<Wake>, stop: Arc<AtomicBool>, shared: Arc<Shared>) 
                                         .filter(|_| generation.pid != Some(own_pid)),
                                 });
                             }
-                            NftEvent::Overflow => {
-                                shared.metrics.resync("event-overflow");
-                                to_send.push(Wake::Changed { by: None });
-                            }
+                            // Notifications were lost: wake; the probe's own subscription
+                            // overflowed too and re-reads (counted there).
+                            NftEvent::Overflow => to_send.push(Wake::Changed { by: None }),
                         }
                     }
                 }
