@@ -129,6 +129,8 @@ pub struct Engine<P: NodeProbe, A: Actuator> {
     pending_promisc: Vec<PendingPromisc>,
     /// The last ruleset findings and what they were computed from.
     ruleset_memo: Option<RulesetMemo>,
+    /// The guards' view of the journal, kept in step with every append.
+    history: crate::remediate::history::FixHistory,
 }
 
 /// The closed label of a full nftables re-read's reason.
@@ -245,6 +247,7 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
         }
         let mut probe = probe;
         probe.configure(&config);
+        let history = history_of(&journal);
         Engine {
             config,
             config_error: None,
@@ -259,6 +262,7 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
             last_reports: HashMap::new(),
             pending_promisc: Vec::new(),
             ruleset_memo: None,
+            history,
         }
     }
 
@@ -490,14 +494,14 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
                 .cmp(&a.finding.severity)
                 .then_with(|| a.finding.subject.cmp(&b.finding.subject))
         });
-        let history = history_of(&self.journal);
         let mut reports = Vec::with_capacity(active.len());
         let mut circuit_open: HashMap<FixId, usize> = HashMap::new();
         let mut seen_keys = Vec::with_capacity(active.len());
         for tracked in &active {
             let key = tracked.finding.key();
             seen_keys.push(key.clone());
-            let Some(decision) = decide(tracked, &self.config, &history, now, GuardScope::Agent)
+            let Some(decision) =
+                decide(tracked, &self.config, &self.history, now, GuardScope::Agent)
             else {
                 reports.push(FindingReport::new(tracked, None));
                 continue;
@@ -569,12 +573,12 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
                     }
                     self.last_state
                         .insert(key.clone(), execution.final_outcome());
-                    let readded = self.last_changed_by.clone();
+                    // A repeat application means the fault came back: record who did it.
+                    let readded = (self.history.applied_within_window(&key, now) > 0)
+                        .then(|| self.last_changed_by.clone())
+                        .flatten();
                     for mut entry in std::mem::take(&mut execution.journal) {
-                        // A repeat application means the fault came back: record who did it.
-                        if history.applied_within_window(&key, now) > 0 {
-                            entry.readded_by = readded.clone();
-                        }
+                        entry.readded_by = readded.clone();
                         self.journal_entry(entry);
                     }
                     if let (Some(FixAction::SetPromisc { interface, .. }), Outcome::Applied) = (
@@ -623,7 +627,12 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
         }
     }
 
+    /// Appends to the journal and keeps the guards' history in step with it (the history is
+    /// built from the journal once, at start, not on every pass).
     fn journal_entry(&mut self, entry: crate::journal::JournalEntry) {
+        if let Some(attempt) = entry.attempt() {
+            self.history.record(&attempt);
+        }
         if let Err(e) = self.journal.append(entry) {
             tracing::error!(error = %e, "journal write failed");
         }

@@ -83,55 +83,49 @@ impl Actuator for FakeNode {
                 was_promisc_before: None,
             });
         }
-        match action {
+        let table = match action {
+            FixAction::FlushChain { table, .. } | FixAction::RemoveRules { table, .. } => table,
+            FixAction::SetPromisc { .. } => {
+                return Ok(ActReport {
+                    detail: "set promisc".into(),
+                    was_promisc_before: Some(false),
+                })
+            }
+        };
+        let ruleset = match table.backend {
+            crate::model::ruleset::Backend::Nft => state.snapshot.nftables.as_mut(),
+            crate::model::ruleset::Backend::Legacy => state.snapshot.legacy.as_mut(),
+        }
+        .map(std::sync::Arc::make_mut)
+        .expect("ruleset present");
+        if let Some(g) = ruleset.generation.as_mut() {
+            *g += 1;
+        }
+        let tables = ruleset
+            .tables
+            .iter_mut()
+            .filter(|t| t.id.name == table.table);
+        let detail = match action {
             FixAction::FlushChain {
-                table,
                 chain,
                 delete_chain,
                 ..
             } => {
-                let ruleset = match table.backend {
-                    crate::model::ruleset::Backend::Nft => state.snapshot.nftables.as_mut(),
-                    crate::model::ruleset::Backend::Legacy => state.snapshot.legacy.as_mut(),
-                }
-                .map(std::sync::Arc::make_mut)
-                .expect("ruleset present");
-                for t in ruleset
-                    .tables
-                    .iter_mut()
-                    .filter(|t| t.id.name == table.table)
-                {
+                for t in tables {
                     if *delete_chain {
                         t.chains.retain(|c| c.name != *chain);
                     } else if let Some(c) = t.chains.iter_mut().find(|c| c.name == *chain) {
                         c.rules.clear();
                     }
                 }
-                if let Some(g) = ruleset.generation.as_mut() {
-                    *g += 1;
-                }
-                Ok(ActReport {
-                    detail: format!("flushed {chain}"),
-                    was_promisc_before: None,
-                })
+                format!("flushed {chain}")
             }
             FixAction::RemoveRules {
-                table,
                 rules,
                 delete_chains,
                 ..
             } => {
-                let ruleset = match table.backend {
-                    crate::model::ruleset::Backend::Nft => state.snapshot.nftables.as_mut(),
-                    crate::model::ruleset::Backend::Legacy => state.snapshot.legacy.as_mut(),
-                }
-                .map(std::sync::Arc::make_mut)
-                .expect("ruleset present");
-                for t in ruleset
-                    .tables
-                    .iter_mut()
-                    .filter(|t| t.id.name == table.table)
-                {
+                for t in tables {
                     for r in rules {
                         if let Some(c) = t.chains.iter_mut().find(|c| c.name == r.chain) {
                             c.rules.retain(|x| x.handle != r.handle);
@@ -139,18 +133,13 @@ impl Actuator for FakeNode {
                     }
                     t.chains.retain(|c| !delete_chains.contains(&c.name));
                 }
-                if let Some(g) = ruleset.generation.as_mut() {
-                    *g += 1;
-                }
-                Ok(ActReport {
-                    detail: format!("removed {} rules", rules.len()),
-                    was_promisc_before: None,
-                })
+                format!("removed {} rules", rules.len())
             }
-            FixAction::SetPromisc { .. } => Ok(ActReport {
-                detail: "set promisc".into(),
-                was_promisc_before: Some(false),
-            }),
-        }
+            FixAction::SetPromisc { .. } => unreachable!("handled above"),
+        };
+        Ok(ActReport {
+            detail,
+            was_promisc_before: None,
+        })
     }
 }
