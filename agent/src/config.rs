@@ -2,16 +2,13 @@
 //! into raw serde types (unknown keys rejected, every error naming its key path), defaulted, then
 //! validated into [`Config`] with cross-field rules. Pure: reading the file is the caller's job.
 
+use crate::model::finding::{CheckId, FixId};
 use serde::Deserialize;
+use std::any::Any;
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
-
-/// Default ports that must never be captured by a DNAT: ssh, etcd, API server, k3s supervisor,
-/// kubelet.
-pub const DEFAULT_PROTECTED_PORTS: [u16; 6] = [22, 2379, 2380, 6443, 9345, 10250];
-
-/// Default pin path of Cilium's L2 responder map.
-pub const DEFAULT_RESPONDER_MAP_PATH: &str = "/sys/fs/bpf/tc/globals/cilium_l2_responder_v4";
 
 /// A configuration error: the key path and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,10 +19,25 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(path: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    pub fn new(path: impl Into<String>, reason: impl Into<String>) -> ConfigError {
         ConfigError {
             path: path.into(),
             reason: reason.into(),
+        }
+    }
+
+    /// The same error with its path put under `prefix` (a section's errors are relative).
+    pub fn under(self, prefix: &str) -> ConfigError {
+        let path = if self.path.is_empty() || self.path == "." {
+            prefix.to_string()
+        } else if self.path.starts_with('[') {
+            format!("{prefix}{}", self.path)
+        } else {
+            format!("{prefix}.{}", self.path)
+        };
+        ConfigError {
+            path,
+            reason: self.reason,
         }
     }
 }
@@ -66,103 +78,38 @@ impl<'de> Deserialize<'de> for HumanDuration {
 
 // ---- raw file shape -------------------------------------------------------------------------
 
+/// The file as written. `checks` and `fixes` are kept as plain values here: each section is parsed
+/// by the check or fix that owns it (see [`Section`]), so adding a check adds no code here.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawConfig {
     mode: Option<Mode>,
     #[serde(default)]
-    checks: RawChecks,
+    checks: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
-    fixes: RawFixes,
+    fixes: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     budget: RawBudget,
     #[serde(default)]
     engine: RawEngine,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawChecks {
-    #[serde(rename = "cilium-stale-backup-chain", default)]
-    cilium_stale_backup_chain: RawStaleChain,
-    #[serde(rename = "hostport-hijack", default)]
-    hostport_hijack: RawHijack,
-    #[serde(rename = "iptables-backend-split", default)]
-    iptables_backend_split: RawToggle,
-    #[serde(rename = "arp-unanswered", default)]
-    arp_unanswered: RawArp,
-    #[serde(rename = "promisc-lost", default)]
-    promisc_lost: RawPromiscLost,
-}
-
+/// The guard keys every fix section has; the rest of the section belongs to the fix.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawToggle {
-    enabled: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawStaleChain {
-    enabled: Option<bool>,
-    stale_after: Option<HumanDuration>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawHijack {
-    enabled: Option<bool>,
-    protected_ports: Option<Vec<u32>>,
-    protect_listening_ports: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawArp {
-    enabled: Option<bool>,
-    targets: Option<Vec<String>>,
-    window: Option<HumanDuration>,
-    min_requests: Option<u32>,
-    responder_map_path: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawPromiscLost {
-    enabled: Option<bool>,
-    interfaces: Option<Vec<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFixes {
-    #[serde(rename = "flush-stale-chain", default)]
-    flush_stale_chain: RawFix,
-    #[serde(rename = "remove-hijack-rule", default)]
-    remove_hijack_rule: RawFix,
-    #[serde(rename = "set-promisc", default)]
-    set_promisc: RawPromiscFix,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawFix {
+struct RawGuard {
     enabled: Option<bool>,
     confirm_for: Option<HumanDuration>,
     cooldown: Option<HumanDuration>,
     max_attempts: Option<u32>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawPromiscFix {
-    enabled: Option<bool>,
-    confirm_for: Option<HumanDuration>,
-    cooldown: Option<HumanDuration>,
-    max_attempts: Option<u32>,
-    interfaces: Option<Vec<String>>,
-    verify_within: Option<HumanDuration>,
-}
+const GUARD_KEYS: [&str; 4] = ["enabled", "confirmFor", "cooldown", "maxAttempts"];
+
+/// A section with no settings of its own (only `enabled`, taken before it is parsed).
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoSettings {}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -179,49 +126,79 @@ struct RawEngine {
 
 // ---- validated config -----------------------------------------------------------------------
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StaleChainConfig {
-    pub enabled: bool,
-    #[serde(with = "humantime_serde_compat")]
-    pub stale_after: Duration,
+/// The settings of one check or fix, typed by their owner and read back with [`Settings::get`];
+/// `effective` (the settings with defaults applied) is what /status shows and what two configs
+/// are compared by.
+#[derive(Clone)]
+pub struct Settings {
+    effective: serde_json::Value,
+    typed: Arc<dyn Any + Send + Sync>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HijackConfig {
-    pub enabled: bool,
-    pub protected_ports: Vec<u16>,
-    pub protect_listening_ports: bool,
+impl Settings {
+    /// Parses `raw` (an object, without `enabled` or guard keys) as `R`, then validates it into
+    /// `T`. Error paths are relative to the section; the caller prefixes them.
+    pub fn parse<R, T>(
+        raw: serde_json::Value,
+        validate: impl FnOnce(R) -> Result<T, ConfigError>,
+    ) -> Result<Settings, ConfigError>
+    where
+        R: serde::de::DeserializeOwned,
+        T: serde::Serialize + Send + Sync + 'static,
+    {
+        let raw: R = serde_path_to_error::deserialize(raw)
+            .map_err(|e| ConfigError::new(e.path().to_string(), e.into_inner().to_string()))?;
+        let typed = validate(raw)?;
+        Ok(Settings {
+            effective: serde_json::to_value(&typed).unwrap_or_default(),
+            typed: Arc::new(typed),
+        })
+    }
+
+    /// Settings for a section that has none.
+    pub fn none(raw: serde_json::Value) -> Result<Settings, ConfigError> {
+        Settings::parse(raw, |r: NoSettings| Ok(r))
+    }
+
+    /// The typed settings. The owner of the section asks with the type it parsed them as; any
+    /// other type is a programming error.
+    pub fn get<T: 'static>(&self) -> &T {
+        self.typed
+            .downcast_ref::<T>()
+            .expect("settings are read with the type they were parsed as")
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ArpConfig {
-    pub enabled: bool,
-    /// `IP@interface` targets, validated.
-    pub targets: Vec<(std::net::Ipv4Addr, String)>,
-    #[serde(with = "humantime_serde_compat")]
-    pub window: Duration,
-    pub min_requests: u32,
-    pub responder_map_path: String,
+impl PartialEq for Settings {
+    fn eq(&self, other: &Settings) -> bool {
+        self.effective == other.effective
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PromiscLostConfig {
-    pub enabled: bool,
-    pub interfaces: Vec<String>,
+impl Eq for Settings {}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.effective.fmt(f)
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ChecksConfig {
-    pub cilium_stale_backup_chain: StaleChainConfig,
-    pub hostport_hijack: HijackConfig,
-    pub iptables_backend_split: bool,
-    pub arp_unanswered: ArpConfig,
-    pub promisc_lost: PromiscLostConfig,
+/// One check's section: `enabled` and the check's own settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckSection {
+    pub enabled: bool,
+    pub settings: Settings,
+}
+
+impl serde::Serialize for CheckSection {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut object = match &self.settings.effective {
+            serde_json::Value::Object(map) => map.clone(),
+            _ => serde_json::Map::new(),
+        };
+        object.insert("enabled".into(), self.enabled.into());
+        object.serialize(s)
+    }
 }
 
 /// Guards of one fix.
@@ -236,23 +213,24 @@ pub struct FixConfig {
     pub max_attempts: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PromiscFixConfig {
-    #[serde(flatten)]
+/// One fix's section: its guards and the fix's own settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixSection {
     pub guard: FixConfig,
-    /// Interfaces the fix may touch besides physical devices.
-    pub interfaces: Vec<String>,
-    #[serde(with = "humantime_serde_compat")]
-    pub verify_within: Duration,
+    pub settings: Settings,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FixesConfig {
-    pub flush_stale_chain: FixConfig,
-    pub remove_hijack_rule: FixConfig,
-    pub set_promisc: PromiscFixConfig,
+impl serde::Serialize for FixSection {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut object = match serde_json::to_value(&self.guard) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        if let serde_json::Value::Object(own) = &self.settings.effective {
+            object.extend(own.clone());
+        }
+        object.serialize(s)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -264,13 +242,14 @@ pub struct EngineConfig {
     pub min_pass_interval: Duration,
 }
 
-/// The validated configuration.
+/// The validated configuration. `checks` and `fixes` hold a section for every check and fix of
+/// the registries, defaulted where the file says nothing.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Config {
     pub mode: Mode,
-    pub checks: ChecksConfig,
-    pub fixes: FixesConfig,
+    pub checks: BTreeMap<CheckId, CheckSection>,
+    pub fixes: BTreeMap<FixId, FixSection>,
     pub fixes_per_hour: u32,
     pub engine: EngineConfig,
 }
@@ -302,118 +281,92 @@ impl Config {
         Config::from_raw(raw)
     }
 
-    /// The fix guard of `fix`.
-    pub fn fix(&self, fix: crate::model::finding::FixId) -> &FixConfig {
-        use crate::model::finding::FixId;
-        match fix {
-            FixId::FlushStaleChain => &self.fixes.flush_stale_chain,
-            FixId::RemoveHijackRule => &self.fixes.remove_hijack_rule,
-            FixId::SetPromisc => &self.fixes.set_promisc.guard,
-        }
+    /// The guards of `fix`.
+    pub fn fix(&self, fix: FixId) -> &FixConfig {
+        &self.fix_section(fix).guard
+    }
+
+    /// The section of `fix` (every registered fix has one).
+    pub fn fix_section(&self, fix: FixId) -> &FixSection {
+        self.fixes
+            .get(&fix)
+            .expect("every registered fix has a section")
+    }
+
+    /// The section of `check` (every registered check has one).
+    pub fn check(&self, check: CheckId) -> &CheckSection {
+        self.checks
+            .get(&check)
+            .expect("every registered check has a section")
     }
 
     /// Whether the check `check` is enabled.
-    pub fn check_enabled(&self, check: crate::model::finding::CheckId) -> bool {
-        use crate::model::finding::CheckId;
-        match check {
-            CheckId::CiliumStaleBackupChain => self.checks.cilium_stale_backup_chain.enabled,
-            CheckId::HostportHijack => self.checks.hostport_hijack.enabled,
-            CheckId::IptablesBackendSplit => self.checks.iptables_backend_split,
-            CheckId::ArpUnanswered => self.checks.arp_unanswered.enabled,
-            CheckId::PromiscLost => self.checks.promisc_lost.enabled,
-        }
+    pub fn check_enabled(&self, check: CheckId) -> bool {
+        self.checks.get(&check).is_some_and(|s| s.enabled)
     }
 
     fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
-        let c = raw.checks;
-        let protected_ports = match c.hostport_hijack.protected_ports {
-            None => DEFAULT_PROTECTED_PORTS.to_vec(),
-            Some(ports) => {
-                let mut out = Vec::with_capacity(ports.len());
-                for (i, p) in ports.into_iter().enumerate() {
-                    if p == 0 || p > 65535 {
-                        return Err(ConfigError::new(
-                            format!("checks.hostport-hijack.protectedPorts[{i}]"),
-                            format!("{p} is not a TCP port (1-65535)"),
-                        ));
-                    }
-                    out.push(p as u16);
+        let mut raw_checks = raw.checks;
+        let mut checks = BTreeMap::new();
+        for check in crate::detect::CHECKS {
+            let id = check.id();
+            let path = format!("checks.{id}");
+            let mut object = section_object(&path, raw_checks.remove(id.as_str()))?;
+            let enabled = take_enabled(&path, &mut object)?.unwrap_or(check.enabled_by_default());
+            let settings = check
+                .parse_settings(serde_json::Value::Object(object))
+                .map_err(|e| e.under(&path))?;
+            checks.insert(id, CheckSection { enabled, settings });
+        }
+        if let Some(unknown) = raw_checks.keys().next() {
+            return Err(ConfigError::new(
+                format!("checks.{unknown}"),
+                format!(
+                    "unknown check {unknown:?}; the checks are: {}",
+                    crate::detect::CHECKS
+                        .iter()
+                        .map(|c| c.id().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        let mut raw_fixes = raw.fixes;
+        let mut fixes = BTreeMap::new();
+        for fix in crate::remediate::fixes::FIXES {
+            let id = fix.id();
+            let path = format!("fixes.{id}");
+            let mut object = section_object(&path, raw_fixes.remove(id.as_str()))?;
+            let mut guard_keys = serde_json::Map::new();
+            for key in GUARD_KEYS {
+                if let Some(value) = object.remove(key) {
+                    guard_keys.insert(key.to_string(), value);
                 }
-                out.sort_unstable();
-                out.dedup();
-                out
             }
-        };
-        let mut targets = Vec::new();
-        for (i, t) in c
-            .arp_unanswered
-            .targets
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
-            targets.push(parse_arp_target(t).map_err(|reason| {
-                ConfigError::new(format!("checks.arp-unanswered.targets[{i}]"), reason)
-            })?);
+            let guard = Settings::parse(serde_json::Value::Object(guard_keys), |g: RawGuard| {
+                fix_config(g)
+            })
+            .map_err(|e| e.under(&path))?
+            .get::<FixConfig>()
+            .clone();
+            let settings = fix
+                .parse_settings(serde_json::Value::Object(object))
+                .map_err(|e| e.under(&path))?;
+            fixes.insert(id, FixSection { guard, settings });
         }
-        let min_requests = c.arp_unanswered.min_requests.unwrap_or(3);
-        if min_requests == 0 {
+        if let Some(unknown) = raw_fixes.keys().next() {
             return Err(ConfigError::new(
-                "checks.arp-unanswered.minRequests",
-                "must be at least 1",
+                format!("fixes.{unknown}"),
+                format!(
+                    "unknown fix {unknown:?}; the fixes are: {}",
+                    crate::remediate::fixes::FIXES
+                        .iter()
+                        .map(|f| f.id().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             ));
         }
-        let window = duration_or(c.arp_unanswered.window, 30);
-        if window.is_zero() {
-            return Err(ConfigError::new(
-                "checks.arp-unanswered.window",
-                "must be longer than 0s",
-            ));
-        }
-        let responder_map_path = c
-            .arp_unanswered
-            .responder_map_path
-            .unwrap_or_else(|| DEFAULT_RESPONDER_MAP_PATH.to_string());
-        if !responder_map_path.starts_with('/') {
-            return Err(ConfigError::new(
-                "checks.arp-unanswered.responderMapPath",
-                "must be an absolute path",
-            ));
-        }
-        let promisc_interfaces = validate_interfaces(
-            "checks.promisc-lost.interfaces",
-            c.promisc_lost.interfaces.unwrap_or_default(),
-        )?;
-
-        let f = raw.fixes;
-        let set_promisc_interfaces = validate_interfaces(
-            "fixes.set-promisc.interfaces",
-            f.set_promisc.interfaces.unwrap_or_default(),
-        )?;
-        let verify_within = duration_or(f.set_promisc.verify_within, 60);
-        if verify_within.is_zero() {
-            return Err(ConfigError::new(
-                "fixes.set-promisc.verifyWithin",
-                "must be longer than 0s",
-            ));
-        }
-        let fixes = FixesConfig {
-            flush_stale_chain: fix_config("fixes.flush-stale-chain", f.flush_stale_chain)?,
-            remove_hijack_rule: fix_config("fixes.remove-hijack-rule", f.remove_hijack_rule)?,
-            set_promisc: PromiscFixConfig {
-                guard: fix_config(
-                    "fixes.set-promisc",
-                    RawFix {
-                        enabled: f.set_promisc.enabled,
-                        confirm_for: f.set_promisc.confirm_for,
-                        cooldown: f.set_promisc.cooldown,
-                        max_attempts: f.set_promisc.max_attempts,
-                    },
-                )?,
-                interfaces: set_promisc_interfaces,
-                verify_within,
-            },
-        };
         let fixes_per_hour = raw.budget.fixes_per_hour.unwrap_or(12);
         if fixes_per_hour == 0 {
             return Err(ConfigError::new(
@@ -445,32 +398,7 @@ impl Config {
         }
         Ok(Config {
             mode: raw.mode.unwrap_or(Mode::DryRun),
-            checks: ChecksConfig {
-                cilium_stale_backup_chain: StaleChainConfig {
-                    enabled: c.cilium_stale_backup_chain.enabled.unwrap_or(true),
-                    stale_after: duration_or(c.cilium_stale_backup_chain.stale_after, 30),
-                },
-                hostport_hijack: HijackConfig {
-                    enabled: c.hostport_hijack.enabled.unwrap_or(true),
-                    protected_ports,
-                    protect_listening_ports: c
-                        .hostport_hijack
-                        .protect_listening_ports
-                        .unwrap_or(true),
-                },
-                iptables_backend_split: c.iptables_backend_split.enabled.unwrap_or(true),
-                arp_unanswered: ArpConfig {
-                    enabled: c.arp_unanswered.enabled.unwrap_or(true),
-                    targets,
-                    window,
-                    min_requests,
-                    responder_map_path,
-                },
-                promisc_lost: PromiscLostConfig {
-                    enabled: c.promisc_lost.enabled.unwrap_or(true),
-                    interfaces: promisc_interfaces,
-                },
-            },
+            checks,
             fixes,
             fixes_per_hour,
             engine: EngineConfig {
@@ -481,19 +409,47 @@ impl Config {
     }
 }
 
-fn duration_or(value: Option<HumanDuration>, default_secs: u64) -> Duration {
+/// A section as an object: absent or `null` is empty; anything but a mapping is an error.
+fn section_object(
+    path: &str,
+    value: Option<serde_json::Value>,
+) -> Result<serde_json::Map<String, serde_json::Value>, ConfigError> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(serde_json::Map::new()),
+        Some(serde_json::Value::Object(map)) => Ok(map),
+        Some(other) => Err(ConfigError::new(
+            path,
+            format!("expected a mapping of settings, found {other}"),
+        )),
+    }
+}
+
+/// Takes `enabled` out of a check section.
+fn take_enabled(
+    path: &str,
+    object: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<Option<bool>, ConfigError> {
+    match object.remove("enabled") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Bool(b)) => Ok(Some(b)),
+        Some(other) => Err(ConfigError::new(
+            format!("{path}.enabled"),
+            format!("invalid type: {other}, expected a boolean"),
+        )),
+    }
+}
+
+/// A duration setting, or its default in seconds.
+pub fn duration_or(value: Option<HumanDuration>, default_secs: u64) -> Duration {
     value
         .map(|d| d.0)
         .unwrap_or(Duration::from_secs(default_secs))
 }
 
-fn fix_config(path: &str, raw: RawFix) -> Result<FixConfig, ConfigError> {
+fn fix_config(raw: RawGuard) -> Result<FixConfig, ConfigError> {
     let max_attempts = raw.max_attempts.unwrap_or(3);
     if max_attempts == 0 {
-        return Err(ConfigError::new(
-            format!("{path}.maxAttempts"),
-            "must be at least 1",
-        ));
+        return Err(ConfigError::new("maxAttempts", "must be at least 1"));
     }
     Ok(FixConfig {
         enabled: raw.enabled.unwrap_or(false),
@@ -504,7 +460,7 @@ fn fix_config(path: &str, raw: RawFix) -> Result<FixConfig, ConfigError> {
 }
 
 /// Interface names as the kernel accepts them: 1-15 bytes, no '/', no whitespace.
-fn validate_interfaces(path: &str, names: Vec<String>) -> Result<Vec<String>, ConfigError> {
+pub fn validate_interfaces(path: &str, names: Vec<String>) -> Result<Vec<String>, ConfigError> {
     for (i, name) in names.iter().enumerate() {
         if let Err(reason) = validate_interface_name(name) {
             return Err(ConfigError::new(format!("{path}[{i}]"), reason));
@@ -525,20 +481,8 @@ pub fn validate_interface_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses `192.168.1.51@wlan0`.
-pub fn parse_arp_target(text: &str) -> Result<(std::net::Ipv4Addr, String), String> {
-    let (ip, interface) = text
-        .split_once('@')
-        .ok_or_else(|| format!("{text:?} must be IPV4@INTERFACE, e.g. 192.168.1.51@wlan0"))?;
-    let ip: std::net::Ipv4Addr = ip
-        .parse()
-        .map_err(|_| format!("{ip:?} in {text:?} is not an IPv4 address"))?;
-    validate_interface_name(interface)?;
-    Ok((ip, interface.to_string()))
-}
-
 /// Serialises durations as humantime text (`30s`) in /status.
-mod humantime_serde_compat {
+pub mod humantime_serde_compat {
     use std::time::Duration;
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
@@ -553,15 +497,23 @@ mod tests {
     fn empty_file_is_safe_defaults() {
         let c = Config::from_yaml("").unwrap();
         assert_eq!(c.mode, Mode::DryRun);
-        assert!(!c.fixes.flush_stale_chain.enabled);
-        assert!(!c.fixes.remove_hijack_rule.enabled);
-        assert!(!c.fixes.set_promisc.guard.enabled);
+        assert!(!c.fix(FixId::FLUSH_STALE_CHAIN).enabled);
+        assert!(!c.fix(FixId::REMOVE_HIJACK_RULE).enabled);
+        assert!(!c.fix(FixId::SET_PROMISC).enabled);
+        assert_eq!(c.checks.len(), crate::detect::CHECKS.len());
+        assert_eq!(c.fixes.len(), crate::remediate::fixes::FIXES.len());
+        assert!(c.checks.values().all(|s| s.enabled));
         assert_eq!(
-            c.checks.hostport_hijack.protected_ports,
+            c.check(CheckId::HOSTPORT_HIJACK)
+                .settings
+                .get::<crate::detect::hostport_hijack::HijackConfig>()
+                .protected_ports,
             vec![22, 2379, 2380, 6443, 9345, 10250]
         );
         assert_eq!(
-            c.checks.cilium_stale_backup_chain.stale_after,
+            crate::detect::check(CheckId::CILIUM_STALE_BACKUP_CHAIN)
+                .unwrap()
+                .persist_for(&c),
             Duration::from_secs(30)
         );
         assert_eq!(c, Config::default());
@@ -583,11 +535,17 @@ fixes:
 "#;
         let c = Config::from_yaml(text).unwrap();
         assert_eq!(
-            c.checks.arp_unanswered.targets,
+            crate::detect::arp_unanswered::settings(&c).targets,
             vec![("192.168.1.51".parse().unwrap(), "wlan0".to_string())]
         );
-        assert_eq!(c.fixes.set_promisc.interfaces, vec!["wlan0"]);
-        assert_eq!(c.fixes.flush_stale_chain.cooldown, Duration::from_secs(300));
+        assert_eq!(
+            crate::remediate::fixes::set_promisc::settings(&c).interfaces,
+            vec!["wlan0"]
+        );
+        assert_eq!(
+            c.fix(FixId::FLUSH_STALE_CHAIN).cooldown,
+            Duration::from_secs(300)
+        );
     }
 
     #[test]
@@ -627,6 +585,25 @@ fixes:
         let err =
             Config::from_yaml("fixes:\n  set-promisc:\n    interfaces: [\"a/b\"]\n").unwrap_err();
         assert_eq!(err.path, "fixes.set-promisc.interfaces[0]");
+    }
+
+    #[test]
+    fn the_effective_config_shows_every_section_with_its_defaults() {
+        let c =
+            Config::from_yaml("checks:\n  iptables-backend-split: { enabled: false }\n").unwrap();
+        let shown = serde_json::to_value(&c).unwrap();
+        assert_eq!(shown["checks"]["iptables-backend-split"]["enabled"], false);
+        assert_eq!(
+            shown["checks"]["cilium-stale-backup-chain"]["staleAfter"],
+            "30s"
+        );
+        assert_eq!(shown["fixes"]["set-promisc"]["verifyWithin"], "1m");
+        assert_eq!(shown["fixes"]["set-promisc"]["maxAttempts"], 3);
+        assert_ne!(c, Config::default());
+        let err = Config::from_yaml("checks:\n  promisc-lost: [eth0]\n").unwrap_err();
+        assert_eq!(err.path, "checks.promisc-lost");
+        let err = Config::from_yaml("fixes:\n  no-such-fix: {}\n").unwrap_err();
+        assert_eq!(err.path, "fixes.no-such-fix");
     }
 
     #[test]

@@ -198,7 +198,7 @@ impl Journal {
             let Some(interface) = &entry.interface else {
                 continue;
             };
-            if entry.fix != FixId::SetPromisc.as_str() {
+            if entry.fix != FixId::SET_PROMISC.as_str() {
                 continue;
             }
             match entry.outcome() {
@@ -289,8 +289,8 @@ mod tests {
     fn entry(key: &str, outcome: Outcome) -> JournalEntry {
         JournalEntry::new(
             UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-            Some(CheckId::CiliumStaleBackupChain),
-            FixId::FlushStaleChain,
+            Some(CheckId::CILIUM_STALE_BACKUP_CHAIN),
+            FixId::FLUSH_STALE_CHAIN,
             "ip nat OLD_CILIUM_POST_nat",
             key,
             outcome,
@@ -329,8 +329,8 @@ mod tests {
         let mut j = Journal::open(&dir).unwrap();
         let mut promisc = JournalEntry::new(
             UNIX_EPOCH,
-            Some(CheckId::ArpUnanswered),
-            FixId::SetPromisc,
+            Some(CheckId::ARP_UNANSWERED),
+            FixId::SET_PROMISC,
             "wlan0@192.168.1.51",
             "arp",
             Outcome::Applied,
@@ -357,8 +357,8 @@ mod tests {
         for outcome in [Outcome::Applied, Outcome::Reverted] {
             let mut e = JournalEntry::new(
                 UNIX_EPOCH,
-                Some(CheckId::ArpUnanswered),
-                FixId::SetPromisc,
+                Some(CheckId::ARP_UNANSWERED),
+                FixId::SET_PROMISC,
                 "eth1@10.0.0.5",
                 "arp",
                 outcome,

@@ -7,7 +7,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use netmend::act::kernel::KernelActuator;
 use netmend::config::Config;
 use netmend::journal::Journal;
-use netmend::model::finding::{CheckId, FixId};
 use netmend::observe::node::{KernelProbe, NftView};
 use netmend::runtime::oneshot::{run_check, CheckEnv, CheckOptions};
 use std::path::{Path, PathBuf};
@@ -65,8 +64,12 @@ enum Command {
         #[arg(long, default_value = "/var/lib/netmend")]
         state_dir: PathBuf,
     },
-    /// The catalog: every check and fix with a one-line description.
-    Checks,
+    /// The catalog: every check and fix with a one-line description (JSON: with what each
+    /// reads, the fix it proposes and its configuration defaults).
+    Checks {
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
     /// Active probes of the node's network.
     Probe {
         #[command(subcommand)]
@@ -136,8 +139,13 @@ fn init_logging(quiet: bool) {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Checks => {
-            print!("{}", catalog());
+        Command::Checks { output } => {
+            match output {
+                OutputFormat::Text => print!("{}", catalog()),
+                OutputFormat::Json => {
+                    println!("{}", serde_json::to_string_pretty(&catalog_json())?)
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Run {
@@ -268,10 +276,11 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 }
 
 fn enabled_fixes(config: &Config) -> String {
-    let on: Vec<&str> = FixId::ALL
+    let on: Vec<&str> = config
+        .fixes
         .iter()
-        .filter(|f| config.fix(**f).enabled)
-        .map(|f| f.as_str())
+        .filter(|(_, section)| section.guard.enabled)
+        .map(|(id, _)| id.as_str())
         .collect();
     if on.is_empty() {
         "none".to_string()
@@ -282,19 +291,45 @@ fn enabled_fixes(config: &Config) -> String {
 
 fn catalog() -> String {
     let mut out = String::from("checks:\n");
-    for check in CheckId::ALL {
+    for check in netmend::detect::CHECKS {
         let fix = check.fix().map(|f| f.as_str()).unwrap_or("report only");
         out.push_str(&format!(
             "  {:<27} {} [fix: {fix}]\n",
-            check.as_str(),
+            check.id().as_str(),
             check.description()
         ));
     }
     out.push_str("fixes:\n");
-    for fix in FixId::ALL {
-        out.push_str(&format!("  {:<27} {}\n", fix.as_str(), fix.description()));
+    for fix in netmend::remediate::fixes::FIXES {
+        out.push_str(&format!(
+            "  {:<27} {}\n",
+            fix.id().as_str(),
+            fix.description()
+        ));
     }
     out
+}
+
+/// The catalog as data, with the defaults of every configuration section: the chart's values and
+/// schema are tested against it, so they cannot drift from the registries.
+fn catalog_json() -> serde_json::Value {
+    let defaults = Config::default();
+    let checks: Vec<serde_json::Value> = netmend::detect::CHECKS
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "id": c.id(),
+                "description": c.description(),
+                "inputs": format!("{:?}", c.inputs()).to_lowercase(),
+                "fix": c.fix(),
+            })
+        })
+        .collect();
+    let fixes: Vec<serde_json::Value> = netmend::remediate::fixes::FIXES
+        .iter()
+        .map(|f| serde_json::json!({"id": f.id(), "description": f.description()}))
+        .collect();
+    serde_json::json!({"checks": checks, "fixes": fixes, "defaults": defaults})
 }
 
 /// The node name: `NODE_NAME` (the chart sets it from spec.nodeName), else the hostname.

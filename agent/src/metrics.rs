@@ -139,17 +139,17 @@ impl Metrics {
             resyncs.clone(),
         );
         // Zero series for the closed sets, so dashboards and alerts see them before they move.
-        for check in CheckId::ALL {
+        for check in crate::detect::CHECKS {
             findings
                 .get_or_create(&CheckLabel {
-                    check: check.as_str().into(),
+                    check: check.id().as_str().into(),
                 })
                 .set(0);
         }
-        for fix in FixId::ALL {
+        for fix in crate::remediate::fixes::FIXES {
             circuit_open
                 .get_or_create(&FixLabel {
-                    fix: fix.as_str().into(),
+                    fix: fix.id().as_str().into(),
                 })
                 .set(0);
         }
@@ -183,7 +183,7 @@ impl Metrics {
 
     /// Sets the active finding count of every check (absent checks to 0).
     pub fn set_findings(&self, counts: &[(CheckId, usize)]) {
-        for check in CheckId::ALL {
+        for check in crate::detect::CHECKS.iter().map(|c| c.id()) {
             let n = counts
                 .iter()
                 .find(|(c, _)| *c == check)
@@ -283,8 +283,8 @@ mod tests {
     #[test]
     fn exposes_the_interface_names() {
         let m = Metrics::new();
-        m.set_findings(&[(CheckId::HostportHijack, 2)]);
-        m.fix_outcome(FixId::RemoveHijackRule, Outcome::SkippedDryRun, "s", "d");
+        m.set_findings(&[(CheckId::HOSTPORT_HIJACK, 2)]);
+        m.fix_outcome(FixId::REMOVE_HIJACK_RULE, Outcome::SkippedDryRun, "s", "d");
         m.source("nftables", true, Duration::from_millis(12));
         m.config_reload(false, "bad");
         m.set_ready(true);

@@ -649,11 +649,11 @@ def test_every_config_toggle_reaches_the_rendered_config(tmp_path):
     schema = values_schema()["properties"]["config"]
     defaults = default_values()["config"]
     leaves = schema_leaves(schema, [])
-    # every check and fix the agent knows, each with every field: 5 checks, 3 fixes
-    assert set(schema["properties"]["checks"]["properties"]) == {
-        "cilium-stale-backup-chain", "hostport-hijack", "iptables-backend-split", "arp-unanswered", "promisc-lost"}
-    assert set(schema["properties"]["fixes"]["properties"]) == {"flush-stale-chain", "remove-hijack-rule", "set-promisc"}
-    assert len(leaves) == 31  # mode, 13 check fields, 14 fix fields, budget 1, engine 2
+    # every check and fix the agent knows, each with every field (the agent's own catalog says
+    # which): mode, budget 1, engine 2, plus every section's fields
+    catalog = agent_catalog()
+    sections = [s for kind in ("checks", "fixes") for s in catalog["defaults"][kind].values()]
+    assert len(leaves) == 1 + 1 + 2 + sum(len(s) for s in sections)
     for path, leaf in leaves:
         default = at(defaults, path)  # values.yaml has a default for every schema key
         value = _non_default(path, leaf, default)
@@ -662,6 +662,46 @@ def test_every_config_toggle_reaches_the_rendered_config(tmp_path):
         assert at(parsed, path) == value, path
         result = validate_config(text, tmp_path)
         assert result.returncode == 0, (path, value, result.stderr)
+
+
+def agent_catalog() -> dict:
+    """`netmend checks --output json`: the registries of checks and fixes with every default."""
+    out = subprocess.run([str(netmend_bin()), "checks", "--output", "json"],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def _seconds(text: str) -> float:
+    total = 0.0
+    for number, unit in re.findall(r"([0-9.]+)(ms|s|m|h)", text):
+        total += float(number) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+    return total
+
+
+def _same_setting(chart_value, agent_value) -> bool:
+    if isinstance(chart_value, str) and re.fullmatch(r"([0-9]+(ms|s|m|h))+", chart_value):
+        return _seconds(chart_value) == _seconds(agent_value)
+    return chart_value == agent_value
+
+
+def test_chart_config_follows_the_agents_registries():
+    """A check or fix added to the agent without its values, schema and README entry fails here,
+    and so does a default that differs between the chart and the agent."""
+    catalog = agent_catalog()
+    values = default_values()["config"]
+    schema = values_schema()["properties"]["config"]["properties"]
+    readme = (CHART / "README.md").read_text()
+    for kind in ("checks", "fixes"):
+        ids = [c["id"] for c in catalog[kind]]
+        assert sorted(values[kind]) == sorted(ids), kind
+        assert sorted(schema[kind]["properties"]) == sorted(ids), kind
+        for ident in ids:
+            agent_defaults = catalog["defaults"][kind][ident]
+            chart = values[kind][ident]
+            assert sorted(chart) == sorted(agent_defaults), (kind, ident)
+            for key, default in agent_defaults.items():
+                assert _same_setting(chart[key], default), (kind, ident, key, chart[key], default)
+                assert f"config.{kind}.{ident}.{key}" in readme, f"chart README lacks config.{kind}.{ident}.{key}"
 
 
 def test_schema_config_keys_match_values_yaml():

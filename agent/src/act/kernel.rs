@@ -56,14 +56,14 @@ fn steps(action: &FixAction) -> Vec<Step<'_>> {
                     .flat_map(|c| [Step::FlushChain(c), Step::DeleteChain(c)]),
             )
             .collect(),
-        FixAction::SetPromisc { .. } => Vec::new(),
+        FixAction::SetPromisc { .. } | FixAction::ClearPromisc { .. } => Vec::new(),
     }
 }
 
 fn action_table(action: &FixAction) -> Option<&TableRef> {
     match action {
         FixAction::FlushChain { table, .. } | FixAction::RemoveRules { table, .. } => Some(table),
-        FixAction::SetPromisc { .. } => None,
+        FixAction::SetPromisc { .. } | FixAction::ClearPromisc { .. } => None,
     }
 }
 
@@ -157,6 +157,7 @@ fn describe(action: &FixAction) -> String {
             text
         }
         FixAction::SetPromisc { interface, .. } => format!("set {interface} promiscuous"),
+        FixAction::ClearPromisc { interface } => format!("promisc turned off again on {interface}"),
     }
 }
 
@@ -178,6 +179,14 @@ impl Actuator for KernelActuator {
         let table = match action {
             FixAction::SetPromisc { interface, .. } => {
                 let change = link::set_promisc(interface.as_str(), true)
+                    .map_err(|e| ActError::Failed(e.to_string()))?;
+                return Ok(ActReport {
+                    detail: describe(action),
+                    was_promisc_before: Some(change.was_set_before),
+                });
+            }
+            FixAction::ClearPromisc { interface } => {
+                let change = link::set_promisc(interface.as_str(), false)
                     .map_err(|e| ActError::Failed(e.to_string()))?;
                 return Ok(ActReport {
                     detail: describe(action),

@@ -15,10 +15,16 @@
 //! [`Link::class`], or listed in `allowed_interfaces`) and not already promiscuous; otherwise the
 //! proposal carries no action and says why.
 
+use crate::config::{
+    duration_or, validate_interface_name, Config, ConfigError, HumanDuration, Settings,
+};
+use crate::detect::{Check, CheckContext, Inputs, Verification};
 use crate::model::finding::{CheckId, Finding, FixAction, FixId, FixProposal, Severity};
 use crate::model::l2::{flag_names, ArpCounters, ArpTarget, Link, LinkClass, ResponderMap};
+use crate::model::snapshot::NodeSnapshot;
 use serde_json::json;
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 /// How many requesters are listed in the evidence.
 const EVIDENCE_REQUESTERS: usize = 5;
@@ -42,7 +48,7 @@ pub fn targets_from_responder(map: &ResponderMap, links: &[Link]) -> Vec<ArpTarg
 /// The `set-promisc` proposal for a link, or why there is none to make.
 pub fn promisc_proposal(link: &Link, allowed_interfaces: &[String]) -> FixProposal {
     let blocked = |detail: String| FixProposal {
-        fix: FixId::SetPromisc,
+        fix: FixId::SET_PROMISC,
         action: None,
         detail,
     };
@@ -59,7 +65,7 @@ pub fn promisc_proposal(link: &Link, allowed_interfaces: &[String]) -> FixPropos
             link.name
         )),
         class => FixProposal {
-            fix: FixId::SetPromisc,
+            fix: FixId::SET_PROMISC,
             action: Some(FixAction::SetPromisc {
                 interface: link.name.clone(),
                 ifindex: link.ifindex,
@@ -150,7 +156,7 @@ pub fn arp_unanswered(
             None => "",
         };
         findings.push(Finding {
-            check: CheckId::ArpUnanswered,
+            check: CheckId::ARP_UNANSWERED,
             subject: target.subject(),
             severity: Severity::Warning,
             message: format!(
@@ -163,6 +169,168 @@ pub fn arp_unanswered(
         });
     }
     findings
+}
+
+/// The check, for the registry.
+pub struct ArpUnanswered;
+
+impl CheckId {
+    pub const ARP_UNANSWERED: CheckId = CheckId::new("arp-unanswered");
+}
+
+/// Default pin path of Cilium's L2 responder map.
+pub const DEFAULT_RESPONDER_MAP_PATH: &str = "/sys/fs/bpf/tc/globals/cilium_l2_responder_v4";
+
+/// `checks.arp-unanswered` settings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArpConfig {
+    /// `IP@interface` targets, validated.
+    pub targets: Vec<(std::net::Ipv4Addr, String)>,
+    #[serde(with = "crate::config::humantime_serde_compat")]
+    pub window: Duration,
+    pub min_requests: u32,
+    pub responder_map_path: String,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawArp {
+    targets: Option<Vec<String>>,
+    window: Option<HumanDuration>,
+    min_requests: Option<u32>,
+    responder_map_path: Option<String>,
+}
+
+/// The settings of `arp-unanswered` in `config`.
+pub fn settings(config: &Config) -> &ArpConfig {
+    config
+        .check(CheckId::ARP_UNANSWERED)
+        .settings
+        .get::<ArpConfig>()
+}
+
+/// Parses `192.168.1.51@wlan0`.
+pub fn parse_arp_target(text: &str) -> Result<(std::net::Ipv4Addr, String), String> {
+    let (ip, interface) = text
+        .split_once('@')
+        .ok_or_else(|| format!("{text:?} must be IPV4@INTERFACE, e.g. 192.168.1.51@wlan0"))?;
+    let ip: std::net::Ipv4Addr = ip
+        .parse()
+        .map_err(|_| format!("{ip:?} in {text:?} is not an IPv4 address"))?;
+    validate_interface_name(interface)?;
+    Ok((ip, interface.to_string()))
+}
+
+/// The ARP watch list: configured targets plus the responder map's keys, as (ifindex, name) of
+/// links present now, without duplicates.
+pub fn watch_list(snapshot: &NodeSnapshot, config: &Config) -> Vec<(u32, String)> {
+    let links = snapshot.links.as_deref().unwrap_or_default();
+    let mut names: Vec<String> = settings(config)
+        .targets
+        .iter()
+        .map(|(_, interface)| interface.clone())
+        .collect();
+    if let Some(map) = &snapshot.responder {
+        names.extend(
+            targets_from_responder(map, links)
+                .into_iter()
+                .map(|t| t.interface),
+        );
+    }
+    let mut out: Vec<(u32, String)> = Vec::new();
+    for name in names {
+        if let Some(link) = links.iter().find(|l| l.name == name) {
+            if !out.iter().any(|(i, _)| *i == link.ifindex) {
+                out.push((link.ifindex, link.name.clone()));
+            }
+        }
+    }
+    out
+}
+
+impl Check for ArpUnanswered {
+    fn id(&self) -> CheckId {
+        CheckId::ARP_UNANSWERED
+    }
+
+    fn description(&self) -> &'static str {
+        "ARP requests for an announced VIP arrive on its interface and no reply leaves"
+    }
+
+    fn inputs(&self) -> Inputs {
+        Inputs::Links
+    }
+
+    fn parse_settings(&self, raw: serde_json::Value) -> Result<Settings, ConfigError> {
+        Settings::parse(raw, |r: RawArp| {
+            let mut targets = Vec::new();
+            for (i, t) in r.targets.unwrap_or_default().iter().enumerate() {
+                targets.push(
+                    parse_arp_target(t)
+                        .map_err(|reason| ConfigError::new(format!("targets[{i}]"), reason))?,
+                );
+            }
+            let min_requests = r.min_requests.unwrap_or(3);
+            if min_requests == 0 {
+                return Err(ConfigError::new("minRequests", "must be at least 1"));
+            }
+            let window = duration_or(r.window, 30);
+            if window.is_zero() {
+                return Err(ConfigError::new("window", "must be longer than 0s"));
+            }
+            let responder_map_path = r
+                .responder_map_path
+                .unwrap_or_else(|| DEFAULT_RESPONDER_MAP_PATH.to_string());
+            if !responder_map_path.starts_with('/') {
+                return Err(ConfigError::new(
+                    "responderMapPath",
+                    "must be an absolute path",
+                ));
+            }
+            Ok(ArpConfig {
+                targets,
+                window,
+                min_requests,
+                responder_map_path,
+            })
+        })
+    }
+
+    fn fix(&self) -> Option<FixId> {
+        Some(FixId::SET_PROMISC)
+    }
+
+    fn verification(&self, config: &Config) -> Verification {
+        Verification::ArpReplies {
+            within: crate::remediate::fixes::set_promisc::settings(config).verify_within,
+            min_requests: settings(config).min_requests,
+        }
+    }
+
+    fn detect(&self, context: &CheckContext<'_>) -> Vec<Finding> {
+        let Some(counters) = &context.snapshot.arp else {
+            return Vec::new();
+        };
+        let arp = settings(context.config);
+        let targets: Vec<ArpTarget> = arp
+            .targets
+            .iter()
+            .map(|(ip, interface)| ArpTarget {
+                interface: interface.clone(),
+                ip: *ip,
+            })
+            .collect();
+        arp_unanswered(
+            &targets,
+            counters,
+            context.snapshot.responder.as_ref(),
+            context.snapshot.responder_after.as_ref(),
+            context.snapshot.links.as_deref().unwrap_or_default(),
+            arp.min_requests,
+            &crate::remediate::fixes::set_promisc::settings(context.config).interfaces,
+        )
+    }
 }
 
 #[cfg(test)]
@@ -241,7 +409,7 @@ mod tests {
         );
         assert_eq!(f.len(), 1);
         let f = &f[0];
-        assert_eq!(f.check, CheckId::ArpUnanswered);
+        assert_eq!(f.check, CheckId::ARP_UNANSWERED);
         assert_eq!(f.subject, "wlan0@192.168.1.51");
         assert_eq!(f.severity, Severity::Warning);
         assert_eq!(f.evidence["requests"], 5);

@@ -3,6 +3,7 @@
 //! are live and packets traverse both, so symptoms look random. Report only: which half is right
 //! depends on which binary the owner ships, which a node agent cannot know.
 
+use crate::detect::{Check, CheckContext, Inputs};
 use crate::model::finding::{CheckId, Finding, Severity};
 use crate::model::ruleset::{Backend, Family, Ruleset};
 use crate::model::snapshot::NodeSnapshot;
@@ -62,7 +63,7 @@ pub fn detect(snapshot: &NodeSnapshot) -> Vec<Finding> {
         };
         let (family, table, prefix) = key;
         findings.push(Finding {
-            check: CheckId::IptablesBackendSplit,
+            check: CheckId::IPTABLES_BACKEND_SPLIT,
             subject: format!("{family} {table} {prefix}*"),
             severity: Severity::Warning,
             message: format!(
@@ -80,6 +81,31 @@ pub fn detect(snapshot: &NodeSnapshot) -> Vec<Finding> {
         });
     }
     findings
+}
+
+/// The check, for the registry.
+pub struct IptablesBackendSplit;
+
+impl CheckId {
+    pub const IPTABLES_BACKEND_SPLIT: CheckId = CheckId::new("iptables-backend-split");
+}
+
+impl Check for IptablesBackendSplit {
+    fn id(&self) -> CheckId {
+        CheckId::IPTABLES_BACKEND_SPLIT
+    }
+
+    fn description(&self) -> &'static str {
+        "rules of one owner (kube-proxy, Cilium, flannel, CNI, Calico) split across iptables-legacy and iptables-nft"
+    }
+
+    fn inputs(&self) -> Inputs {
+        Inputs::Ruleset
+    }
+
+    fn detect(&self, context: &CheckContext<'_>) -> Vec<Finding> {
+        detect(context.snapshot)
+    }
 }
 
 #[cfg(test)]

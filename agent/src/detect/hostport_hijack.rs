@@ -10,7 +10,8 @@
 //! a per-container CNI chain (`CNI-DN-*`) the jumps to it and the chain. Rules owned by kube-proxy
 //! are reported but not removed (kube-proxy would re-add them at once).
 
-use crate::config::HijackConfig;
+use crate::config::{ConfigError, Settings};
+use crate::detect::{Check, CheckContext, Inputs};
 use crate::model::finding::{
     CheckId, Finding, FixAction, FixId, FixProposal, RuleRef, Severity, TableRef,
 };
@@ -523,7 +524,7 @@ fn finding_for(
     };
     let proposal = if owned_by_kube_proxy(table, &chain.name) || through_map {
         FixProposal {
-            fix: FixId::RemoveHijackRule,
+            fix: FixId::REMOVE_HIJACK_RULE,
             action: None,
             detail: format!(
                 "blocked: the rule is kube-proxy's and it would re-add it at once; change or delete the Service that uses port {port_list}"
@@ -539,7 +540,7 @@ fn finding_for(
                 .map(|r| render_rule(table, &chain.name, r)),
         );
         FixProposal {
-            fix: FixId::RemoveHijackRule,
+            fix: FixId::REMOVE_HIJACK_RULE,
             action: Some(FixAction::RemoveRules {
                 table: table_ref,
                 rules: jumps
@@ -561,7 +562,7 @@ fn finding_for(
         }
     } else {
         FixProposal {
-            fix: FixId::RemoveHijackRule,
+            fix: FixId::REMOVE_HIJACK_RULE,
             action: Some(FixAction::RemoveRules {
                 table: table_ref,
                 rules: hits
@@ -578,7 +579,7 @@ fn finding_for(
         }
     };
     Finding {
-        check: CheckId::HostportHijack,
+        check: CheckId::HOSTPORT_HIJACK,
         subject,
         severity: if ports.contains(&6443) || ports.contains(&22) {
             Severity::Critical
@@ -605,6 +606,88 @@ fn finding_for(
     }
 }
 
+/// The check, for the registry.
+pub struct HostportHijack;
+
+impl CheckId {
+    pub const HOSTPORT_HIJACK: CheckId = CheckId::new("hostport-hijack");
+}
+
+/// Default ports that must never be captured by a DNAT: ssh, etcd, API server, k3s supervisor,
+/// kubelet.
+pub const DEFAULT_PROTECTED_PORTS: [u16; 6] = [22, 2379, 2380, 6443, 9345, 10250];
+
+/// `checks.hostport-hijack` settings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HijackConfig {
+    pub protected_ports: Vec<u16>,
+    pub protect_listening_ports: bool,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawHijack {
+    protected_ports: Option<Vec<u32>>,
+    protect_listening_ports: Option<bool>,
+}
+
+impl Check for HostportHijack {
+    fn id(&self) -> CheckId {
+        CheckId::HOSTPORT_HIJACK
+    }
+
+    fn description(&self) -> &'static str {
+        "DNAT/REDIRECT reachable from a nat hook captures a protected node port (API server, kubelet, ssh, ...)"
+    }
+
+    fn inputs(&self) -> Inputs {
+        Inputs::Ruleset
+    }
+
+    fn parse_settings(&self, raw: serde_json::Value) -> Result<Settings, ConfigError> {
+        Settings::parse(raw, |r: RawHijack| {
+            let protected_ports = match r.protected_ports {
+                None => DEFAULT_PROTECTED_PORTS.to_vec(),
+                Some(ports) => {
+                    let mut out = Vec::with_capacity(ports.len());
+                    for (i, p) in ports.into_iter().enumerate() {
+                        if p == 0 || p > 65535 {
+                            return Err(ConfigError::new(
+                                format!("protectedPorts[{i}]"),
+                                format!("{p} is not a TCP port (1-65535)"),
+                            ));
+                        }
+                        out.push(p as u16);
+                    }
+                    out.sort_unstable();
+                    out.dedup();
+                    out
+                }
+            };
+            Ok(HijackConfig {
+                protected_ports,
+                protect_listening_ports: r.protect_listening_ports.unwrap_or(true),
+            })
+        })
+    }
+
+    fn fix(&self) -> Option<FixId> {
+        Some(FixId::REMOVE_HIJACK_RULE)
+    }
+
+    fn detect(&self, context: &CheckContext<'_>) -> Vec<Finding> {
+        detect(
+            context.snapshot,
+            context
+                .config
+                .check(self.id())
+                .settings
+                .get::<HijackConfig>(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -613,7 +696,6 @@ mod tests {
 
     fn config() -> HijackConfig {
         HijackConfig {
-            enabled: true,
             protected_ports: vec![22, 2379, 2380, 6443, 9345, 10250],
             protect_listening_ports: true,
         }

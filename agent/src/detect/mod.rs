@@ -1,134 +1,174 @@
-//! The checks: pure functions from a [`NodeSnapshot`] to [`Finding`]s, one file per check, listed
-//! once in [`run_ruleset_checks`]. No I/O, no tokio, no processes: everything a check needs is in
-//! the snapshot or the configuration.
+//! The checks: pure functions from a [`NodeSnapshot`] to [`Finding`]s. A check is a type that
+//! implements [`Check`], in one file of this module, and is listed once in [`CHECKS`]. Nothing
+//! else in netmend names a check: configuration sections, the `checks` catalog, metrics labels,
+//! the engine's scheduling and persistence all come from the trait. No I/O, no tokio, no
+//! processes: everything a check needs is in the snapshot or the configuration.
 //!
-//! Persistence (a finding must last `staleAfter` before it counts) is not decided here: checks
-//! report what the snapshot shows, and the tracker in `remediate` keeps `since` across passes.
+//! Persistence (a finding must last [`Check::persist_for`] before it counts) is not decided
+//! here: checks report what the snapshot shows, and the tracker in `remediate` keeps `since`.
 
+pub mod arp_unanswered;
 pub mod backend_split;
 pub mod hostport_hijack;
+pub mod promisc_lost;
 pub mod stale_chain;
+#[cfg(test)]
+pub(crate) mod test_support;
 
-use crate::config::Config;
-use crate::model::finding::{CheckId, Finding};
-use crate::model::l2::ArpTarget;
+use crate::config::{Config, ConfigError, Settings};
+use crate::model::finding::{CheckId, Finding, FixId};
 use crate::model::snapshot::NodeSnapshot;
-use promisc_lost::{MustBePromisc, PromiscReason};
+use std::time::Duration;
 
-/// Runs every enabled check on one snapshot. `promisc_held` lists the interfaces netmend made
-/// promiscuous (from its journal), which `promisc-lost` keeps so.
+/// Every check netmend has, in the order the catalog lists them.
+pub static CHECKS: &[&dyn Check] = &[
+    &stale_chain::CiliumStaleBackupChain,
+    &hostport_hijack::HostportHijack,
+    &backend_split::IptablesBackendSplit,
+    &arp_unanswered::ArpUnanswered,
+    &promisc_lost::PromiscLost,
+];
+
+/// What a check reads, which tells the engine when it must run again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inputs {
+    /// The rulesets, listeners and addresses: re-run only when one of them (or the
+    /// configuration) changed.
+    Ruleset,
+    /// Links, ARP counters and the responder map: cheap, re-run every pass.
+    Links,
+}
+
+/// How a fix proposed by a check is proven to have worked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    /// Read the node again right after acting: the finding must be gone.
+    Reread,
+    /// ARP replies for the target leaving its interface (or a moving responder counter) within
+    /// `within`; when `min_requests` requests went unanswered by then, the fix did not help and
+    /// is reverted. Only the agent can wait for that.
+    ArpReplies { within: Duration, min_requests: u32 },
+}
+
+/// What a check sees in one pass.
+pub struct CheckContext<'a> {
+    pub snapshot: &'a NodeSnapshot,
+    pub config: &'a Config,
+    /// Interfaces netmend made promiscuous and still holds (from the journal).
+    pub promisc_held: &'a [String],
+}
+
+/// One check. Implementations are unit structs listed in [`CHECKS`].
+pub trait Check: Sync {
+    fn id(&self) -> CheckId;
+    /// One line for the catalog.
+    fn description(&self) -> &'static str;
+    fn inputs(&self) -> Inputs;
+    fn enabled_by_default(&self) -> bool {
+        true
+    }
+    /// Parses and validates the check's own configuration section (without `enabled`); error
+    /// paths are relative to the section.
+    fn parse_settings(&self, raw: serde_json::Value) -> Result<Settings, ConfigError> {
+        Settings::none(raw)
+    }
+    /// The fix its findings may propose, if any.
+    fn fix(&self) -> Option<FixId> {
+        None
+    }
+    fn verification(&self, _config: &Config) -> Verification {
+        Verification::Reread
+    }
+    /// How long a finding must persist before it is reported and may be mended. In a one-shot
+    /// run it is capped at the observation window: present at both ends of it counts.
+    fn persist_for(&self, _config: &Config) -> Duration {
+        Duration::ZERO
+    }
+    fn detect(&self, context: &CheckContext<'_>) -> Vec<Finding>;
+}
+
+/// The registered check with this id.
+pub fn check(id: CheckId) -> Option<&'static dyn Check> {
+    CHECKS.iter().copied().find(|c| c.id() == id)
+}
+
+/// The registered check whose id is `text` (journal lines and metric labels carry ids as text).
+pub fn check_named(text: &str) -> Option<&'static dyn Check> {
+    CHECKS.iter().copied().find(|c| c.id().as_str() == text)
+}
+
+/// Runs every enabled check reading `inputs` on one snapshot.
+pub fn run(inputs: Inputs, context: &CheckContext<'_>) -> Vec<Finding> {
+    CHECKS
+        .iter()
+        .filter(|c| c.inputs() == inputs && context.config.check_enabled(c.id()))
+        .flat_map(|c| c.detect(context))
+        .collect()
+}
+
+/// Runs every enabled check on one snapshot.
 pub fn run_checks(
     snapshot: &NodeSnapshot,
     config: &Config,
     promisc_held: &[String],
 ) -> Vec<Finding> {
-    let mut findings = run_ruleset_checks(snapshot, config);
-    findings.extend(run_l2_checks(snapshot, config, promisc_held));
-    findings
-}
-
-/// The link and ARP checks only (cheap: the agent runs them every pass).
-pub fn run_l2_checks(
-    snapshot: &NodeSnapshot,
-    config: &Config,
-    promisc_held: &[String],
-) -> Vec<Finding> {
-    let mut findings = Vec::new();
-    let links = snapshot.links.as_deref().unwrap_or_default();
-    if config.check_enabled(CheckId::ArpUnanswered) {
-        if let Some(counters) = &snapshot.arp {
-            let arp = &config.checks.arp_unanswered;
-            let targets: Vec<ArpTarget> = arp
-                .targets
-                .iter()
-                .map(|(ip, interface)| ArpTarget {
-                    interface: interface.clone(),
-                    ip: *ip,
-                })
-                .collect();
-            findings.extend(arp_unanswered::arp_unanswered(
-                &targets,
-                counters,
-                snapshot.responder.as_ref(),
-                snapshot.responder_after.as_ref(),
-                links,
-                arp.min_requests,
-                &config.fixes.set_promisc.interfaces,
-            ));
-        }
-    }
-    if config.check_enabled(CheckId::PromiscLost) && snapshot.links.is_some() {
-        let mut must: Vec<MustBePromisc> = promisc_held
-            .iter()
-            .map(|interface| MustBePromisc {
-                interface: interface.clone(),
-                reason: PromiscReason::Journal,
-            })
-            .collect();
-        must.extend(
-            config
-                .checks
-                .promisc_lost
-                .interfaces
-                .iter()
-                .map(|interface| MustBePromisc {
-                    interface: interface.clone(),
-                    reason: PromiscReason::Config,
-                }),
-        );
-        findings.extend(promisc_lost::promisc_lost(&must, links));
-    }
+    let context = CheckContext {
+        snapshot,
+        config,
+        promisc_held,
+    };
+    let mut findings = run(Inputs::Ruleset, &context);
+    findings.extend(run(Inputs::Links, &context));
     findings
 }
 
 /// The ARP watch list: configured targets plus the responder map's keys, as (ifindex, name) of
 /// links present now, without duplicates.
 pub fn arp_watch_list(snapshot: &NodeSnapshot, config: &Config) -> Vec<(u32, String)> {
-    let links = snapshot.links.as_deref().unwrap_or_default();
-    let mut names: Vec<String> = config
-        .checks
-        .arp_unanswered
-        .targets
-        .iter()
-        .map(|(_, interface)| interface.clone())
-        .collect();
-    if let Some(map) = &snapshot.responder {
-        names.extend(
-            arp_unanswered::targets_from_responder(map, links)
-                .into_iter()
-                .map(|t| t.interface),
-        );
+    arp_unanswered::watch_list(snapshot, config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_well_formed() {
+        let mut ids: Vec<&str> = CHECKS.iter().map(|c| c.id().as_str()).collect();
+        for id in &ids {
+            assert!(
+                !id.is_empty()
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                "{id}"
+            );
+        }
+        ids.sort_unstable();
+        let before = ids.len();
+        ids.dedup();
+        assert_eq!(before, ids.len(), "duplicate check id");
     }
-    let mut out: Vec<(u32, String)> = Vec::new();
-    for name in names {
-        if let Some(link) = links.iter().find(|l| l.name == name) {
-            if !out.iter().any(|(i, _)| *i == link.ifindex) {
-                out.push((link.ifindex, link.name.clone()));
+
+    #[test]
+    fn every_proposed_fix_is_registered() {
+        for check in CHECKS {
+            if let Some(fix) = check.fix() {
+                assert!(
+                    crate::remediate::fixes::fix(fix).is_some(),
+                    "{} proposes unregistered fix {fix}",
+                    check.id()
+                );
             }
         }
     }
-    out
-}
 
-/// Runs every enabled ruleset check on one snapshot.
-pub fn run_ruleset_checks(snapshot: &NodeSnapshot, config: &Config) -> Vec<Finding> {
-    let mut findings = Vec::new();
-    if config.check_enabled(CheckId::CiliumStaleBackupChain) {
-        findings.extend(stale_chain::detect(snapshot));
+    #[test]
+    fn lookups_by_id_and_by_name_agree() {
+        for c in CHECKS {
+            assert_eq!(check(c.id()).map(|x| x.id()), Some(c.id()));
+            assert_eq!(check_named(c.id().as_str()).map(|x| x.id()), Some(c.id()));
+        }
+        assert!(check_named("no-such-check").is_none());
     }
-    if config.check_enabled(CheckId::HostportHijack) {
-        findings.extend(hostport_hijack::detect(
-            snapshot,
-            &config.checks.hostport_hijack,
-        ));
-    }
-    if config.check_enabled(CheckId::IptablesBackendSplit) {
-        findings.extend(backend_split::detect(snapshot));
-    }
-    findings
 }
-
-pub mod arp_unanswered;
-pub mod promisc_lost;
-#[cfg(test)]
-pub(crate) mod test_support;

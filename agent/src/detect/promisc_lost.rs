@@ -8,6 +8,8 @@
 //! that does not exist (unplugged adapter, renamed device) yields no finding: there is nothing to
 //! set, and it is found again when it comes back.
 
+use crate::config::{validate_interfaces, ConfigError, Settings};
+use crate::detect::{Check, CheckContext, Inputs};
 use crate::model::finding::{CheckId, Finding, FixAction, FixId, FixProposal, Severity};
 use crate::model::l2::{flag_names, Link};
 use serde::Serialize;
@@ -44,7 +46,7 @@ pub fn promisc_lost(must_be_promisc: &[MustBePromisc], links: &[Link]) -> Vec<Fi
             PromiscReason::Config => "configuration requires it",
         };
         findings.push(Finding {
-            check: CheckId::PromiscLost,
+            check: CheckId::PROMISC_LOST,
             subject: link.name.clone(),
             severity: Severity::Warning,
             message: format!("{} lost its promiscuous flag ({why})", link.name),
@@ -58,7 +60,7 @@ pub fn promisc_lost(must_be_promisc: &[MustBePromisc], links: &[Link]) -> Vec<Fi
                 "operstate": link.operstate,
             }),
             proposal: Some(FixProposal {
-                fix: FixId::SetPromisc,
+                fix: FixId::SET_PROMISC,
                 action: Some(FixAction::SetPromisc {
                     interface: link.name.clone(),
                     ifindex: link.ifindex,
@@ -69,6 +71,78 @@ pub fn promisc_lost(must_be_promisc: &[MustBePromisc], links: &[Link]) -> Vec<Fi
         });
     }
     findings
+}
+
+/// The check, for the registry.
+pub struct PromiscLost;
+
+impl CheckId {
+    pub const PROMISC_LOST: CheckId = CheckId::new("promisc-lost");
+}
+
+/// `checks.promisc-lost` settings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PromiscLostConfig {
+    /// Interfaces that must always be promiscuous.
+    pub interfaces: Vec<String>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawPromiscLost {
+    interfaces: Option<Vec<String>>,
+}
+
+impl Check for PromiscLost {
+    fn id(&self) -> CheckId {
+        CheckId::PROMISC_LOST
+    }
+
+    fn description(&self) -> &'static str {
+        "an interface that must stay promiscuous lost IFF_PROMISC (link reset, driver reload, reboot)"
+    }
+
+    fn inputs(&self) -> Inputs {
+        Inputs::Links
+    }
+
+    fn parse_settings(&self, raw: serde_json::Value) -> Result<Settings, ConfigError> {
+        Settings::parse(raw, |r: RawPromiscLost| {
+            Ok(PromiscLostConfig {
+                interfaces: validate_interfaces("interfaces", r.interfaces.unwrap_or_default())?,
+            })
+        })
+    }
+
+    fn fix(&self) -> Option<FixId> {
+        Some(FixId::SET_PROMISC)
+    }
+
+    fn detect(&self, context: &CheckContext<'_>) -> Vec<Finding> {
+        let Some(links) = context.snapshot.links.as_deref() else {
+            return Vec::new();
+        };
+        let configured = &context
+            .config
+            .check(self.id())
+            .settings
+            .get::<PromiscLostConfig>()
+            .interfaces;
+        let must: Vec<MustBePromisc> = context
+            .promisc_held
+            .iter()
+            .map(|interface| MustBePromisc {
+                interface: interface.clone(),
+                reason: PromiscReason::Journal,
+            })
+            .chain(configured.iter().map(|interface| MustBePromisc {
+                interface: interface.clone(),
+                reason: PromiscReason::Config,
+            }))
+            .collect();
+        promisc_lost(&must, links)
+    }
 }
 
 #[cfg(test)]
@@ -106,7 +180,7 @@ mod tests {
         let links = [link("wlan0", IFF_UP, 0)];
         let f = promisc_lost(&[must("wlan0", PromiscReason::Journal)], &links);
         assert_eq!(f.len(), 1);
-        assert_eq!(f[0].check, CheckId::PromiscLost);
+        assert_eq!(f[0].check, CheckId::PROMISC_LOST);
         assert_eq!(f[0].subject, "wlan0");
         assert_eq!(f[0].evidence["reason"], "journal");
         assert_eq!(

@@ -6,12 +6,15 @@
 //! This check only recognises the chains; "stale" (still there after `staleAfter`, or at both ends
 //! of the one-shot window) is decided by the tracker that keeps `since`.
 
+use crate::config::{duration_or, Config, ConfigError, HumanDuration, Settings};
+use crate::detect::{Check, CheckContext, Inputs};
 use crate::model::finding::{CheckId, Finding, FixAction, FixId, FixProposal, Severity, TableRef};
 use crate::model::graph::TableGraph;
 use crate::model::render::{content_hash, render_rule};
 use crate::model::ruleset::{Backend, Table};
 use crate::model::snapshot::NodeSnapshot;
 use serde_json::json;
+use std::time::Duration;
 
 /// Cilium's chain names (CHECKS.md) whose `OLD_` backups are recognised.
 pub const CILIUM_CHAINS: [&str; 12] = [
@@ -104,7 +107,7 @@ fn finding_for(table: &Table, graph: &TableGraph<'_>, index: usize) -> Finding {
     };
     let hash = content_hash(rendered.iter().chain(references.iter()).map(String::as_str));
     Finding {
-        check: CheckId::CiliumStaleBackupChain,
+        check: CheckId::CILIUM_STALE_BACKUP_CHAIN,
         subject,
         severity: Severity::Warning,
         message,
@@ -120,7 +123,7 @@ fn finding_for(table: &Table, graph: &TableGraph<'_>, index: usize) -> Finding {
             "ruleset": rendered,
         }),
         proposal: Some(FixProposal {
-            fix: FixId::FlushStaleChain,
+            fix: FixId::FLUSH_STALE_CHAIN,
             action: Some(FixAction::FlushChain {
                 table: TableRef {
                     backend: table.id.backend,
@@ -135,6 +138,65 @@ fn finding_for(table: &Table, graph: &TableGraph<'_>, index: usize) -> Finding {
             detail,
         }),
         discriminator: Some(table.id.backend.as_str().to_string()),
+    }
+}
+
+/// The check, for the registry.
+pub struct CiliumStaleBackupChain;
+
+impl CheckId {
+    pub const CILIUM_STALE_BACKUP_CHAIN: CheckId = CheckId::new("cilium-stale-backup-chain");
+}
+
+/// `checks.cilium-stale-backup-chain` settings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StaleChainSettings {
+    #[serde(with = "crate::config::humantime_serde_compat")]
+    pub stale_after: Duration,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawStaleChain {
+    stale_after: Option<HumanDuration>,
+}
+
+impl Check for CiliumStaleBackupChain {
+    fn id(&self) -> CheckId {
+        CheckId::CILIUM_STALE_BACKUP_CHAIN
+    }
+
+    fn description(&self) -> &'static str {
+        "Cilium OLD_CILIUM_* backup chain left behind; Cilium's reconcile fails and pods lose egress"
+    }
+
+    fn inputs(&self) -> Inputs {
+        Inputs::Ruleset
+    }
+
+    fn parse_settings(&self, raw: serde_json::Value) -> Result<Settings, ConfigError> {
+        Settings::parse(raw, |r: RawStaleChain| {
+            Ok(StaleChainSettings {
+                stale_after: duration_or(r.stale_after, 30),
+            })
+        })
+    }
+
+    fn fix(&self) -> Option<FixId> {
+        Some(FixId::FLUSH_STALE_CHAIN)
+    }
+
+    fn persist_for(&self, config: &Config) -> Duration {
+        config
+            .check(self.id())
+            .settings
+            .get::<StaleChainSettings>()
+            .stale_after
+    }
+
+    fn detect(&self, context: &CheckContext<'_>) -> Vec<Finding> {
+        detect(context.snapshot)
     }
 }
 

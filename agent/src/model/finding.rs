@@ -6,121 +6,58 @@ use crate::model::ruleset::{Backend, Family};
 use serde::Serialize;
 use std::fmt;
 
-/// Every check netmend has, listed once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub enum CheckId {
-    #[serde(rename = "cilium-stale-backup-chain")]
-    CiliumStaleBackupChain,
-    #[serde(rename = "hostport-hijack")]
-    HostportHijack,
-    #[serde(rename = "iptables-backend-split")]
-    IptablesBackendSplit,
-    #[serde(rename = "arp-unanswered")]
-    ArpUnanswered,
-    #[serde(rename = "promisc-lost")]
-    PromiscLost,
-}
+/// A check's stable id (config key, JSON `check`, metric label). Each check defines its own as an
+/// associated constant in its file (`CheckId::HOSTPORT_HIJACK` in `detect/hostport_hijack.rs`);
+/// the registry in `detect` lists the checks, so nothing else enumerates them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CheckId(&'static str);
 
 impl CheckId {
-    pub const ALL: [CheckId; 5] = [
-        CheckId::CiliumStaleBackupChain,
-        CheckId::HostportHijack,
-        CheckId::IptablesBackendSplit,
-        CheckId::ArpUnanswered,
-        CheckId::PromiscLost,
-    ];
+    /// An id: lowercase words joined by `-`.
+    pub const fn new(id: &'static str) -> CheckId {
+        CheckId(id)
+    }
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            CheckId::CiliumStaleBackupChain => "cilium-stale-backup-chain",
-            CheckId::HostportHijack => "hostport-hijack",
-            CheckId::IptablesBackendSplit => "iptables-backend-split",
-            CheckId::ArpUnanswered => "arp-unanswered",
-            CheckId::PromiscLost => "promisc-lost",
-        }
-    }
-
-    pub fn description(self) -> &'static str {
-        match self {
-            CheckId::CiliumStaleBackupChain => {
-                "Cilium OLD_CILIUM_* backup chain left behind; Cilium's reconcile fails and pods lose egress"
-            }
-            CheckId::HostportHijack => {
-                "DNAT/REDIRECT reachable from a nat hook captures a protected node port (API server, kubelet, ssh, ...)"
-            }
-            CheckId::IptablesBackendSplit => {
-                "rules of one owner (kube-proxy, Cilium, flannel, CNI, Calico) split across iptables-legacy and iptables-nft"
-            }
-            CheckId::ArpUnanswered => {
-                "ARP requests for an announced VIP arrive on its interface and no reply leaves"
-            }
-            CheckId::PromiscLost => {
-                "an interface that must stay promiscuous lost IFF_PROMISC (link reset, driver reload, reboot)"
-            }
-        }
-    }
-
-    /// The fix a finding of this check may trigger.
-    pub fn fix(self) -> Option<FixId> {
-        match self {
-            CheckId::CiliumStaleBackupChain => Some(FixId::FlushStaleChain),
-            CheckId::HostportHijack => Some(FixId::RemoveHijackRule),
-            CheckId::IptablesBackendSplit => None,
-            CheckId::ArpUnanswered | CheckId::PromiscLost => Some(FixId::SetPromisc),
-        }
+        self.0
     }
 }
 
 impl fmt::Display for CheckId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(self.0)
     }
 }
 
-/// Every fix netmend has, listed once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub enum FixId {
-    #[serde(rename = "flush-stale-chain")]
-    FlushStaleChain,
-    #[serde(rename = "remove-hijack-rule")]
-    RemoveHijackRule,
-    #[serde(rename = "set-promisc")]
-    SetPromisc,
+impl Serialize for CheckId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
+    }
 }
+
+/// A fix's stable id, defined beside the fix in `remediate/fixes/` like [`CheckId`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FixId(&'static str);
 
 impl FixId {
-    pub const ALL: [FixId; 3] = [
-        FixId::FlushStaleChain,
-        FixId::RemoveHijackRule,
-        FixId::SetPromisc,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FixId::FlushStaleChain => "flush-stale-chain",
-            FixId::RemoveHijackRule => "remove-hijack-rule",
-            FixId::SetPromisc => "set-promisc",
-        }
+    pub const fn new(id: &'static str) -> FixId {
+        FixId(id)
     }
 
-    pub fn description(self) -> &'static str {
-        match self {
-            FixId::FlushStaleChain => {
-                "flush the stale chain (and delete it when nothing references it), in one transaction"
-            }
-            FixId::RemoveHijackRule => {
-                "delete the hijacking rule; for a CNI-DN-* chain delete the jumps to it and the chain, in one transaction"
-            }
-            FixId::SetPromisc => {
-                "set IFF_PROMISC on the interface (physical devices only unless allowed), verify replies, revert if useless"
-            }
-        }
+    pub fn as_str(self) -> &'static str {
+        self.0
     }
 }
 
 impl fmt::Display for FixId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(self.0)
+    }
+}
+
+impl Serialize for FixId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
     }
 }
 
@@ -170,6 +107,8 @@ pub enum FixAction {
     },
     /// Set IFF_PROMISC on an interface.
     SetPromisc { interface: String, ifindex: u32 },
+    /// Clear IFF_PROMISC again: the revert of a `SetPromisc` that did not help.
+    ClearPromisc { interface: String },
 }
 
 /// What a fix would do for one finding, or why it cannot act on it at all.

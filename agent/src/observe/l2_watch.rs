@@ -75,7 +75,7 @@ impl Default for L2Watch {
 impl L2Watch {
     pub fn new() -> L2Watch {
         L2Watch {
-            map_path: PathBuf::from(crate::config::DEFAULT_RESPONDER_MAP_PATH),
+            map_path: PathBuf::from(crate::detect::arp_unanswered::DEFAULT_RESPONDER_MAP_PATH),
             window: Duration::from_secs(30),
             arp_enabled: true,
             config: None,
@@ -86,9 +86,10 @@ impl L2Watch {
     }
 
     pub fn configure(&mut self, config: &Config) {
-        self.map_path = PathBuf::from(&config.checks.arp_unanswered.responder_map_path);
-        self.window = config.checks.arp_unanswered.window;
-        self.arp_enabled = config.checks.arp_unanswered.enabled;
+        let arp = crate::detect::arp_unanswered::settings(config);
+        self.map_path = PathBuf::from(&arp.responder_map_path);
+        self.window = arp.window;
+        self.arp_enabled = config.check_enabled(crate::model::finding::CheckId::ARP_UNANSWERED);
         self.config = Some(config.clone());
     }
 

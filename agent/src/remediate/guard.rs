@@ -173,13 +173,13 @@ mod tests {
     fn tracked(since: SystemTime, action: Option<FixAction>) -> TrackedFinding {
         TrackedFinding {
             finding: Finding {
-                check: CheckId::CiliumStaleBackupChain,
+                check: CheckId::CILIUM_STALE_BACKUP_CHAIN,
                 subject: "ip nat OLD_CILIUM_POST_nat".into(),
                 severity: Severity::Warning,
                 message: String::new(),
                 evidence: serde_json::json!({}),
                 proposal: Some(FixProposal {
-                    fix: FixId::FlushStaleChain,
+                    fix: FixId::FLUSH_STALE_CHAIN,
                     action,
                     detail: "would flush 5 rules and delete the chain".into(),
                 }),
@@ -240,7 +240,12 @@ mod tests {
     #[test]
     fn enforce_without_enabled_is_disabled_and_blocked_proposals_stay_blocked() {
         let mut config = enforce();
-        config.fixes.flush_stale_chain.enabled = false;
+        config
+            .fixes
+            .get_mut(&FixId::FLUSH_STALE_CHAIN)
+            .unwrap()
+            .guard
+            .enabled = false;
         let h = FixHistory::default();
         assert_eq!(
             outcome(decide(

@@ -3,6 +3,7 @@
 //! metric label. No I/O: the journal's history arrives as a [`history::FixHistory`] value and time
 //! as an argument, so every rule here is tested with plain values.
 
+pub mod fixes;
 pub mod guard;
 pub mod history;
 pub mod tracker;

@@ -79,7 +79,7 @@ mod tests {
 
     fn finding(subject: &str) -> Finding {
         Finding {
-            check: CheckId::CiliumStaleBackupChain,
+            check: CheckId::CILIUM_STALE_BACKUP_CHAIN,
             subject: subject.into(),
             severity: Severity::Warning,
             message: String::new(),

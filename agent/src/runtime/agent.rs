@@ -1,29 +1,35 @@
 //! The engine of `netmend run`: level-triggered passes over the node. Change events only mark the
-//! state dirty; a pass (at most one per `minPassInterval`) reads the snapshot, evaluates the checks,
-//! keeps `since`, decides and executes fixes through every guard, journals, counts, and publishes
-//! `/status`. A tick every second lets time-based guards (confirmation, cooldown) and periodic
-//! resyncs move without events.
+//! state dirty; a pass (at most one per `minPassInterval`) reads the snapshot, settles fixes
+//! waiting for proof, evaluates the checks, keeps `since`, runs the shared decision loop
+//! (`runtime::decide`), counts, journals and publishes `/status`. A tick every second lets
+//! time-based guards (confirmation, cooldown) and periodic resyncs move without events.
 //!
-//! Skips are counted and journaled when a finding's fix state changes, not on every pass, so a
-//! dry-run finding seen for a week is one `skipped_dry_run`, not 3 million.
+//! The jobs around it live in their own files: the configuration file (`config_source`), the
+//! ruleset checks' memo (`ruleset_memo`), fixes waiting for proof (`verify`), the per-finding fix
+//! states (`reporting`). No check or fix is named here.
 
 use crate::config::Config;
-use crate::http::{ConfigState, Shared};
-use crate::journal::Journal;
-use crate::model::finding::{CheckId, Finding, FixAction, FixId, FixReport, Outcome};
-use crate::remediate::guard::{decide, Decision, GuardScope};
+use crate::detect::{self, CheckContext, Inputs};
+use crate::http::Shared;
+use crate::journal::{Journal, JournalEntry};
+use crate::model::finding::{CheckId, FixAction, FixId, Outcome};
+use crate::remediate::guard::GuardScope;
+use crate::remediate::history::FixHistory;
 use crate::remediate::tracker::{persistent, Tracker};
 use crate::report::FindingReport;
+use crate::runtime::decide::{decide_and_act, record, Decided, Round, Step};
 use crate::runtime::oneshot::history_of;
-use crate::runtime::pass::execute;
+use crate::runtime::reporting::FixLedger;
+use crate::runtime::ruleset_memo::RulesetMemo;
+use crate::runtime::verify::PendingVerifications;
 use crate::runtime::{Actuator, NodeProbe};
-use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+
+pub use crate::runtime::config_source::{config_hash, ConfigSource};
 
 /// Why the engine woke up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,77 +44,6 @@ pub const ENGINE_ALLOWANCE: Duration = Duration::from_secs(60);
 const TICK: Duration = Duration::from_secs(1);
 const RECENT_JOURNAL: usize = 50;
 
-/// The configuration file being followed (the chart mounts a ConfigMap, which changes by an
-/// atomic symlink swap: reading the path again sees the new content).
-pub struct ConfigSource {
-    path: Option<PathBuf>,
-    last_hash: Option<String>,
-    last_poll: Option<Instant>,
-}
-
-/// Hash of a config file's content, as shown on /status.
-pub fn config_hash(text: &str) -> String {
-    let digest = Sha256::digest(text.as_bytes());
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
-impl ConfigSource {
-    pub fn new(path: Option<PathBuf>, initial_text: Option<&str>) -> ConfigSource {
-        ConfigSource {
-            path,
-            last_hash: initial_text.map(config_hash),
-            last_poll: None,
-        }
-    }
-
-    /// The /status view of a config in force.
-    pub fn state(&self, config: &Config, error: Option<String>) -> ConfigState {
-        ConfigState {
-            source: self
-                .path
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "built-in defaults".to_string()),
-            hash: self.last_hash.clone().unwrap_or_default(),
-            valid: error.is_none(),
-            error,
-            mode: config.mode.to_string(),
-            effective: serde_json::to_value(config).unwrap_or_default(),
-        }
-    }
-
-    /// Re-reads the file at most every `every`; returns the new config, or the error when the
-    /// changed file is invalid. `None` when nothing changed.
-    pub fn poll(&mut self, every: Duration) -> Option<Result<(Config, String), String>> {
-        let path = self.path.as_ref()?;
-        if self.last_poll.is_some_and(|at| at.elapsed() < every) {
-            return None;
-        }
-        self.last_poll = Some(Instant::now());
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) => {
-                let hash = format!("unreadable:{e}");
-                if self.last_hash.as_deref() == Some(hash.as_str()) {
-                    return None;
-                }
-                self.last_hash = Some(hash);
-                return Some(Err(format!("cannot read {}: {e}", path.display())));
-            }
-        };
-        let hash = config_hash(&text);
-        if self.last_hash.as_deref() == Some(hash.as_str()) {
-            return None;
-        }
-        self.last_hash = Some(hash.clone());
-        Some(
-            Config::from_yaml(&text)
-                .map(|c| (c, hash))
-                .map_err(|e| format!("invalid config {}: {e}", path.display())),
-        )
-    }
-}
-
 /// The agent's engine.
 pub struct Engine<P: NodeProbe, A: Actuator> {
     pub config: Config,
@@ -119,18 +54,15 @@ pub struct Engine<P: NodeProbe, A: Actuator> {
     shared: Arc<Shared>,
     probe: P,
     actuator: A,
-    /// Last fix state reported per finding key (to count skips on change only).
-    last_state: HashMap<String, Outcome>,
+    /// Per-finding fix states between passes.
+    ledger: FixLedger,
     /// Who last changed the ruleset (from NEWGEN events), for "re-added by" evidence.
     last_changed_by: Option<String>,
-    /// Fix reports that stay shown after an apply until the next decision differs.
-    last_reports: HashMap<String, FixReport>,
-    /// set-promisc fixes for unanswered ARP waiting for replies to prove them.
-    pending_promisc: Vec<PendingPromisc>,
-    /// The last ruleset findings and what they were computed from.
-    ruleset_memo: Option<RulesetMemo>,
+    /// Fixes waiting for their proof.
+    pending: PendingVerifications,
+    ruleset_memo: RulesetMemo,
     /// The guards' view of the journal, kept in step with every append.
-    history: crate::remediate::history::FixHistory,
+    history: FixHistory,
 }
 
 /// The closed label of a full nftables re-read's reason.
@@ -141,93 +73,6 @@ fn resync_label(reason: &str) -> &'static str {
         "invalidated"
     } else {
         "inconsistent"
-    }
-}
-
-/// Inputs and result of the last ruleset evaluation.
-struct RulesetMemo {
-    nft_generation: Option<Option<u32>>,
-    legacy: Option<std::sync::Weak<crate::model::ruleset::Ruleset>>,
-    listeners: Option<Vec<crate::model::snapshot::ListeningSocket>>,
-    addresses: Option<Vec<crate::model::snapshot::LocalAddress>>,
-    config: Config,
-    findings: Vec<Finding>,
-}
-
-/// A set-promisc applied for an unanswered target, waiting for verification: replies for the
-/// target leaving the interface (or the responder counter moving) prove it; requests that keep
-/// arriving unanswered for `verifyWithin` disprove it and the flag is reverted (unless it was
-/// already set before).
-#[derive(Debug, Clone)]
-struct PendingPromisc {
-    key: String,
-    subject: String,
-    interface: String,
-    target: std::net::Ipv4Addr,
-    applied_at: SystemTime,
-    requests_at_apply: u64,
-    replies_at_apply: u64,
-    responses_at_apply: Option<u64>,
-}
-
-/// (requests received, replies sent) for `target` on `interface` since the watch started.
-fn arp_totals(
-    snapshot: &crate::model::snapshot::NodeSnapshot,
-    interface: &str,
-    target: std::net::Ipv4Addr,
-) -> (u64, u64) {
-    snapshot
-        .arp_cumulative
-        .iter()
-        .flatten()
-        .find(|c| c.interface == interface)
-        .and_then(|c| c.target(target))
-        .map(|t| (t.requests_received, t.replies_sent))
-        .unwrap_or((0, 0))
-}
-
-fn responses_sent(
-    snapshot: &crate::model::snapshot::NodeSnapshot,
-    interface: &str,
-    target: std::net::Ipv4Addr,
-) -> Option<u64> {
-    let ifindex = snapshot
-        .links
-        .iter()
-        .flatten()
-        .find(|l| l.name == interface)?
-        .ifindex;
-    snapshot
-        .responder_after
-        .as_ref()
-        .or(snapshot.responder.as_ref())?
-        .responses_sent(target, ifindex)
-}
-
-impl PendingPromisc {
-    fn new(
-        tracked: &crate::remediate::tracker::TrackedFinding,
-        interface: &str,
-        snapshot: &crate::model::snapshot::NodeSnapshot,
-        now: SystemTime,
-    ) -> PendingPromisc {
-        let target = tracked
-            .finding
-            .subject
-            .split_once('@')
-            .and_then(|(_, ip)| ip.parse().ok())
-            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
-        let (requests, replies) = arp_totals(snapshot, interface, target);
-        PendingPromisc {
-            key: tracked.finding.key(),
-            subject: tracked.finding.subject.clone(),
-            interface: interface.to_string(),
-            target,
-            applied_at: now,
-            requests_at_apply: requests,
-            replies_at_apply: replies,
-            responses_at_apply: responses_sent(snapshot, interface, target),
-        }
     }
 }
 
@@ -257,52 +102,12 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
             shared,
             probe,
             actuator,
-            last_state: HashMap::new(),
+            ledger: FixLedger::default(),
             last_changed_by: None,
-            last_reports: HashMap::new(),
-            pending_promisc: Vec::new(),
-            ruleset_memo: None,
+            pending: PendingVerifications::default(),
+            ruleset_memo: RulesetMemo::default(),
             history,
         }
-    }
-
-    /// The ruleset checks' findings, re-run only when their inputs changed: the nftables
-    /// generation, the legacy ruleset (the probe keeps the same `Arc` while its content is
-    /// unchanged), listeners, addresses or the configuration. Idle ticks then cost no walk over the
-    /// rules. The memo holds no strong reference to a ruleset, so the incremental cache can keep
-    /// changing its own in place without a copy.
-    fn ruleset_findings(
-        &mut self,
-        snapshot: &crate::model::snapshot::NodeSnapshot,
-    ) -> Vec<Finding> {
-        let nft_generation = snapshot.nftables.as_ref().map(|r| r.generation);
-        let legacy = snapshot.legacy.as_ref().map(std::sync::Arc::downgrade);
-        if let Some(memo) = &self.ruleset_memo {
-            let same_legacy = match (&memo.legacy, &legacy) {
-                (Some(a), Some(b)) => a.ptr_eq(b),
-                (None, None) => true,
-                _ => false,
-            };
-            if memo.nft_generation == nft_generation
-                && nft_generation.is_some_and(|g| g.is_some())
-                && same_legacy
-                && memo.listeners == snapshot.listeners
-                && memo.addresses == snapshot.addresses
-                && memo.config == self.config
-            {
-                return memo.findings.clone();
-            }
-        }
-        let findings = crate::detect::run_ruleset_checks(snapshot, &self.config);
-        self.ruleset_memo = Some(RulesetMemo {
-            nft_generation,
-            legacy,
-            listeners: snapshot.listeners.clone(),
-            addresses: snapshot.addresses.clone(),
-            config: self.config.clone(),
-            findings: findings.clone(),
-        });
-        findings
     }
 
     /// Interfaces netmend made promiscuous and has not released (from the journal).
@@ -314,98 +119,42 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
             .collect()
     }
 
-    /// Settles pending set-promisc fixes against what the ARP watch saw since they were applied.
-    fn verify_promisc(&mut self, snapshot: &crate::model::snapshot::NodeSnapshot, now: SystemTime) {
-        let verify_within = self.config.fixes.set_promisc.verify_within;
-        let min_requests = u64::from(self.config.checks.arp_unanswered.min_requests);
-        let mut still_pending = Vec::new();
-        for pending in std::mem::take(&mut self.pending_promisc) {
-            let (requests, replies) = arp_totals(snapshot, &pending.interface, pending.target);
-            let counter_moved = match (
-                pending.responses_at_apply,
-                responses_sent(snapshot, &pending.interface, pending.target),
-            ) {
-                (Some(before), Some(after)) => after > before,
-                _ => false,
-            };
-            let new_requests = requests.saturating_sub(pending.requests_at_apply);
-            let answered = replies > pending.replies_at_apply || counter_moved;
-            let waited = now.duration_since(pending.applied_at).unwrap_or_default();
-            let (outcome, detail) = if answered {
-                (
-                    Outcome::Verified,
-                    format!(
-                        "{} answers for {} since {} was set promiscuous",
-                        replies.saturating_sub(pending.replies_at_apply),
-                        pending.target,
-                        pending.interface
-                    ),
-                )
-            } else if waited >= verify_within && new_requests >= min_requests {
-                let was_before = self
-                    .journal
-                    .promisc_interfaces()
-                    .into_iter()
-                    .find(|(i, _)| *i == pending.interface)
-                    .map(|(_, before)| before)
-                    .unwrap_or(false);
-                let revert = if was_before {
-                    Ok("left promiscuous: it already was before netmend acted".to_string())
-                } else {
-                    crate::act::link::set_promisc(pending.interface.as_str(), false)
-                        .map(|_| format!("promisc turned off again on {}", pending.interface))
-                        .map_err(|e| e.to_string())
-                };
-                match revert {
-                    Ok(text) => (
-                        Outcome::Reverted,
-                        format!(
-                            "ineffective: {new_requests} requests for {} still unanswered after {}; {text}",
-                            pending.target,
-                            humantime::format_duration(verify_within)
-                        ),
-                    ),
-                    Err(e) => (
-                        Outcome::Failed,
-                        format!("ineffective, and reverting failed: {e}"),
-                    ),
-                }
-            } else {
-                still_pending.push(pending);
-                continue;
-            };
-            if outcome == Outcome::Reverted {
-                self.shared.metrics.fix_outcome(
-                    FixId::SetPromisc,
-                    Outcome::Ineffective,
-                    &pending.subject,
-                    &detail,
-                );
+    /// Settles fixes waiting for proof against what was seen since they were applied.
+    fn settle_pending(&mut self, snapshot: &crate::model::snapshot::NodeSnapshot, now: SystemTime) {
+        let before: HashMap<String, bool> = self.journal.promisc_interfaces().into_iter().collect();
+        let settled = self
+            .pending
+            .settle(snapshot, now, &mut self.actuator, |interface| {
+                before.get(interface).copied().unwrap_or(false)
+            });
+        for done in settled {
+            for outcome in &done.outcomes {
+                self.shared
+                    .metrics
+                    .fix_outcome(done.fix, *outcome, &done.subject, &done.detail);
             }
-            self.shared
-                .metrics
-                .fix_outcome(FixId::SetPromisc, outcome, &pending.subject, &detail);
-            let mut entry = crate::journal::JournalEntry::new(
+            let outcome = *done.outcomes.last().expect("a settled fix has an outcome");
+            let mut entry = JournalEntry::new(
                 now,
-                Some(CheckId::ArpUnanswered),
-                FixId::SetPromisc,
-                &pending.subject,
-                &pending.key,
+                Some(done.check),
+                done.fix,
+                &done.subject,
+                &done.key,
                 outcome,
-                &detail,
+                &done.detail,
             );
-            entry.interface = Some(pending.interface.clone());
+            entry.interface = Some(done.interface.clone());
             self.journal_entry(entry);
-            self.last_reports.insert(
-                pending.key.clone(),
-                FixReport {
-                    name: FixId::SetPromisc,
+            self.ledger.acted(
+                &done.key,
+                outcome,
+                crate::model::finding::FixReport {
+                    name: done.fix,
                     state: outcome.state(),
-                    detail,
+                    detail: done.detail,
                 },
             );
         }
-        self.pending_promisc = still_pending;
     }
 
     /// Follows the config file; a bad file keeps the last good config.
@@ -436,15 +185,6 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
         let Wake::Changed { by } = wake;
         if by.is_some() {
             self.last_changed_by = by.clone();
-        }
-    }
-
-    fn min_age(&self, finding: &Finding) -> Duration {
-        match finding.check {
-            CheckId::CiliumStaleBackupChain => {
-                self.config.checks.cilium_stale_backup_chain.stale_after
-            }
-            _ => Duration::ZERO,
         }
     }
 
@@ -483,136 +223,53 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
                 .source(name, status.ok, Duration::from_millis(status.duration_ms));
         }
         let held = self.promisc_held();
-        self.verify_promisc(&snapshot, now);
-        let mut findings = self.ruleset_findings(&snapshot);
-        findings.extend(crate::detect::run_l2_checks(&snapshot, &self.config, &held));
+        self.settle_pending(&snapshot, now);
+        let mut findings = self.ruleset_memo.findings(&snapshot, &self.config);
+        findings.extend(detect::run(
+            Inputs::Links,
+            &CheckContext {
+                snapshot: &snapshot,
+                config: &self.config,
+                promisc_held: &held,
+            },
+        ));
         let tracked = self.tracker.observe(findings, now);
-        let mut active = persistent(tracked, now, |f| self.min_age(f));
-        active.sort_by(|a, b| {
-            b.finding
-                .severity
-                .cmp(&a.finding.severity)
-                .then_with(|| a.finding.subject.cmp(&b.finding.subject))
+        let config = &self.config;
+        let active = persistent(tracked, now, |f| {
+            detect::check(f.check)
+                .map(|c| c.persist_for(config))
+                .unwrap_or_default()
         });
-        let mut reports = Vec::with_capacity(active.len());
-        let mut circuit_open: HashMap<FixId, usize> = HashMap::new();
-        let mut seen_keys = Vec::with_capacity(active.len());
-        for tracked in &active {
-            let key = tracked.finding.key();
-            seen_keys.push(key.clone());
-            let Some(decision) =
-                decide(tracked, &self.config, &self.history, now, GuardScope::Agent)
-            else {
-                reports.push(FindingReport::new(tracked, None));
-                continue;
-            };
-            let report = match decision {
-                Decision::Skip {
-                    fix,
-                    outcome,
-                    detail,
-                } => {
-                    if outcome == Outcome::SkippedCircuitOpen {
-                        *circuit_open.entry(fix).or_default() += 1;
-                    }
-                    // After an apply, keep showing its result while the guards hold it back.
-                    let shown = match (outcome, self.last_reports.get(&key)) {
-                        (Outcome::SkippedCooldown, Some(previous)) => FixReport {
-                            detail: format!("{}; {detail}", previous.detail),
-                            ..previous.clone()
-                        },
-                        _ => FixReport {
-                            name: fix,
-                            state: outcome.state(),
-                            detail: detail.clone(),
-                        },
-                    };
-                    if self.last_state.get(&key) != Some(&outcome) {
-                        self.last_state.insert(key.clone(), outcome);
-                        self.shared.metrics.fix_outcome(
-                            fix,
-                            outcome,
-                            &tracked.finding.subject,
-                            &detail,
-                        );
-                        if matches!(
-                            outcome,
-                            Outcome::SkippedCircuitOpen | Outcome::Blocked | Outcome::SkippedBudget
-                        ) {
-                            self.journal_entry(crate::journal::JournalEntry::new(
-                                now,
-                                Some(tracked.finding.check),
-                                fix,
-                                &tracked.finding.subject,
-                                &key,
-                                outcome,
-                                &detail,
-                            ));
-                        }
-                    }
-                    shown
-                }
-                apply @ Decision::Apply { .. } => {
-                    let fix = apply.fix();
-                    let mut execution = execute(
-                        apply,
-                        tracked,
-                        &self.config,
-                        &held,
-                        &mut self.probe,
-                        &mut self.actuator,
-                        || now,
-                    );
-                    for outcome in &execution.outcomes {
-                        self.shared.metrics.fix_outcome(
-                            fix,
-                            *outcome,
-                            &tracked.finding.subject,
-                            &execution.report.detail,
-                        );
-                    }
-                    self.last_state
-                        .insert(key.clone(), execution.final_outcome());
-                    // A repeat application means the fault came back: record who did it.
-                    let readded = (self.history.applied_within_window(&key, now) > 0)
-                        .then(|| self.last_changed_by.clone())
-                        .flatten();
-                    for mut entry in std::mem::take(&mut execution.journal) {
-                        entry.readded_by = readded.clone();
-                        self.journal_entry(entry);
-                    }
-                    if let (Some(FixAction::SetPromisc { interface, .. }), Outcome::Applied) = (
-                        tracked
-                            .finding
-                            .proposal
-                            .as_ref()
-                            .and_then(|p| p.action.as_ref()),
-                        execution.final_outcome(),
-                    ) {
-                        if tracked.finding.check == CheckId::ArpUnanswered {
-                            self.pending_promisc
-                                .push(PendingPromisc::new(tracked, interface, &snapshot, now));
-                        }
-                    }
-                    self.last_reports
-                        .insert(key.clone(), execution.report.clone());
-                    execution.report
-                }
-            };
-            reports.push(FindingReport::new(tracked, Some(report)));
+        let round = Round {
+            config: &self.config,
+            scope: GuardScope::Agent,
+            act: true,
+            promisc_held: &held,
+            changed_by: self.last_changed_by.as_deref(),
+        };
+        let mut appended = Vec::new();
+        let decided = decide_and_act(
+            active,
+            &round,
+            &mut self.history,
+            now,
+            &mut self.probe,
+            &mut self.actuator,
+            &|| now,
+            &mut |entry| appended.push(entry),
+        );
+        for entry in appended {
+            self.append(entry);
         }
-        self.last_state.retain(|k, _| seen_keys.contains(k));
-        self.last_reports.retain(|k, _| seen_keys.contains(k));
-        for fix in FixId::ALL {
-            self.shared
-                .metrics
-                .set_circuit_open(fix, circuit_open.get(&fix).copied().unwrap_or(0));
-        }
+        let reports = self.account(&decided, &snapshot, now);
         let mut counts: Vec<(CheckId, usize)> = Vec::new();
-        for r in &active {
-            match counts.iter_mut().find(|(c, _)| *c == r.finding.check) {
+        for d in &decided {
+            match counts
+                .iter_mut()
+                .find(|(c, _)| *c == d.tracked.finding.check)
+            {
                 Some((_, n)) => *n += 1,
-                None => counts.push((r.finding.check, 1)),
+                None => counts.push((d.tracked.finding.check, 1)),
             }
         }
         self.shared.metrics.set_findings(&counts);
@@ -627,12 +284,95 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
         }
     }
 
+    /// Counts, journals and remembers what the decision loop did, and builds the reports.
+    fn account(
+        &mut self,
+        decided: &[Decided],
+        snapshot: &crate::model::snapshot::NodeSnapshot,
+        now: SystemTime,
+    ) -> Vec<FindingReport> {
+        let mut reports = Vec::with_capacity(decided.len());
+        let mut circuit_open: HashMap<FixId, usize> = HashMap::new();
+        let mut present = HashSet::with_capacity(decided.len());
+        for d in decided {
+            let finding = &d.tracked.finding;
+            let key = finding.key();
+            present.insert(key.clone());
+            let report = match &d.step {
+                Step::NoFix => None,
+                Step::Held {
+                    fix,
+                    outcome,
+                    detail,
+                } => {
+                    if *outcome == Outcome::SkippedCircuitOpen {
+                        *circuit_open.entry(*fix).or_default() += 1;
+                    }
+                    let shown = self.ledger.held(&key, *fix, *outcome, detail);
+                    if shown.changed {
+                        self.shared
+                            .metrics
+                            .fix_outcome(*fix, *outcome, &finding.subject, detail);
+                        if matches!(
+                            outcome,
+                            Outcome::SkippedCircuitOpen | Outcome::Blocked | Outcome::SkippedBudget
+                        ) {
+                            self.journal_entry(JournalEntry::new(
+                                now,
+                                Some(finding.check),
+                                *fix,
+                                &finding.subject,
+                                &key,
+                                *outcome,
+                                detail,
+                            ));
+                        }
+                    }
+                    Some(shown.report)
+                }
+                Step::WouldApply { .. } => d.step.report(),
+                Step::Executed(execution) => {
+                    let fix = execution.report.name;
+                    for outcome in &execution.outcomes {
+                        self.shared.metrics.fix_outcome(
+                            fix,
+                            *outcome,
+                            &finding.subject,
+                            &execution.report.detail,
+                        );
+                    }
+                    let outcome = execution.final_outcome();
+                    self.ledger.acted(&key, outcome, execution.report.clone());
+                    if let (Some(FixAction::SetPromisc { interface, .. }), Outcome::Applied) = (
+                        finding.proposal.as_ref().and_then(|p| p.action.as_ref()),
+                        outcome,
+                    ) {
+                        self.pending
+                            .start(&d.tracked, fix, interface, snapshot, &self.config, now);
+                    }
+                    Some(execution.report.clone())
+                }
+            };
+            reports.push(FindingReport::new(&d.tracked, report));
+        }
+        self.ledger.retain(&present);
+        for fix in crate::remediate::fixes::FIXES {
+            self.shared
+                .metrics
+                .set_circuit_open(fix.id(), circuit_open.get(&fix.id()).copied().unwrap_or(0));
+        }
+        reports
+    }
+
     /// Appends to the journal and keeps the guards' history in step with it (the history is
     /// built from the journal once, at start, not on every pass).
-    fn journal_entry(&mut self, entry: crate::journal::JournalEntry) {
-        if let Some(attempt) = entry.attempt() {
-            self.history.record(&attempt);
-        }
+    fn journal_entry(&mut self, entry: JournalEntry) {
+        record(&mut self.history, &entry);
+        self.append(entry);
+    }
+
+    /// Appends a line already recorded in the history.
+    fn append(&mut self, entry: JournalEntry) {
         if let Err(e) = self.journal.append(entry) {
             tracing::error!(error = %e, "journal write failed");
         }
@@ -699,9 +439,11 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
 mod tests {
     use super::*;
     use crate::detect::test_support::{iptables_table, snapshot_with};
+    use crate::http::ConfigState;
     use crate::model::ruleset::Backend;
     use crate::model::snapshot::NodeSnapshot;
     use crate::runtime::fake::FakeNode;
+    use std::path::PathBuf;
 
     fn stale_node() -> NodeSnapshot {
         snapshot_with(

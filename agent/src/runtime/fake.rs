@@ -91,6 +91,12 @@ impl Actuator for FakeNode {
                     was_promisc_before: Some(false),
                 })
             }
+            FixAction::ClearPromisc { .. } => {
+                return Ok(ActReport {
+                    detail: "cleared promisc".into(),
+                    was_promisc_before: Some(true),
+                })
+            }
         };
         let ruleset = match table.backend {
             crate::model::ruleset::Backend::Nft => state.snapshot.nftables.as_mut(),
@@ -135,7 +141,9 @@ impl Actuator for FakeNode {
                 }
                 format!("removed {} rules", rules.len())
             }
-            FixAction::SetPromisc { .. } => unreachable!("handled above"),
+            FixAction::SetPromisc { .. } | FixAction::ClearPromisc { .. } => {
+                unreachable!("handled above")
+            }
         };
         Ok(ActReport {
             detail,

@@ -7,9 +7,14 @@
 
 pub mod agent;
 pub mod backoff;
+pub mod config_source;
+pub mod decide;
 pub mod oneshot;
 pub mod pass;
+pub mod reporting;
+pub mod ruleset_memo;
 pub mod serve;
+pub mod verify;
 pub mod wiring;
 
 use crate::model::finding::FixAction;

@@ -7,13 +7,15 @@
 //! evaluation still reports it.
 
 use crate::config::Config;
+use crate::detect;
 use crate::journal::Journal;
-use crate::model::finding::{CheckId, Finding};
-use crate::remediate::guard::{decide, GuardScope};
+use crate::model::finding::Finding;
+use crate::remediate::guard::GuardScope;
 use crate::remediate::history::FixHistory;
 use crate::remediate::tracker::{persistent, Tracker};
 use crate::report::{FindingReport, Report};
-use crate::runtime::pass::{evaluate, execute};
+use crate::runtime::decide::{decide_and_act, Round};
+use crate::runtime::pass::evaluate;
 use crate::runtime::{Actuator, NodeProbe, ProbeFatal};
 use std::time::{Duration, SystemTime};
 
@@ -24,16 +26,12 @@ pub struct CheckOptions {
     pub apply: bool,
 }
 
-/// How long a finding must persist in a one-shot run before it is reported.
+/// How long a finding must persist in a one-shot run before it is reported: the check's own
+/// persistence, capped at the window (present at both ends of it counts).
 fn one_shot_min_age(finding: &Finding, config: &Config, window: Duration) -> Duration {
-    match finding.check {
-        CheckId::CiliumStaleBackupChain => config
-            .checks
-            .cilium_stale_backup_chain
-            .stale_after
-            .min(window),
-        _ => Duration::ZERO,
-    }
+    detect::check(finding.check)
+        .map(|c| c.persist_for(config).min(window))
+        .unwrap_or_default()
 }
 
 /// What a check run reads, writes and waits with.
@@ -75,63 +73,37 @@ pub fn run_check(
     };
     let t1 = if options.window.is_zero() { t0 } else { now() };
     let tracked = tracker.observe(evaluate(&last, config, &held), t1);
-    let mut findings = persistent(tracked, t1, |f| one_shot_min_age(f, config, options.window));
-    findings.sort_by(|a, b| {
-        b.finding
-            .severity
-            .cmp(&a.finding.severity)
-            .then_with(|| a.finding.check.cmp(&b.finding.check))
-            .then_with(|| a.finding.subject.cmp(&b.finding.subject))
-    });
+    let findings = persistent(tracked, t1, |f| one_shot_min_age(f, config, options.window));
 
-    let history = journal.as_ref().map(|j| history_of(j)).unwrap_or_default();
-    let mut reports = Vec::with_capacity(findings.len());
-    for tracked in &findings {
-        let Some(decision) = decide(tracked, config, &history, t1, GuardScope::OneShot) else {
-            reports.push(FindingReport::new(tracked, None));
-            continue;
-        };
-        let fix = if options.apply {
-            let execution = execute(decision, tracked, config, &held, probe, actuator, now);
-            if let Some(journal) = journal.as_deref_mut() {
-                for entry in execution.journal {
-                    if let Err(e) = journal.append(entry) {
-                        tracing::error!(error = %e, "journal write failed");
-                    }
-                }
+    let mut history = journal.as_ref().map(|j| history_of(j)).unwrap_or_default();
+    let round = Round {
+        config,
+        scope: GuardScope::OneShot,
+        act: options.apply,
+        promisc_held: &held,
+        changed_by: None,
+    };
+    let mut append = |entry| {
+        if let Some(journal) = journal.as_deref_mut() {
+            if let Err(e) = journal.append(entry) {
+                tracing::error!(error = %e, "journal write failed");
             }
-            execution.report
-        } else {
-            // Without --apply nothing is tried: report what the guards would decide.
-            match decision {
-                crate::remediate::guard::Decision::Skip {
-                    fix,
-                    outcome,
-                    detail,
-                } => crate::model::finding::FixReport {
-                    name: fix,
-                    state: outcome.state(),
-                    detail,
-                },
-                crate::remediate::guard::Decision::Apply { fix, .. } => {
-                    crate::model::finding::FixReport {
-                        name: fix,
-                        state: crate::model::finding::FixState::Pending,
-                        detail: format!(
-                            "{}; run with --apply to apply",
-                            tracked
-                                .finding
-                                .proposal
-                                .as_ref()
-                                .map(|p| p.detail.as_str())
-                                .unwrap_or("")
-                        ),
-                    }
-                }
-            }
-        };
-        reports.push(FindingReport::new(tracked, Some(fix)));
-    }
+        }
+    };
+    let decided = decide_and_act(
+        findings,
+        &round,
+        &mut history,
+        t1,
+        probe,
+        actuator,
+        now,
+        &mut append,
+    );
+    let reports = decided
+        .iter()
+        .map(|d| FindingReport::new(&d.tracked, d.step.report()))
+        .collect();
     Ok(Report {
         node: node.to_string(),
         findings: reports,
@@ -220,6 +192,83 @@ mod tests {
         );
         // start, end of window, precondition re-check, verification
         assert_eq!(state.snapshots_taken, 4);
+    }
+
+    #[test]
+    fn apply_stops_at_the_hourly_budget_within_one_run_and_across_runs() {
+        let two_stale = snapshot_with(
+            Some(vec![iptables_table(
+                Backend::Nft,
+                "nat",
+                ":POSTROUTING ACCEPT\n:OUTPUT ACCEPT\n:CILIUM_POST_nat -\n:CILIUM_OUTPUT_nat -\n:OLD_CILIUM_POST_nat -\n:OLD_CILIUM_OUTPUT_nat -\n-A POSTROUTING -j CILIUM_POST_nat\n-A OUTPUT -j CILIUM_OUTPUT_nat\n-A OLD_CILIUM_POST_nat -j ACCEPT\n-A OLD_CILIUM_OUTPUT_nat -j ACCEPT\n",
+            )]),
+            None,
+        );
+        let node = FakeNode::new(two_stale);
+        let config = Config::from_yaml(
+            "mode: enforce\nfixes:\n  flush-stale-chain: { enabled: true, cooldown: 0s }\nbudget: { fixesPerHour: 1 }\n",
+        )
+        .unwrap();
+        let dir =
+            std::env::temp_dir().join(format!("netmend-oneshot-budget-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut journal = Journal::open(&dir).unwrap();
+        let mut probe = node.clone();
+        let mut actuator = node.clone();
+        let clock = node.clone();
+        let report = run_check(
+            CheckOptions {
+                window: Duration::ZERO,
+                apply: true,
+            },
+            &config,
+            "node-a",
+            CheckEnv {
+                probe: &mut probe,
+                actuator: &mut actuator,
+                journal: Some(&mut journal),
+                now: &|| clock.0.borrow().clock,
+            },
+        )
+        .unwrap();
+        let states: Vec<FixState> = report
+            .findings
+            .iter()
+            .map(|f| f.fix.as_ref().unwrap().state)
+            .collect();
+        assert_eq!(
+            states,
+            vec![FixState::Verified, FixState::Cooldown],
+            "{report:?}"
+        );
+        assert_eq!(
+            node.0.borrow().applied.len(),
+            1,
+            "one fix within the budget of 1 per hour"
+        );
+        // A second run reads the first one's action back from the journal.
+        let report = run_check(
+            CheckOptions {
+                window: Duration::ZERO,
+                apply: true,
+            },
+            &config,
+            "node-a",
+            CheckEnv {
+                probe: &mut probe,
+                actuator: &mut actuator,
+                journal: Some(&mut journal),
+                now: &|| clock.0.borrow().clock,
+            },
+        )
+        .unwrap();
+        assert_eq!(report.findings.len(), 1);
+        assert_eq!(
+            report.findings[0].fix.as_ref().unwrap().state,
+            FixState::Cooldown
+        );
+        assert_eq!(node.0.borrow().applied.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! journal. Everything kernel-facing goes through the traits.
 
 use crate::config::Config;
-use crate::detect;
+use crate::detect::{self, Verification};
 use crate::journal::JournalEntry;
 use crate::model::finding::{FixAction, FixId, FixReport, Outcome};
 use crate::model::ruleset::Backend;
@@ -163,10 +163,10 @@ pub fn execute(
         applied_entry.interface = Some(interface.clone());
         applied_entry.was_promisc_before = applied.was_promisc_before;
     }
-    if matches!(action, FixAction::SetPromisc { .. })
-        && finding.check == crate::model::finding::CheckId::ArpUnanswered
+    if let Some(Verification::ArpReplies { within, .. }) =
+        detect::check(finding.check).map(|c| c.verification(config))
     {
-        // Verification needs ARP traffic over `verifyWithin`: the agent does it later.
+        // Verification needs ARP traffic over `within`: the agent does it later.
         return Execution {
             outcomes: vec![Outcome::Applied],
             journal: vec![applied_entry],
@@ -176,7 +176,7 @@ pub fn execute(
                 detail: format!(
                     "{}; verifying within {}",
                     applied.detail,
-                    humantime::format_duration(config.fixes.set_promisc.verify_within)
+                    humantime::format_duration(within)
                 ),
             },
         };

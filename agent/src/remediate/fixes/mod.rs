@@ -1,0 +1,40 @@
+//! The fixes: what each one is called, what it says it does and the settings it has besides the
+//! guards every fix shares (`enabled`, `confirmFor`, `cooldown`, `maxAttempts`). A fix is a type
+//! implementing [`Fix`], in one file here, listed once in [`FIXES`]. Pure: the kernel writes
+//! themselves are the [`crate::model::finding::FixAction`]s a check proposes, carried out by `act`.
+
+pub mod flush_stale_chain;
+pub mod remove_hijack_rule;
+pub mod set_promisc;
+
+use crate::config::{ConfigError, Settings};
+use crate::model::finding::FixId;
+
+/// Every fix netmend has, in the order the catalog lists them.
+pub static FIXES: &[&dyn Fix] = &[
+    &flush_stale_chain::FlushStaleChain,
+    &remove_hijack_rule::RemoveHijackRule,
+    &set_promisc::SetPromisc,
+];
+
+/// One fix. Implementations are unit structs listed in [`FIXES`].
+pub trait Fix: Sync {
+    fn id(&self) -> FixId;
+    /// One line for the catalog.
+    fn description(&self) -> &'static str;
+    /// Parses and validates the fix's own settings (the section without the guard keys); error
+    /// paths are relative to the section.
+    fn parse_settings(&self, raw: serde_json::Value) -> Result<Settings, ConfigError> {
+        Settings::none(raw)
+    }
+}
+
+/// The registered fix with this id.
+pub fn fix(id: FixId) -> Option<&'static dyn Fix> {
+    FIXES.iter().copied().find(|f| f.id() == id)
+}
+
+/// The registered fix whose id is `text`.
+pub fn fix_named(text: &str) -> Option<&'static dyn Fix> {
+    FIXES.iter().copied().find(|f| f.id().as_str() == text)
+}

@@ -1,0 +1,161 @@
+//! The one decision loop, shared by `netmend check --apply` and `netmend run`: findings in one
+//! order (most severe first, then check, then subject), each through the guards, the allowed ones
+//! executed (re-check, act, verify), and the guards' history updated after every action so the
+//! next decision in the same pass already counts it (the hourly budget, cooldowns, the breaker).
+//! What the caller does with the results (print them, count them, show them on /status) is its
+//! own business.
+
+use crate::config::Config;
+use crate::journal::JournalEntry;
+use crate::model::finding::{FixId, FixReport, FixState, Outcome};
+use crate::remediate::guard::{decide, Decision, GuardScope};
+use crate::remediate::history::FixHistory;
+use crate::remediate::tracker::TrackedFinding;
+use crate::runtime::pass::{execute, Execution};
+use crate::runtime::{Actuator, NodeProbe};
+use std::time::SystemTime;
+
+/// What happened to one finding's fix.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// The check proposes no fix for it.
+    NoFix,
+    /// A guard held the fix back, or the check blocked it.
+    Held {
+        fix: FixId,
+        outcome: Outcome,
+        detail: String,
+    },
+    /// Every guard passed but acting was not asked for (`check` without `--apply`).
+    WouldApply { fix: FixId, detail: String },
+    /// The fix ran (re-check, act, verify): see its outcomes.
+    Executed(Execution),
+}
+
+impl Step {
+    /// The `fix` part of the finding's report.
+    pub fn report(&self) -> Option<FixReport> {
+        match self {
+            Step::NoFix => None,
+            Step::Held {
+                fix,
+                outcome,
+                detail,
+            } => Some(FixReport {
+                name: *fix,
+                state: outcome.state(),
+                detail: detail.clone(),
+            }),
+            Step::WouldApply { fix, detail } => Some(FixReport {
+                name: *fix,
+                state: FixState::Pending,
+                detail: detail.clone(),
+            }),
+            Step::Executed(execution) => Some(execution.report.clone()),
+        }
+    }
+}
+
+/// One finding and what was decided for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decided {
+    pub tracked: TrackedFinding,
+    pub step: Step,
+}
+
+/// How one round of decisions runs.
+pub struct Round<'a> {
+    pub config: &'a Config,
+    pub scope: GuardScope,
+    /// Whether an allowed fix is carried out (false: report what would be done).
+    pub act: bool,
+    pub promisc_held: &'a [String],
+    /// Who last changed the node, when the change feed told: recorded on a repeat application
+    /// ("re-added by").
+    pub changed_by: Option<&'a str>,
+}
+
+/// The order findings are decided and shown in: most severe first, then check, then subject.
+pub fn sort(findings: &mut [TrackedFinding]) {
+    findings.sort_by(|a, b| {
+        b.finding
+            .severity
+            .cmp(&a.finding.severity)
+            .then_with(|| a.finding.check.cmp(&b.finding.check))
+            .then_with(|| a.finding.subject.cmp(&b.finding.subject))
+    });
+}
+
+/// Decides for every finding in order; executes allowed fixes; records every journal line into
+/// `history` and hands it to `journal`.
+#[allow(clippy::too_many_arguments)]
+pub fn decide_and_act(
+    mut findings: Vec<TrackedFinding>,
+    round: &Round<'_>,
+    history: &mut FixHistory,
+    now: SystemTime,
+    probe: &mut dyn NodeProbe,
+    actuator: &mut dyn Actuator,
+    clock: &dyn Fn() -> SystemTime,
+    journal: &mut dyn FnMut(JournalEntry),
+) -> Vec<Decided> {
+    sort(&mut findings);
+    let mut decided = Vec::with_capacity(findings.len());
+    for tracked in findings {
+        let step = match decide(&tracked, round.config, history, now, round.scope) {
+            None => Step::NoFix,
+            Some(Decision::Skip {
+                fix,
+                outcome,
+                detail,
+            }) => Step::Held {
+                fix,
+                outcome,
+                detail,
+            },
+            Some(Decision::Apply { fix, .. }) if !round.act => Step::WouldApply {
+                fix,
+                detail: format!(
+                    "{}; run with --apply to apply",
+                    tracked
+                        .finding
+                        .proposal
+                        .as_ref()
+                        .map(|p| p.detail.as_str())
+                        .unwrap_or("")
+                ),
+            },
+            Some(apply @ Decision::Apply { .. }) => {
+                let key = tracked.finding.key();
+                let mut execution = execute(
+                    apply,
+                    &tracked,
+                    round.config,
+                    round.promisc_held,
+                    probe,
+                    actuator,
+                    clock,
+                );
+                // A repeat application means the fault came back: say who did it, when known.
+                let readded = (history.applied_within_window(&key, now) > 0)
+                    .then(|| round.changed_by.map(str::to_string))
+                    .flatten();
+                for mut entry in std::mem::take(&mut execution.journal) {
+                    entry.readded_by = readded.clone();
+                    record(history, &entry);
+                    journal(entry);
+                }
+                Step::Executed(execution)
+            }
+        };
+        decided.push(Decided { tracked, step });
+    }
+    decided
+}
+
+/// Records a journal line in the guards' history.
+pub fn record(history: &mut FixHistory, entry: &JournalEntry) {
+    if let Some(attempt) = entry.attempt() {
+        history.record(&attempt);
+    }
+}

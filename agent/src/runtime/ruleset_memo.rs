@@ -1,0 +1,67 @@
+//! The ruleset checks' last result and what it was computed from: the nftables generation, the
+//! legacy ruleset (the probe keeps the same `Arc` while its content is unchanged), listeners,
+//! addresses and the configuration. While none moved, an idle pass costs no walk over the rules.
+//! The memo holds no strong reference to a ruleset, so the incremental cache can keep changing
+//! its own in place without a copy.
+
+use crate::config::Config;
+use crate::detect::{self, CheckContext, Inputs};
+use crate::model::finding::Finding;
+use crate::model::ruleset::Ruleset;
+use crate::model::snapshot::{ListeningSocket, LocalAddress, NodeSnapshot};
+use std::sync::{Arc, Weak};
+
+/// Inputs and result of the last ruleset evaluation.
+#[derive(Default)]
+pub struct RulesetMemo {
+    last: Option<Memo>,
+}
+
+struct Memo {
+    nft_generation: Option<Option<u32>>,
+    legacy: Option<Weak<Ruleset>>,
+    listeners: Option<Vec<ListeningSocket>>,
+    addresses: Option<Vec<LocalAddress>>,
+    config: Config,
+    findings: Vec<Finding>,
+}
+
+impl RulesetMemo {
+    /// The findings of every enabled ruleset check on `snapshot`, re-run only when an input
+    /// changed.
+    pub fn findings(&mut self, snapshot: &NodeSnapshot, config: &Config) -> Vec<Finding> {
+        let nft_generation = snapshot.nftables.as_ref().map(|r| r.generation);
+        let legacy = snapshot.legacy.as_ref().map(Arc::downgrade);
+        if let Some(memo) = &self.last {
+            let same_legacy = match (&memo.legacy, &legacy) {
+                (Some(a), Some(b)) => a.ptr_eq(b),
+                (None, None) => true,
+                _ => false,
+            };
+            if memo.nft_generation == nft_generation
+                && nft_generation.is_some_and(|g| g.is_some())
+                && same_legacy
+                && memo.listeners == snapshot.listeners
+                && memo.addresses == snapshot.addresses
+                && memo.config == *config
+            {
+                return memo.findings.clone();
+            }
+        }
+        let context = CheckContext {
+            snapshot,
+            config,
+            promisc_held: &[],
+        };
+        let findings = detect::run(Inputs::Ruleset, &context);
+        self.last = Some(Memo {
+            nft_generation,
+            legacy,
+            listeners: snapshot.listeners.clone(),
+            addresses: snapshot.addresses.clone(),
+            config: config.clone(),
+            findings: findings.clone(),
+        });
+        findings
+    }
+}
