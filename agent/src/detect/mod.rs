@@ -10,6 +10,7 @@
 pub mod arp_unanswered;
 pub mod backend_split;
 pub mod hostport_hijack;
+pub mod kube_proxy_mode_overlap;
 pub mod promisc_lost;
 pub mod stale_chain;
 #[cfg(test)]
@@ -27,6 +28,7 @@ pub static CHECKS: &[&dyn Check] = &[
     &backend_split::IptablesBackendSplit,
     &arp_unanswered::ArpUnanswered,
     &promisc_lost::PromiscLost,
+    &kube_proxy_mode_overlap::KubeProxyModeOverlap,
 ];
 
 /// What a check reads, which tells the engine when it must run again.
