@@ -552,15 +552,16 @@ pub fn decode_table(family: Family, info: &TableInfo, blob: &[u8]) -> Result<Tab
             _ => None,
         })
         .collect();
+    // Where each chain starts, sorted: a user chain ends where the next one starts (found by
+    // binary search: a linear scan per chain is quadratic, 30,000 chains took seconds).
     let mut starts: Vec<usize> = extents.iter().map(|x| x.first).collect();
     starts.extend(heads.iter().map(|h| h.0));
     starts.push(entries.len().saturating_sub(1));
+    starts.sort_unstable();
     for (i, name) in &heads {
         let next = starts
-            .iter()
+            .get(starts.partition_point(|s| s <= i))
             .copied()
-            .filter(|s| s > i)
-            .min()
             .unwrap_or(entries.len());
         // The chain's last entry is its foot (unconditional RETURN), not a rule.
         let end = next.saturating_sub(1).max(i + 1);
@@ -581,8 +582,9 @@ pub fn decode_table(family: Family, info: &TableInfo, blob: &[u8]) -> Result<Tab
     let chain_type = kind_of_table(&info.name);
     let mut chains = Vec::new();
     for x in &extents {
-        let mut rules = Vec::new();
-        for (pos, e) in entries[x.first.min(x.end)..x.end].iter().enumerate() {
+        let mut rules = Vec::with_capacity(x.end.saturating_sub(x.first));
+        // Each entry belongs to one chain: its matches and comment move into the rule.
+        for (pos, e) in entries[x.first.min(x.end)..x.end].iter_mut().enumerate() {
             let action = match &e.target {
                 Target::Standard(v) if *v >= 0 => {
                     let v = *v as usize;
@@ -615,9 +617,9 @@ pub fn decode_table(family: Family, info: &TableInfo, blob: &[u8]) -> Result<Tab
             };
             rules.push(Rule {
                 handle: pos as u64 + 1,
-                matches: e.matches.clone(),
+                matches: std::mem::take(&mut e.matches),
                 action,
-                comment: e.comment.clone(),
+                comment: e.comment.take(),
                 counters: Some(e.counters),
             });
         }
