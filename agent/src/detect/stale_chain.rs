@@ -8,7 +8,7 @@
 
 use crate::model::finding::{CheckId, Finding, FixAction, FixId, FixProposal, Severity, TableRef};
 use crate::model::graph::TableGraph;
-use crate::model::render::{content_hash, render_rule};
+use crate::model::render::{action_fingerprint, render_rule};
 use crate::model::ruleset::{Backend, Table};
 use crate::model::snapshot::NodeSnapshot;
 use serde_json::json;
@@ -102,7 +102,21 @@ fn finding_for(table: &Table, graph: &TableGraph<'_>, index: usize) -> Finding {
             references.len()
         ),
     };
-    let hash = content_hash(rendered.iter().chain(references.iter()).map(String::as_str));
+    let mut action = FixAction::FlushChain {
+        table: TableRef {
+            backend: table.id.backend,
+            family: table.id.family,
+            table: table.id.name.clone(),
+        },
+        chain: chain.name.clone(),
+        rules: chain.rules.len(),
+        delete_chain,
+        content_hash: 0,
+    };
+    let hash = action_fingerprint(table, &action);
+    if let FixAction::FlushChain { content_hash, .. } = &mut action {
+        *content_hash = hash;
+    }
     Finding {
         check: CheckId::CiliumStaleBackupChain,
         subject,
@@ -121,17 +135,7 @@ fn finding_for(table: &Table, graph: &TableGraph<'_>, index: usize) -> Finding {
         }),
         proposal: Some(FixProposal {
             fix: FixId::FlushStaleChain,
-            action: Some(FixAction::FlushChain {
-                table: TableRef {
-                    backend: table.id.backend,
-                    family: table.id.family,
-                    table: table.id.name.clone(),
-                },
-                chain: chain.name.clone(),
-                rules: chain.rules.len(),
-                delete_chain,
-                content_hash: hash,
-            }),
+            action: Some(action),
             detail,
         }),
         discriminator: Some(table.id.backend.as_str().to_string()),

@@ -44,12 +44,18 @@ impl FixHistory {
 
     /// Adds one attempt.
     pub fn record(&mut self, attempt: &Attempt) {
+        // An unknown commit may have changed the kernel: it counts as an application (once; what
+        // the re-read found is journaled after it as verified or failed, which do not count again).
         let changed_kernel = matches!(
             attempt.outcome,
-            Outcome::Applied | Outcome::Verified | Outcome::Ineffective | Outcome::Reverted
+            Outcome::Applied
+                | Outcome::Verified
+                | Outcome::Ineffective
+                | Outcome::Reverted
+                | Outcome::Unknown
         );
         let tried = changed_kernel || attempt.outcome == Outcome::Failed;
-        if changed_kernel && attempt.outcome == Outcome::Applied {
+        if matches!(attempt.outcome, Outcome::Applied | Outcome::Unknown) {
             self.applied
                 .entry(attempt.key.clone())
                 .or_default()

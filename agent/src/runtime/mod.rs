@@ -51,6 +51,10 @@ pub enum ActError {
     Unavailable(String),
     #[error("{0}")]
     Failed(String),
+    /// The write was sent and whether it committed is not known (nft ack lost, timed out or
+    /// malformed; legacy restore killed or timed out): the caller re-reads to settle it.
+    #[error("{0}")]
+    Unknown(String),
 }
 
 /// What an applied action changed, for the journal.
