@@ -113,3 +113,38 @@ fn within(at: SystemTime, now: SystemTime, span: Duration) -> bool {
         Err(_) => true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(at: u64, outcome: Outcome) -> Attempt {
+        Attempt {
+            key: "k".into(),
+            at: SystemTime::UNIX_EPOCH + Duration::from_secs(at),
+            outcome,
+            readded_by: None,
+        }
+    }
+
+    #[test]
+    fn an_unknown_commit_counts_once_for_the_breaker_whatever_the_re_read_found() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        // unknown then settled as verified (it applied), and unknown then failed (it did not).
+        let history = FixHistory::from_attempts(&[
+            attempt(100, Outcome::Unknown),
+            attempt(101, Outcome::Verified),
+            attempt(200, Outcome::Unknown),
+            attempt(201, Outcome::Failed),
+        ]);
+        assert_eq!(history.applied_within_window("k", now), 2);
+        assert_eq!(history.applied_last_hour(now), 2);
+        assert_eq!(
+            history.last_attempt("k"),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(201))
+        );
+        // A refusal before anything was sent does not count as an application.
+        let refused = FixHistory::from_attempts(&[attempt(100, Outcome::Failed)]);
+        assert_eq!(refused.applied_within_window("k", now), 0);
+    }
+}
