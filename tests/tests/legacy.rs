@@ -359,43 +359,57 @@ fn apply_in(ns: &NetNs, action: &FixAction) -> Result<String, LegacyWriteError> 
 
 const HIJACK_JUMP: &str = r#"-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \"cbr0\" id: \"0f3c9a\"" -m multiport --dports 6443 -j CNI-DN-1a2b3c4d5e6f7a8b9c0d1"#;
 
-#[test]
-fn a_hijack_is_removed_by_content_while_a_writer_inserts_above_it() {
-    require_tool("iptables-legacy-save");
-    require_tool("iptables-legacy");
-    let ns = loaded_namespace();
+const V6_HIJACK: &str = r#"*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:CNI-HOSTPORT-DNAT - [0:0]
+:CNI-DN-6a6b6c - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
+-A POSTROUTING -s fd00:42::/64 ! -o cilium_+ -j MASQUERADE
+-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \"cbr0\" id: \"6a6b6c\"" -m multiport --dports 6443 -j CNI-DN-6a6b6c
+-A CNI-DN-6a6b6c -p tcp -m tcp --dport 6443 -j DNAT --to-destination [fd00:42::244]:6443
+COMMIT
+"#;
+
+/// 50 rounds of: load `nat` (a fresh table), decide to remove the hijack (the jump in
+/// CNI-HOSTPORT-DNAT and the chain `dn_chain`), start a writer inserting rules at the head of
+/// CNI-HOSTPORT-DNAT in a tight loop, remove the hijack, stop the writer; then compare the full
+/// saves: exactly the hijack is gone, every other rule (the writer's included) is still there.
+fn race_a_head_inserting_writer(family: Family, nat: &str, jump: &str, dn_chain: &str) {
+    let (restore, tool) = if family == Family::Ip6 {
+        ("ip6tables-legacy-restore", "ip6tables-legacy")
+    } else {
+        ("iptables-legacy-restore", "iptables-legacy")
+    };
+    require_tool(restore);
+    require_tool(tool);
+    let ns = NetNs::new("legrace");
     let mut inserted_total = 0usize;
     for round in 0..50 {
-        // A fresh table each round (restore without --noflush replaces the nat table).
-        let nat = V4_RULES.split("*filter").next().unwrap();
+        // Without --noflush the restore replaces the whole nat table.
         ns.sh(&format!(
-            "printf '%s' '{}' | iptables-legacy-restore -w",
+            "printf '%s' '{}' | {restore} -w",
             nat.replace('\'', r"'\''")
         ))
         .unwrap();
-        let before = save(&ns, Family::Ip, "nat");
-        assert!(before.contains(HIJACK_JUMP), "{before}");
+        let before = save(&ns, family, "nat");
+        assert!(before.contains(jump), "{before}");
         // The decision is made on a read taken before the writer starts...
-        let action = decide(
-            &ns,
-            Family::Ip,
-            "nat",
-            &[("CNI-HOSTPORT-DNAT", 0)],
-            &["CNI-DN-1a2b3c4d5e6f7a8b9c0d1"],
-        );
-        // ...then a writer inserts at the head of the hijack's chain in a tight loop, so the
-        // jump's position keeps moving while netmend writes.
+        let action = decide(&ns, family, "nat", &[("CNI-HOSTPORT-DNAT", 0)], &[dn_chain]);
+        // ...then the writer keeps moving the jump down while netmend writes.
         let writer = ns.spawn(&format!(
-            "sh -c 'i=0; while :; do i=$((i+1)); iptables-legacy -w -t nat -I CNI-HOSTPORT-DNAT -p udp -m udp --dport $(({round} * 1000 + i)) -j RETURN; done'"
+            "sh -c 'i=0; while :; do i=$((i+1)); {tool} -w -t nat -I CNI-HOSTPORT-DNAT -p udp -m udp --dport $(({round} * 1000 + i)) -j RETURN; done'"
         ));
         let started = wait_for(std::time::Duration::from_secs(10), || {
-            save(&ns, Family::Ip, "nat")
+            save(&ns, family, "nat")
                 .contains("-p udp -m udp --dport")
                 .then_some(())
         });
         assert!(started.is_some(), "the writer never inserted a rule");
         let script = apply_in(&ns, &action)
-            .unwrap_or_else(|e| panic!("round {round}: netmend's write failed: {e}"));
+            .unwrap_or_else(|e| panic!("{family} round {round}: netmend's write failed: {e}"));
         drop(writer);
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(
@@ -403,25 +417,48 @@ fn a_hijack_is_removed_by_content_while_a_writer_inserts_above_it() {
             "{script}"
         );
 
-        let after = save(&ns, Family::Ip, "nat");
+        let after = save(&ns, family, "nat");
         let is_writers = |l: &str| {
             l.starts_with("-A CNI-HOSTPORT-DNAT -p udp -m udp --dport ")
                 && l.ends_with(" -j RETURN")
         };
         let inserted = after.lines().filter(|l| is_writers(l)).count();
-        assert!(inserted > 0, "round {round}: no writer rule in {after}");
+        assert!(
+            inserted > 0,
+            "{family} round {round}: no writer rule in {after}"
+        );
         inserted_total += inserted;
         let expected: Vec<&str> = before
             .lines()
-            .filter(|l| *l != HIJACK_JUMP && !l.contains("CNI-DN-1a2b3c4d5e6f7a8b9c0d1"))
+            .filter(|l| *l != jump && !l.contains(dn_chain))
             .collect();
         let kept: Vec<&str> = after.lines().filter(|l| !is_writers(l)).collect();
         assert_eq!(
             kept, expected,
-            "round {round}: exactly the hijack (the jump and its chain) must be gone"
+            "{family} round {round}: exactly the hijack (the jump and its chain) must be gone"
         );
     }
-    eprintln!("50 rounds: {inserted_total} rules inserted by the racing writer, none lost");
+    eprintln!(
+        "{family}: 50 rounds, {inserted_total} rules inserted by the racing writer, none lost"
+    );
+}
+
+#[test]
+fn a_hijack_is_removed_by_content_while_a_writer_inserts_above_it() {
+    require_tool("iptables-legacy-save");
+    let nat = V4_RULES.split("*filter").next().unwrap();
+    race_a_head_inserting_writer(Family::Ip, nat, HIJACK_JUMP, "CNI-DN-1a2b3c4d5e6f7a8b9c0d1");
+}
+
+#[test]
+fn an_ipv6_hijack_is_removed_by_content_while_a_writer_inserts_above_it() {
+    require_tool("ip6tables-legacy-save");
+    race_a_head_inserting_writer(
+        Family::Ip6,
+        V6_HIJACK,
+        r#"-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \"cbr0\" id: \"6a6b6c\"" -m multiport --dports 6443 -j CNI-DN-6a6b6c"#,
+        "CNI-DN-6a6b6c",
+    );
 }
 
 #[test]
