@@ -5,7 +5,7 @@
 
 use crate::act::iptables_legacy::{self, LegacyWriteError};
 use crate::act::link;
-use crate::act::nftables::{apply_batch, NftOp};
+use crate::act::nftables::{apply_batch, NftOp, NftWriteError};
 use crate::model::finding::{FixAction, TableRef};
 use crate::model::ruleset::Backend;
 use crate::runtime::{ActError, ActReport, Actuator};
@@ -140,6 +140,16 @@ fn where_(table: &TableRef) -> String {
     )
 }
 
+fn nft_error(error: NftWriteError) -> ActError {
+    if error.is_precondition_moved() {
+        ActError::StateMoved(error.to_string())
+    } else if error.is_commit_unknown() {
+        ActError::Unknown(error.to_string())
+    } else {
+        ActError::Failed(error.to_string())
+    }
+}
+
 fn legacy_error(error: LegacyWriteError) -> ActError {
     match error {
         LegacyWriteError::CommitUnknown { .. } => ActError::Unknown(error.to_string()),
@@ -168,15 +178,7 @@ impl Actuator for KernelActuator {
         };
         match table.backend {
             Backend::Nft => {
-                apply_batch(&nft_ops(action), nft_generation).map_err(|e| {
-                    if e.is_precondition_moved() {
-                        ActError::StateMoved(e.to_string())
-                    } else if e.is_commit_unknown() {
-                        ActError::Unknown(e.to_string())
-                    } else {
-                        ActError::Failed(e.to_string())
-                    }
-                })?;
+                apply_batch(&nft_ops(action), nft_generation).map_err(nft_error)?;
             }
             Backend::Legacy => {
                 iptables_legacy::apply_action(action).map_err(legacy_error)?;
@@ -220,6 +222,27 @@ mod tests {
         assert!(matches!(&ops[0], NftOp::DeleteRule { handle: 17, .. }));
         assert!(matches!(&ops[1], NftOp::FlushChain { chain, .. } if chain == "CNI-DN-1"));
         assert!(matches!(&ops[2], NftOp::DeleteChain { chain, .. } if chain == "CNI-DN-1"));
+    }
+
+    #[test]
+    fn an_nft_ack_lost_after_sending_is_unknown_not_failed() {
+        let lost = nft_error(NftWriteError::CommitUnknown {
+            detail: "netlink read batch acknowledgements: EAGAIN (0 of 1 ops answered)".into(),
+        });
+        assert!(
+            matches!(&lost, ActError::Unknown(d) if d.contains("whether it committed is unknown")),
+            "{lost:?}"
+        );
+        assert!(matches!(
+            nft_error(NftWriteError::RulesetChanged { expected: 3 }),
+            ActError::StateMoved(_)
+        ));
+        assert!(matches!(
+            nft_error(NftWriteError::BatchRefused {
+                errno: libc::EINVAL
+            }),
+            ActError::Failed(_)
+        ));
     }
 
     #[test]
