@@ -3,6 +3,7 @@
 
 use netmend::act::iptables_legacy::{
     apply_action, legacy_tool_available, restore_script, run_restore, LegacyWriteError, ScriptOp,
+    XtablesLock,
 };
 use netmend::model::finding::{FixAction, RuleRef, TableRef};
 use netmend::model::render::{action_fingerprint, rule_spec};
@@ -588,6 +589,52 @@ fn a_rule_netmend_cannot_render_exactly_blocks_the_fix() {
         "{err}"
     );
     assert_eq!(save(&ns, Family::Ip, "nat"), before);
+}
+
+/// The lock netmend holds is the one iptables waits for, and the restore it runs does not wait
+/// for it (it is pointed at a private lock file): measured on the installed iptables.
+#[test]
+fn netmend_holds_the_iptables_lock_and_its_restore_runs_under_it() {
+    require_tool("iptables-legacy");
+    let ns = loaded_namespace();
+    let lock = XtablesLock::acquire(std::time::Duration::from_secs(10)).expect("xtables lock");
+    let started = std::time::Instant::now();
+    let out = ns
+        .sh_output("iptables-legacy -w 1 -t nat -A CNI-HOSTPORT-DNAT -j RETURN")
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "iptables did not wait for netmend's lock"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holding the xtables lock"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    let script = restore_script(
+        "nat",
+        &[ScriptOp::DeleteRule {
+            chain: "CILIUM_POST_nat".into(),
+            spec: "-s 10.42.0.5/32 -o eth0 -j SNAT --to-source 192.168.1.10".into(),
+        }],
+    )
+    .unwrap();
+    let inner = std::env::temp_dir().join(format!("netmend-e2e-inner-{}.lock", std::process::id()));
+    let started = std::time::Instant::now();
+    ns.run(move || {
+        run_restore(
+            &legacy_tool_available(Family::Ip).unwrap(),
+            &script,
+            &inner,
+            std::time::Duration::from_secs(5),
+        )
+    })
+    .expect("the restore runs while netmend holds the lock");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    drop(lock);
+    assert!(!save(&ns, Family::Ip, "nat").contains("SNAT"));
 }
 
 /// Regenerates agent/testdata/legacy and agent/testdata/xt from the real kernel. Run with

@@ -119,15 +119,6 @@ impl LegacyWriteError {
     }
 }
 
-/// The binary writing legacy tables of `family` one command at a time.
-pub fn tool_name(family: Family) -> &'static str {
-    if family == Family::Ip6 {
-        "ip6tables-legacy"
-    } else {
-        "iptables-legacy"
-    }
-}
-
 /// The restore binary of `family`.
 pub fn restore_tool_name(family: Family) -> &'static str {
     if family == Family::Ip6 {
