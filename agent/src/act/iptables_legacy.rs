@@ -19,12 +19,14 @@
 //!   lock netmend holds), with `-w N` it gives up after N s (exit 4, "Another app is currently
 //!   holding the xtables lock"), and with `XTABLES_LOCKFILE` pointing at another file it takes that
 //!   file's lock instead and runs at once. So the restore is run with `XTABLES_LOCKFILE` set to a
-//!   private file of netmend's: netmend's lock on the real file is what keeps other writers out. `iptables-legacy-save` takes no lock.
+//!   private file of netmend's: netmend's lock on the real file is what keeps other writers out.
+//!   `iptables-legacy-save` takes no lock. (The e2e test
+//!   `netmend_holds_the_iptables_lock_and_its_restore_runs_under_it` pins this behaviour.)
 //! - A rule whose rendering (model::render) is not exactly what iptables-save prints for it cannot
 //!   be named by content: the fix is blocked with that reason instead of falling back to a
-//!   position. The only tolerated difference is where the `-m comment` clause sits among the
-//!   matches (the model keeps the comment apart from the matches); the spec sent is then the
-//!   rendering with the comment moved to where iptables-save prints it.
+//!   position. The only tolerated differences are the ones the model cannot tell apart (see
+//!   [`exact_spec`]: where the `-m comment` clause sits, a one-port `multiport`); the spec sent is
+//!   then the line iptables-save prints.
 //! - A restore killed or timed out after it started may or may not have committed:
 //!   [`LegacyWriteError::CommitUnknown`]; the caller settles it with a re-read.
 
