@@ -206,7 +206,7 @@ impl Metrics {
             })
             .inc();
         match outcome {
-            Outcome::Failed | Outcome::Ineffective => {
+            Outcome::Failed | Outcome::Ineffective | Outcome::Unknown => {
                 tracing::warn!(fix = %fix, outcome = outcome.as_str(), subject, detail, "fix")
             }
             Outcome::Applied

@@ -1,10 +1,11 @@
 //! The kernel-backed [`Actuator`]: turns a [`FixAction`] into one nftables batch (all or nothing,
-//! carrying the generation the decision was made on), into `iptables-legacy` commands ordered so
-//! that a failure part-way leaves a consistent table, or into a link flag change.
+//! carrying the generation the decision was made on), into one `iptables-legacy-restore` per
+//! table that deletes by content under the xtables lock (all or nothing), or into a link flag
+//! change. A write whose commit cannot be known comes back as [`ActError::Unknown`].
 
-use crate::act::iptables_legacy::{self, LegacyOp};
+use crate::act::iptables_legacy::{self, LegacyWriteError};
 use crate::act::link;
-use crate::act::nftables::{apply_batch, NftOp};
+use crate::act::nftables::{apply_batch, NftOp, NftWriteError};
 use crate::model::finding::{FixAction, TableRef};
 use crate::model::ruleset::Backend;
 use crate::runtime::{ActError, ActReport, Actuator};
@@ -96,36 +97,6 @@ pub fn nft_ops(action: &FixAction) -> Vec<NftOp> {
         .collect()
 }
 
-/// The legacy operations of a ruleset action; the legacy writer runs rule deletions from the
-/// highest position down (deleting a rule shifts the positions after it).
-pub fn legacy_ops(action: &FixAction) -> Vec<LegacyOp> {
-    let Some(table) = action_table(action) else {
-        return Vec::new();
-    };
-    let (family, name) = (table.family, &table.table);
-    steps(action)
-        .into_iter()
-        .map(|step| match step {
-            Step::DeleteRule { chain, handle } => LegacyOp::DeleteRule {
-                family,
-                table: name.clone(),
-                chain: chain.to_string(),
-                rule_spec_position: handle,
-            },
-            Step::FlushChain(chain) => LegacyOp::FlushChain {
-                family,
-                table: name.clone(),
-                chain: chain.to_string(),
-            },
-            Step::DeleteChain(chain) => LegacyOp::DeleteChain {
-                family,
-                table: name.clone(),
-                chain: chain.to_string(),
-            },
-        })
-        .collect()
-}
-
 fn describe(action: &FixAction) -> String {
     match action {
         FixAction::FlushChain {
@@ -170,6 +141,25 @@ fn where_(table: &TableRef) -> String {
     )
 }
 
+fn nft_error(error: NftWriteError) -> ActError {
+    if error.is_precondition_moved() {
+        ActError::StateMoved(error.to_string())
+    } else if error.is_commit_unknown() {
+        ActError::Unknown(error.to_string())
+    } else {
+        ActError::Failed(error.to_string())
+    }
+}
+
+fn legacy_error(error: LegacyWriteError) -> ActError {
+    match error {
+        LegacyWriteError::CommitUnknown { .. } => ActError::Unknown(error.to_string()),
+        e if e.is_moved() => ActError::StateMoved(e.to_string()),
+        e if e.is_blocking() => ActError::Unavailable(e.to_string()),
+        e => ActError::Failed(e.to_string()),
+    }
+}
+
 impl Actuator for KernelActuator {
     fn apply(
         &mut self,
@@ -197,19 +187,10 @@ impl Actuator for KernelActuator {
         };
         match table.backend {
             Backend::Nft => {
-                apply_batch(&nft_ops(action), nft_generation).map_err(|e| {
-                    if e.is_precondition_moved() {
-                        ActError::StateMoved(e.to_string())
-                    } else {
-                        ActError::Failed(e.to_string())
-                    }
-                })?;
+                apply_batch(&nft_ops(action), nft_generation).map_err(nft_error)?;
             }
             Backend::Legacy => {
-                iptables_legacy::legacy_tool_available(table.family)
-                    .map_err(|e| ActError::Unavailable(e.to_string()))?;
-                iptables_legacy::apply(&legacy_ops(action))
-                    .map_err(|e| ActError::Failed(e.to_string()))?;
+                iptables_legacy::apply_action(action).map_err(legacy_error)?;
             }
         }
         Ok(ActReport {
@@ -240,6 +221,7 @@ mod tests {
             rules: vec![RuleRef {
                 chain: "CNI-HOSTPORT-DNAT".into(),
                 handle: 17,
+                spec: "-j CNI-DN-1".into(),
             }],
             delete_chains: vec!["CNI-DN-1".into()],
             content_hash: 0,
@@ -252,32 +234,54 @@ mod tests {
     }
 
     #[test]
-    fn legacy_rules_are_deleted_from_the_highest_position_down() {
-        let action = FixAction::RemoveRules {
-            table: table(Backend::Legacy),
-            rules: vec![
-                RuleRef {
-                    chain: "PREROUTING".into(),
-                    handle: 2,
-                },
-                RuleRef {
-                    chain: "PREROUTING".into(),
-                    handle: 5,
-                },
-            ],
-            delete_chains: vec![],
-            content_hash: 0,
-        };
-        let positions: Vec<u64> = iptables_legacy::ordered(&legacy_ops(&action))
-            .iter()
-            .map(|op| match op {
-                LegacyOp::DeleteRule {
-                    rule_spec_position, ..
-                } => *rule_spec_position,
-                _ => 0,
-            })
-            .collect();
-        assert_eq!(positions, vec![5, 2]);
+    fn an_nft_ack_lost_after_sending_is_unknown_not_failed() {
+        let lost = nft_error(NftWriteError::CommitUnknown {
+            detail: "netlink read batch acknowledgements: EAGAIN (0 of 1 ops answered)".into(),
+        });
+        assert!(
+            matches!(&lost, ActError::Unknown(d) if d.contains("whether it committed is unknown")),
+            "{lost:?}"
+        );
+        assert!(matches!(
+            nft_error(NftWriteError::RulesetChanged { expected: 3 }),
+            ActError::StateMoved(_)
+        ));
+        assert!(matches!(
+            nft_error(NftWriteError::BatchRefused {
+                errno: libc::EINVAL
+            }),
+            ActError::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn legacy_errors_map_to_act_errors() {
+        assert!(matches!(
+            legacy_error(LegacyWriteError::Moved("gone".into())),
+            ActError::StateMoved(_)
+        ));
+        assert!(matches!(
+            legacy_error(LegacyWriteError::CommitUnknown {
+                command: "iptables-legacy-restore --noflush".into(),
+                detail: "killed".into()
+            }),
+            ActError::Unknown(_)
+        ));
+        assert!(matches!(
+            legacy_error(LegacyWriteError::ToolMissing {
+                tool: "iptables-legacy-restore",
+                family: Family::Ip
+            }),
+            ActError::Unavailable(_)
+        ));
+        assert!(matches!(
+            legacy_error(LegacyWriteError::Failed {
+                command: "x".into(),
+                status: "exit status: 1".into(),
+                stderr: "line 2 failed".into()
+            }),
+            ActError::Failed(_)
+        ));
     }
 
     #[test]

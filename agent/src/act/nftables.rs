@@ -10,6 +10,9 @@
 //! - A flush is a DELRULE naming only table and chain.
 //! - The kernel keeps processing a failed batch to report every error, then aborts it; the first
 //!   failing op (by sequence number) is the one reported.
+//! - Once the batch is sent, a missing answer (ack timeout, a receive error) or a malformed one
+//!   says nothing about the commit: the batch may have applied. That is
+//!   [`NftWriteError::CommitUnknown`], never "nothing applied"; the caller re-reads to settle it.
 
 use crate::model::ruleset::Family;
 use crate::observe::netlink::{
@@ -102,7 +105,7 @@ impl fmt::Display for NftOp {
     }
 }
 
-/// Why a batch did not apply. In every case nothing was changed.
+/// Why a batch did not apply: nothing was changed, except for [`NftWriteError::CommitUnknown`].
 #[derive(Debug, thiserror::Error)]
 pub enum NftWriteError {
     #[error("nothing applied: the nftables ruleset changed since it was read (expected generation {expected}); re-read and decide again")]
@@ -115,12 +118,33 @@ pub enum NftWriteError {
     BatchRefused { errno: i32 },
     #[error("nftables batch: {0}")]
     Netlink(#[from] NetlinkError),
+    /// The batch was sent; its acknowledgements did not come or could not be read.
+    #[error("nftables batch sent but whether it committed is unknown: {detail}")]
+    CommitUnknown { detail: String },
 }
 
 impl NftWriteError {
     /// True when the batch was refused because the ruleset moved (the caller's precondition).
     pub fn is_precondition_moved(&self) -> bool {
         matches!(self, NftWriteError::RulesetChanged { .. })
+    }
+
+    /// True when the batch was sent and its commit is unknown.
+    pub fn is_commit_unknown(&self) -> bool {
+        matches!(self, NftWriteError::CommitUnknown { .. })
+    }
+}
+
+/// Where the acknowledgements of a sent batch come from: the netlink socket, or a scripted
+/// source in tests. Each call returns the bytes of one receive.
+pub trait AckSource {
+    fn receive(&mut self) -> Result<Vec<u8>, NetlinkError>;
+}
+
+impl AckSource for NetlinkSocket {
+    fn receive(&mut self) -> Result<Vec<u8>, NetlinkError> {
+        let len = self.recv("read batch acknowledgements")?;
+        Ok(self.received(len).to_vec())
     }
 }
 
@@ -211,22 +235,49 @@ pub fn apply_batch(ops: &[NftOp], expected_generation: Option<u32>) -> Result<()
     set_receive_timeout(&socket, ACK_TIMEOUT);
     socket.send(&batch, "send batch")?;
 
-    // Every op asked for an ack; a refused generation is answered once, on BEGIN.
+    read_acks(&mut socket, ops, expected_generation, begin_seq, &op_seqs)
+}
+
+/// Reads the answers to a sent batch from `source` and says how it ended. Every op asked for an
+/// ack; a refused generation is answered once, on BEGIN. A receive error or a malformed answer
+/// before every op was answered leaves the commit unknown.
+pub fn read_acks(
+    source: &mut dyn AckSource,
+    ops: &[NftOp],
+    expected_generation: Option<u32>,
+    begin_seq: u32,
+    op_seqs: &[u32],
+) -> Result<(), NftWriteError> {
     let mut answered = vec![false; op_seqs.len()];
     let mut first_failure: Option<(usize, i32)> = None;
     while answered.iter().any(|a| !a) {
-        let len = match socket.recv("read batch acknowledgements") {
-            Ok(len) => len,
+        let bytes = match source.receive() {
+            Ok(bytes) => bytes,
             // The kernel answers every op of a batch; should it ever stop early, the first
-            // failure already seen is the answer rather than a hang.
+            // failure already seen is the answer rather than a hang (a failed op aborts the
+            // whole batch, so nothing applied).
             Err(error) if is_timeout(&error) && first_failure.is_some() => break,
-            Err(error) => return Err(error.into()),
+            Err(error) => {
+                return Err(NftWriteError::CommitUnknown {
+                    detail: format!(
+                        "{error} ({} of {} ops answered)",
+                        answered.iter().filter(|a| **a).count(),
+                        answered.len()
+                    ),
+                })
+            }
         };
-        for msg in split_messages(socket.received(len)) {
-            let msg = msg.map_err(|detail| NetlinkError::Malformed {
-                what: "batch acknowledgement".into(),
-                detail,
-            })?;
+        for msg in split_messages(&bytes) {
+            let msg = match msg {
+                Ok(msg) => msg,
+                // A failed op already aborts the whole batch: that stays the answer.
+                Err(_) if first_failure.is_some() => break,
+                Err(detail) => {
+                    return Err(NftWriteError::CommitUnknown {
+                        detail: format!("malformed acknowledgement: {detail}"),
+                    })
+                }
+            };
             if msg.msg_type != NLMSG_ERROR {
                 continue;
             }
@@ -281,6 +332,105 @@ mod tests {
             table: "nat".into(),
             chain: chain.into(),
         }
+    }
+
+    /// Scripted receives: each item is one receive's bytes or error.
+    struct Scripted(std::collections::VecDeque<Result<Vec<u8>, NetlinkError>>);
+
+    impl AckSource for Scripted {
+        fn receive(&mut self) -> Result<Vec<u8>, NetlinkError> {
+            self.0.pop_front().unwrap_or_else(|| Err(timeout()))
+        }
+    }
+
+    fn timeout() -> NetlinkError {
+        NetlinkError::Io {
+            what: "read batch acknowledgements".into(),
+            source: std::io::Error::from_raw_os_error(libc::EAGAIN),
+        }
+    }
+
+    /// The kernel's answer to message `seq`: NLMSG_ERROR with `errno` (0 = ack) and the echoed
+    /// request header.
+    fn ack(seq: u32, errno: i32) -> Vec<u8> {
+        let mut echoed = Vec::new();
+        echoed.extend_from_slice(&20u32.to_ne_bytes());
+        echoed.extend_from_slice(&((10u16 << 8) | NFT_MSG_DELRULE).to_ne_bytes());
+        echoed.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+        echoed.extend_from_slice(&seq.to_ne_bytes());
+        echoed.extend_from_slice(&0u32.to_ne_bytes());
+        MessageBuilder::new(NLMSG_ERROR, 0, seq)
+            .raw(&(-errno).to_ne_bytes())
+            .raw(&echoed)
+            .finish()
+    }
+
+    fn two_ops() -> Vec<NftOp> {
+        vec![
+            NftOp::DeleteRule {
+                family: Family::Ip,
+                table: "nat".into(),
+                chain: "CNI-HOSTPORT-DNAT".into(),
+                handle: 9,
+            },
+            ip_nat_chain("CNI-DN-abc"),
+        ]
+    }
+
+    fn run(receives: Vec<Result<Vec<u8>, NetlinkError>>) -> Result<(), NftWriteError> {
+        let mut source = Scripted(receives.into());
+        read_acks(&mut source, &two_ops(), Some(7), 100, &[101, 102])
+    }
+
+    #[test]
+    fn every_op_acked_is_applied() {
+        let mut both = ack(101, 0);
+        both.extend(ack(102, 0));
+        run(vec![Ok(both)]).unwrap();
+        run(vec![Ok(ack(101, 0)), Ok(ack(102, 0))]).unwrap();
+    }
+
+    #[test]
+    fn a_lost_or_garbled_ack_after_sending_is_unknown_not_nothing_applied() {
+        // One op answered, then the acknowledgements stop: the batch may have committed.
+        let err = run(vec![Ok(ack(101, 0))]).unwrap_err();
+        assert!(err.is_commit_unknown(), "{err}");
+        assert!(err.to_string().contains("1 of 2 ops answered"), "{err}");
+        assert!(!err.to_string().contains("nothing applied"), "{err}");
+        // Nothing answered at all.
+        assert!(run(vec![]).unwrap_err().is_commit_unknown());
+        // Another receive error.
+        let other = NetlinkError::Io {
+            what: "read batch acknowledgements".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOBUFS),
+        };
+        assert!(run(vec![Err(other)]).unwrap_err().is_commit_unknown());
+        // A malformed answer (a header claiming more bytes than there are).
+        let mut garbled = ack(101, 0);
+        garbled.truncate(10);
+        let err = run(vec![Ok(garbled)]).unwrap_err();
+        assert!(err.is_commit_unknown(), "{err}");
+        assert!(
+            err.to_string().contains("malformed acknowledgement"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_refused_op_stays_a_known_refusal_even_if_later_acks_are_lost() {
+        let err = run(vec![Ok(ack(102, libc::EBUSY))]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NftWriteError::OpRefused {
+                    errno: libc::EBUSY,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = run(vec![Ok(ack(100, ERESTART))]).unwrap_err();
+        assert!(err.is_precondition_moved(), "{err}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::model::finding::{
     CheckId, Finding, FixAction, FixId, FixProposal, RuleRef, Severity, TableRef,
 };
 use crate::model::graph::{Edge, TableGraph};
-use crate::model::render::{content_hash, render_rule};
+use crate::model::render::{action_fingerprint, render_rule, rule_spec};
 use crate::model::ruleset::{
     Action, Backend, Direction, Field, HookPoint, KeyValue, Match, NatRange, PortRange, Rule,
     SetElement, Table,
@@ -433,6 +433,17 @@ pub fn cni_owner(comment: &str) -> Option<(String, String)> {
     Some((network.to_string(), id.to_string()))
 }
 
+/// `action` with its content hash set to the fingerprint of what it touches in `table`.
+fn fingerprinted(table: &Table, mut action: FixAction) -> FixAction {
+    let hash = action_fingerprint(table, &action);
+    if let FixAction::RemoveRules { content_hash, .. }
+    | FixAction::FlushChain { content_hash, .. } = &mut action
+    {
+        *content_hash = hash;
+    }
+    action
+}
+
 fn owned_by_kube_proxy(table: &Table, chain: &str) -> bool {
     table.id.name == "kube-proxy" || chain.starts_with("KUBE-")
 }
@@ -532,13 +543,6 @@ fn finding_for(
         }
     } else if chain.name.starts_with("CNI-DN-") {
         let jumps: Vec<(usize, usize)> = graph.referrers(chain_index).to_vec();
-        let mut lines: Vec<String> = jumps.iter().map(|p| render_at(*p)).collect();
-        lines.extend(
-            chain
-                .rules
-                .iter()
-                .map(|r| render_rule(table, &chain.name, r)),
-        );
         FixProposal {
             fix: FixId::REMOVE_HIJACK_RULE,
             action: Some(FixAction::RemoveRules {
@@ -548,11 +552,17 @@ fn finding_for(
                     .map(|(ci, ri)| RuleRef {
                         chain: graph.chain(*ci).name.clone(),
                         handle: graph.chain(*ci).rules[*ri].handle,
+                        spec: rule_spec(
+                            table,
+                            &graph.chain(*ci).name,
+                            &graph.chain(*ci).rules[*ri],
+                        ),
                     })
                     .collect(),
                 delete_chains: vec![chain.name.clone()],
-                content_hash: content_hash(lines.iter().map(String::as_str)),
-            }),
+                content_hash: 0,
+            })
+            .map(|action| fingerprinted(table, action)),
             detail: format!(
                 "would delete {} jump(s) to {} and the chain ({} rules)",
                 jumps.len(),
@@ -570,11 +580,13 @@ fn finding_for(
                     .map(|((_, ri), _)| RuleRef {
                         chain: chain.name.clone(),
                         handle: chain.rules[*ri].handle,
+                        spec: rule_spec(table, &chain.name, &chain.rules[*ri]),
                     })
                     .collect(),
                 delete_chains: Vec::new(),
-                content_hash: content_hash(rules.iter().map(String::as_str)),
-            }),
+                content_hash: 0,
+            })
+            .map(|action| fingerprinted(table, action)),
             detail: format!("would delete {} rule(s) from {}", hits.len(), chain.name),
         }
     };
@@ -757,7 +769,8 @@ mod tests {
                     rules,
                     &vec![RuleRef {
                         chain: "CNI-HOSTPORT-DNAT".into(),
-                        handle: 1
+                        handle: 1,
+                        spec: rules[0].spec.clone(),
                     }]
                 );
                 assert_eq!(

@@ -10,7 +10,7 @@ use crate::config::{duration_or, Config, ConfigError, HumanDuration, Settings};
 use crate::detect::{Check, CheckContext, Inputs};
 use crate::model::finding::{CheckId, Finding, FixAction, FixId, FixProposal, Severity, TableRef};
 use crate::model::graph::TableGraph;
-use crate::model::render::{content_hash, render_rule};
+use crate::model::render::{action_fingerprint, render_rule};
 use crate::model::ruleset::{Backend, Table};
 use crate::model::snapshot::NodeSnapshot;
 use serde_json::json;
@@ -105,7 +105,21 @@ fn finding_for(table: &Table, graph: &TableGraph<'_>, index: usize) -> Finding {
             references.len()
         ),
     };
-    let hash = content_hash(rendered.iter().chain(references.iter()).map(String::as_str));
+    let mut action = FixAction::FlushChain {
+        table: TableRef {
+            backend: table.id.backend,
+            family: table.id.family,
+            table: table.id.name.clone(),
+        },
+        chain: chain.name.clone(),
+        rules: chain.rules.len(),
+        delete_chain,
+        content_hash: 0,
+    };
+    let hash = action_fingerprint(table, &action);
+    if let FixAction::FlushChain { content_hash, .. } = &mut action {
+        *content_hash = hash;
+    }
     Finding {
         check: CheckId::CILIUM_STALE_BACKUP_CHAIN,
         subject,
@@ -124,17 +138,7 @@ fn finding_for(table: &Table, graph: &TableGraph<'_>, index: usize) -> Finding {
         }),
         proposal: Some(FixProposal {
             fix: FixId::FLUSH_STALE_CHAIN,
-            action: Some(FixAction::FlushChain {
-                table: TableRef {
-                    backend: table.id.backend,
-                    family: table.id.family,
-                    table: table.id.name.clone(),
-                },
-                chain: chain.name.clone(),
-                rules: chain.rules.len(),
-                delete_chain,
-                content_hash: hash,
-            }),
+            action: Some(action),
             detail,
         }),
         discriminator: Some(table.id.backend.as_str().to_string()),

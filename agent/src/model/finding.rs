@@ -69,11 +69,14 @@ pub enum Severity {
     Critical,
 }
 
-/// A rule addressed for deletion: its chain and handle (nft) or 1-based position (legacy).
+/// A rule addressed for deletion: its chain and handle (nft) or 1-based position (legacy), and
+/// the rule as rendered in its table's syntax (iptables-save syntax without `-A CHAIN` for
+/// legacy). The legacy writer deletes by this content, never by position.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct RuleRef {
     pub chain: String,
     pub handle: u64,
+    pub spec: String,
 }
 
 /// Where a ruleset fix acts.
@@ -109,6 +112,40 @@ pub enum FixAction {
     SetPromisc { interface: String, ifindex: u32 },
     /// Clear IFF_PROMISC again: the revert of a `SetPromisc` that did not help.
     ClearPromisc { interface: String },
+}
+
+impl FixAction {
+    /// Whether `other` makes the same change as `self`. Equal actions do; in a legacy table a
+    /// rule's position is not part of the change (another writer inserting above it moves it, the
+    /// legacy writer finds it by content), so legacy rule refs compare by chain and spec only.
+    pub fn same_change(&self, other: &FixAction) -> bool {
+        match (self, other) {
+            (
+                FixAction::RemoveRules {
+                    table,
+                    rules,
+                    delete_chains,
+                    content_hash,
+                },
+                FixAction::RemoveRules {
+                    table: table2,
+                    rules: rules2,
+                    delete_chains: delete_chains2,
+                    content_hash: content_hash2,
+                },
+            ) if table.backend == Backend::Legacy => {
+                table == table2
+                    && delete_chains == delete_chains2
+                    && content_hash == content_hash2
+                    && rules.len() == rules2.len()
+                    && rules
+                        .iter()
+                        .zip(rules2)
+                        .all(|(a, b)| a.chain == b.chain && a.spec == b.spec)
+            }
+            _ => self == other,
+        }
+    }
 }
 
 /// What a fix would do for one finding, or why it cannot act on it at all.
@@ -163,6 +200,8 @@ pub enum FixState {
     Cooldown,
     CircuitOpen,
     Blocked,
+    /// A write whose commit could not be known and could not be settled by a re-read.
+    Unknown,
 }
 
 impl FixState {
@@ -179,6 +218,7 @@ impl FixState {
             FixState::Cooldown => "cooldown",
             FixState::CircuitOpen => "circuit-open",
             FixState::Blocked => "blocked",
+            FixState::Unknown => "unknown",
         }
     }
 }
@@ -200,10 +240,14 @@ pub enum Outcome {
     SkippedBudget,
     SkippedUnconfirmed,
     SkippedPreconditionMoved,
+    /// The write was sent but whether it committed is not known (nft ack lost, timed out or
+    /// malformed; legacy restore killed or timed out): counted for the breaker as an attempt, then
+    /// settled by a re-read.
+    Unknown,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; 14] = [
         Outcome::Applied,
         Outcome::Verified,
         Outcome::Ineffective,
@@ -217,6 +261,7 @@ impl Outcome {
         Outcome::SkippedBudget,
         Outcome::SkippedUnconfirmed,
         Outcome::SkippedPreconditionMoved,
+        Outcome::Unknown,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -234,6 +279,7 @@ impl Outcome {
             Outcome::SkippedBudget => "skipped_budget",
             Outcome::SkippedUnconfirmed => "skipped_unconfirmed",
             Outcome::SkippedPreconditionMoved => "skipped_precondition_moved",
+            Outcome::Unknown => "unknown",
         }
     }
 
@@ -251,6 +297,7 @@ impl Outcome {
             Outcome::SkippedCooldown | Outcome::SkippedBudget => FixState::Cooldown,
             Outcome::SkippedCircuitOpen => FixState::CircuitOpen,
             Outcome::SkippedUnconfirmed => FixState::Pending,
+            Outcome::Unknown => FixState::Unknown,
         }
     }
 }

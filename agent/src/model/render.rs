@@ -2,6 +2,7 @@
 //! iptables (legacy, or iptables-nft's classic tables) and nft syntax for native nftables tables.
 //! Used in evidence and for the content hashes that guard fixes. Pure.
 
+use crate::model::finding::FixAction;
 use crate::model::ruleset::{
     Action, Backend, Direction, Family, Field, Match, PortRange, Rule, Table,
 };
@@ -82,6 +83,29 @@ fn addrtype_names(types: u16) -> String {
         .map(|(_, n)| *n)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// A string argument as iptables-save prints it (libxtables `xtables_save_string`): bare when it
+/// is non-empty and only `[A-Za-z0-9_-]`, otherwise in double quotes with `"`, `\` and `'`
+/// escaped by a backslash.
+pub fn save_string(value: &str) -> String {
+    let bare = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        return value.to_string();
+    }
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        if matches!(c, '"' | '\\' | '\'') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }
 
 /// `-A CHAIN -s 10.0.0.0/8 -p tcp -m tcp --dport 6443 -j DNAT --to-destination 10.42.0.244:6443`
@@ -195,11 +219,7 @@ pub fn render_iptables(chain: &str, rule: &Rule) -> String {
         }
     }
     if let Some(comment) = &rule.comment {
-        let _ = write!(
-            out,
-            " -m comment --comment \"{}\"",
-            comment.replace('"', "\\\"")
-        );
+        let _ = write!(out, " -m comment --comment {}", save_string(comment));
     }
     match &rule.action {
         Action::None => {}
@@ -376,6 +396,69 @@ pub fn render_nft(rule: &Rule) -> String {
         parts.push(format!("comment \"{comment}\""));
     }
     parts.join(" ")
+}
+
+/// A rule as a [`RuleRef`](crate::model::finding::RuleRef) spec: rendered in the table's syntax,
+/// without the leading `-A CHAIN` of iptables syntax (what follows `-D CHAIN` when deleting it).
+pub fn rule_spec(table: &Table, chain: &str, rule: &Rule) -> String {
+    let text = render_rule(table, chain, rule);
+    if uses_iptables_syntax(table) {
+        let prefix = format!("-A {chain}");
+        match text.strip_prefix(&prefix) {
+            Some(rest) => rest.trim_start().to_string(),
+            None => text,
+        }
+    } else {
+        text
+    }
+}
+
+/// The fingerprint of the content a ruleset fix acts on in `table`: the spec of every rule it
+/// deletes (as the action carries it), then for every chain it flushes or deletes, that chain's
+/// rules and every rule jumping or going to it, rendered from `table`. Positions and handles are
+/// not part of it, so another writer inserting elsewhere does not change it; any change to what
+/// the fix touches does. Computed by the checks when they decide and by the writer again right
+/// before writing (the legacy writer: under the xtables lock).
+pub fn action_fingerprint(table: &Table, action: &FixAction) -> u64 {
+    let mut lines: Vec<String> = Vec::new();
+    let chains: Vec<&str> = match action {
+        FixAction::FlushChain { chain, .. } => vec![chain.as_str()],
+        FixAction::RemoveRules {
+            rules,
+            delete_chains,
+            ..
+        } => {
+            lines.extend(
+                rules
+                    .iter()
+                    .map(|r| format!("rule {}: {}", r.chain, r.spec)),
+            );
+            delete_chains.iter().map(String::as_str).collect()
+        }
+        FixAction::SetPromisc { .. } | FixAction::ClearPromisc { .. } => Vec::new(),
+    };
+    for name in chains {
+        match table.chain(name) {
+            Some(chain) => {
+                lines.push(format!("chain {name}"));
+                lines.extend(chain.rules.iter().map(|r| render_rule(table, name, r)));
+            }
+            None => lines.push(format!("no chain {name}")),
+        }
+        lines.push(format!("referenced by {name}"));
+        for from in &table.chains {
+            for rule in &from.rules {
+                let target = match &rule.action {
+                    Action::Verdict { verdict } => verdict.target_chain(),
+                    _ => None,
+                };
+                if target == Some(name) {
+                    lines.push(render_rule(table, &from.name, rule));
+                }
+            }
+        }
+    }
+    content_hash(lines.iter().map(String::as_str))
 }
 
 /// A stable 64-bit hash (FNV-1a) of text: content fingerprints that survive restarts.

@@ -44,12 +44,18 @@ impl FixHistory {
 
     /// Adds one attempt.
     pub fn record(&mut self, attempt: &Attempt) {
+        // An unknown commit may have changed the kernel: it counts as an application (once; what
+        // the re-read found is journaled after it as verified or failed, which do not count again).
         let changed_kernel = matches!(
             attempt.outcome,
-            Outcome::Applied | Outcome::Verified | Outcome::Ineffective | Outcome::Reverted
+            Outcome::Applied
+                | Outcome::Verified
+                | Outcome::Ineffective
+                | Outcome::Reverted
+                | Outcome::Unknown
         );
         let tried = changed_kernel || attempt.outcome == Outcome::Failed;
-        if changed_kernel && attempt.outcome == Outcome::Applied {
+        if matches!(attempt.outcome, Outcome::Applied | Outcome::Unknown) {
             self.applied
                 .entry(attempt.key.clone())
                 .or_default()
@@ -105,5 +111,40 @@ fn within(at: SystemTime, now: SystemTime, span: Duration) -> bool {
         Ok(age) => age < span,
         // A time after now (clock stepped back): count it, to stay on the safe side.
         Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(at: u64, outcome: Outcome) -> Attempt {
+        Attempt {
+            key: "k".into(),
+            at: SystemTime::UNIX_EPOCH + Duration::from_secs(at),
+            outcome,
+            readded_by: None,
+        }
+    }
+
+    #[test]
+    fn an_unknown_commit_counts_once_for_the_breaker_whatever_the_re_read_found() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        // unknown then settled as verified (it applied), and unknown then failed (it did not).
+        let history = FixHistory::from_attempts(&[
+            attempt(100, Outcome::Unknown),
+            attempt(101, Outcome::Verified),
+            attempt(200, Outcome::Unknown),
+            attempt(201, Outcome::Failed),
+        ]);
+        assert_eq!(history.applied_within_window("k", now), 2);
+        assert_eq!(history.applied_last_hour(now), 2);
+        assert_eq!(
+            history.last_attempt("k"),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(201))
+        );
+        // A refusal before anything was sent does not count as an application.
+        let refused = FixHistory::from_attempts(&[attempt(100, Outcome::Failed)]);
+        assert_eq!(refused.applied_within_window("k", now), 0);
     }
 }

@@ -48,7 +48,8 @@ pub trait NodeProbe {
 /// Why an action did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ActError {
-    /// The kernel refused because the ruleset changed since it was read (nftables generation).
+    /// Nothing was done because the state moved since it was read: the nftables generation
+    /// changed, or what a legacy fix touches changed (re-checked under the xtables lock).
     #[error("the ruleset changed since it was read: {0}")]
     StateMoved(String),
     /// The action cannot run on this node (e.g. no iptables-legacy binary for a legacy table).
@@ -56,6 +57,10 @@ pub enum ActError {
     Unavailable(String),
     #[error("{0}")]
     Failed(String),
+    /// The write was sent and whether it committed is not known (nft ack lost, timed out or
+    /// malformed; legacy restore killed or timed out): the caller re-reads to settle it.
+    #[error("{0}")]
+    Unknown(String),
 }
 
 /// What an applied action changed, for the journal.

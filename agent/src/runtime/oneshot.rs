@@ -332,6 +332,64 @@ mod tests {
     }
 
     #[test]
+    fn a_write_of_unknown_commit_is_settled_by_a_re_read() {
+        // The ack was lost but the batch committed: the re-read (third read) finds the backup
+        // chain gone, so the write applied.
+        let node = FakeNode::new(stale_node());
+        node.0.borrow_mut().fail_next = Some(ActError::Unknown(
+            "nftables batch sent but whether it committed is unknown: no ack".into(),
+        ));
+        node.0.borrow_mut().on_snapshot = Some(|s, n| {
+            if n == 3 {
+                let t = &mut std::sync::Arc::make_mut(s.nftables.as_mut().unwrap()).tables[0];
+                t.chains.retain(|c| c.name != "OLD_CILIUM_POST_nat");
+            }
+        });
+        let report = run(&node, &enforce(), Duration::ZERO, true);
+        let fix = report.findings[0].fix.as_ref().unwrap();
+        assert_eq!(fix.state, FixState::Verified, "{fix:?}");
+        assert!(fix.detail.contains("no ack"), "{}", fix.detail);
+        assert!(fix
+            .detail
+            .contains("the subject is gone, so the write applied"));
+        assert_eq!(node.0.borrow().snapshots_taken, 3);
+
+        // The ack was lost and the batch did not commit: the same content is still there.
+        let node = FakeNode::new(stale_node());
+        node.0.borrow_mut().fail_next = Some(ActError::Unknown("restore killed".into()));
+        let report = run(&node, &enforce(), Duration::ZERO, true);
+        let fix = report.findings[0].fix.as_ref().unwrap();
+        assert_eq!(fix.state, FixState::Failed, "{fix:?}");
+        assert!(
+            fix.detail
+                .contains("the write did not apply; nothing changed"),
+            "{}",
+            fix.detail
+        );
+
+        // Something else changed the subject meanwhile: it stays unknown.
+        let node = FakeNode::new(stale_node());
+        node.0.borrow_mut().fail_next = Some(ActError::Unknown("restore killed".into()));
+        node.0.borrow_mut().on_snapshot = Some(|s, n| {
+            if n == 3 {
+                let t = &mut std::sync::Arc::make_mut(s.nftables.as_mut().unwrap()).tables[0];
+                let c = t
+                    .chains
+                    .iter_mut()
+                    .find(|c| c.name == "OLD_CILIUM_POST_nat")
+                    .unwrap();
+                let mut extra = c.rules[0].clone();
+                extra.handle = 99;
+                c.rules.push(extra);
+            }
+        });
+        let report = run(&node, &enforce(), Duration::ZERO, true);
+        let fix = report.findings[0].fix.as_ref().unwrap();
+        assert_eq!(fix.state, FixState::Unknown, "{fix:?}");
+        assert!(fix.detail.contains("still unknown"), "{}", fix.detail);
+    }
+
+    #[test]
     fn a_backup_chain_that_appears_during_the_window_is_not_yet_stale() {
         let node = FakeNode::new(snapshot_with(Some(vec![]), None));
         node.0.borrow_mut().on_snapshot = Some(|s, n| {

@@ -117,7 +117,7 @@ pub fn execute(
             && f.proposal
                 .as_ref()
                 .and_then(|p| p.action.as_ref())
-                .is_some_and(|a| *a == action)
+                .is_some_and(|a| a.same_change(&action))
     });
     if !still_same {
         let detail =
@@ -136,6 +136,9 @@ pub fn execute(
     let generation = nft_generation(&action, &fresh);
     let applied = match actuator.apply(&action, generation) {
         Ok(report) => report,
+        Err(ActError::Unknown(why)) => {
+            return settle_unknown(&why, fix, &key, &action, config, promisc_held, probe, entry)
+        }
         Err(error) => {
             let (outcome, detail) = match &error {
                 ActError::StateMoved(_) => (
@@ -146,6 +149,8 @@ pub fn execute(
                 ActError::Failed(_) => {
                     (Outcome::Failed, format!("failed: {error}; nothing changed"))
                 }
+                // Settled above; kept total so no arm can panic.
+                ActError::Unknown(_) => (Outcome::Unknown, error.to_string()),
             };
             return Execution {
                 outcomes: vec![outcome],
@@ -211,6 +216,77 @@ pub fn execute(
         report: FixReport {
             name: fix,
             state: outcome.state(),
+            detail,
+        },
+    }
+}
+
+/// A write whose commit is unknown: journal `unknown` (it counts for the breaker as an attempt),
+/// re-read, and decide from what the kernel now holds: the finding gone means the write applied
+/// (`verified`); the same change still to make means it did not (`failed`, nothing changed);
+/// anything else, or no re-read, stays `unknown`.
+#[allow(clippy::too_many_arguments)]
+fn settle_unknown(
+    why: &str,
+    fix: FixId,
+    key: &str,
+    action: &FixAction,
+    config: &Config,
+    promisc_held: &[String],
+    probe: &mut dyn NodeProbe,
+    entry: impl Fn(Outcome, &str) -> JournalEntry,
+) -> Execution {
+    let first = format!("{why}; re-reading to settle it");
+    let (settled, detail) = match probe.snapshot() {
+        Err(e) => (
+            None,
+            format!("{why}; the re-read failed too ({e}): still unknown"),
+        ),
+        Ok(after) => {
+            let now = evaluate(&after, config, promisc_held);
+            let same = now.iter().find(|f| f.key() == key);
+            match same {
+                None => (
+                    Some(Outcome::Verified),
+                    format!("{why}; re-read: the subject is gone, so the write applied"),
+                ),
+                Some(f)
+                    if f.proposal
+                        .as_ref()
+                        .and_then(|p| p.action.as_ref())
+                        .is_some_and(|a| a.same_change(action)) =>
+                {
+                    (
+                        Some(Outcome::Failed),
+                        format!("{why}; re-read: the kernel still holds the same content, so the write did not apply; nothing changed"),
+                    )
+                }
+                Some(_) => (
+                    None,
+                    format!("{why}; re-read: the subject is still there but changed: still unknown"),
+                ),
+            }
+        }
+    };
+    let mut outcomes = vec![Outcome::Unknown];
+    let mut journal = vec![entry(Outcome::Unknown, &first)];
+    let last = match settled {
+        Some(outcome) => {
+            outcomes.push(outcome);
+            journal.push(entry(outcome, &detail));
+            outcome
+        }
+        None => {
+            journal[0] = entry(Outcome::Unknown, &detail);
+            Outcome::Unknown
+        }
+    };
+    Execution {
+        outcomes,
+        journal,
+        report: FixReport {
+            name: fix,
+            state: last.state(),
             detail,
         },
     }
