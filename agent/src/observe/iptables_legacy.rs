@@ -246,6 +246,65 @@ pub fn read_table_raw(family: Family, name: &str) -> Result<(TableInfo, Vec<u8>)
     })
 }
 
+/// Reads one table's GET_INFO only: its hooks, entry count and size, which change with every
+/// change of the table except one that replaces entries by others of the same total size.
+/// Costs one small getsockopt, not a copy of the rules. Only call it for a listed table.
+pub fn read_table_info(family: Family, name: &str) -> Result<TableInfo, LegacyError> {
+    let (af, level) = if family == Family::Ip6 {
+        (libc::AF_INET6, libc::SOL_IPV6)
+    } else {
+        (libc::AF_INET, libc::SOL_IP)
+    };
+    // SAFETY: plain socket(2) call; checked below.
+    let fd = unsafe { libc::socket(af, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
+    if fd < 0 {
+        let source = io::Error::last_os_error();
+        if source.raw_os_error() == Some(libc::EPERM) {
+            return Err(LegacyError::Permission {
+                what: format!("raw {family} socket"),
+            });
+        }
+        return Err(LegacyError::Socket { family, source });
+    }
+    let sock = RawSocket(fd);
+    let mut info_buf = [0u8; GETINFO_LEN];
+    let n = name.len().min(31);
+    info_buf[..n].copy_from_slice(&name.as_bytes()[..n]);
+    getsockopt(sock.0, level, SO_GET_INFO, &mut info_buf).map_err(|source| LegacyError::Read {
+        family,
+        table: name.to_string(),
+        step: "GET_INFO",
+        source,
+    })?;
+    TableInfo::parse(&info_buf).ok_or_else(|| LegacyError::Malformed {
+        family,
+        table: name.to_string(),
+        detail: "short GET_INFO answer".into(),
+    })
+}
+
+/// A hash of a table's entries without their packet and byte counters: equal for equal rules,
+/// however much traffic matched them. Far cheaper than decoding (no allocation).
+pub fn content_fingerprint(family: Family, blob: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let layout = if family == Family::Ip6 { &IPV6 } else { &IPV4 };
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut off = 0usize;
+    while off < blob.len() {
+        let rest = &blob[off..];
+        let next = usize::from(read_u16(rest, layout.target_offset + 2));
+        if next < layout.entry_len || next > rest.len() {
+            // Malformed: hash what is left as it is; the decoder will say what is wrong.
+            hasher.write(rest);
+            break;
+        }
+        hasher.write(&rest[..layout.counters]);
+        hasher.write(&rest[layout.counters + 16..next]);
+        off += next;
+    }
+    hasher.finish()
+}
+
 /// One entry of the blob, decoded except for the jump target.
 #[derive(Debug)]
 struct Entry {

@@ -6,6 +6,7 @@ pub mod arp;
 pub mod bpf;
 pub mod iptables_legacy;
 pub mod l2_watch;
+pub mod legacy_cache;
 pub mod links;
 pub mod netlink;
 pub mod nft_events;

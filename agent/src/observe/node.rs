@@ -34,8 +34,8 @@ pub struct KernelProbe {
     pub events_applied: u64,
     /// Links, the responder map and ARP accounting.
     l2: crate::observe::l2_watch::L2Watch,
-    /// The last legacy read, reused while its content is unchanged.
-    last_legacy: Option<Arc<Ruleset>>,
+    /// The legacy tables, decoded only when they changed (cached view), or read fresh.
+    legacy: Option<crate::observe::legacy_cache::LegacyCache>,
 }
 
 impl KernelProbe {
@@ -46,7 +46,7 @@ impl KernelProbe {
             dumps: 0,
             events_applied: 0,
             l2: crate::observe::l2_watch::L2Watch::new(),
-            last_legacy: None,
+            legacy: (view == NftView::Cached).then(crate::observe::legacy_cache::LegacyCache::new),
         }
     }
 
@@ -93,6 +93,9 @@ fn nft_status(ruleset: &Ruleset, took: Duration) -> SourceStatus {
 impl NodeProbe for KernelProbe {
     fn resync(&mut self) {
         self.tracker.resync("periodic resync");
+        if let Some(legacy) = self.legacy.as_mut() {
+            legacy.resync();
+        }
     }
 
     fn configure(&mut self, config: &crate::config::Config) {
@@ -127,7 +130,11 @@ impl NodeProbe for KernelProbe {
         }
 
         let started = Instant::now();
-        match iptables_legacy::read_ruleset() {
+        let read = match self.legacy.as_mut() {
+            Some(cache) => cache.read(),
+            None => iptables_legacy::read_ruleset().map(Arc::new),
+        };
+        match read {
             Ok(ruleset) => {
                 let mut status = SourceStatus::ok(started.elapsed());
                 status.rules = Some(ruleset.rule_count());
@@ -135,13 +142,8 @@ impl NodeProbe for KernelProbe {
                 if ruleset.tables.is_empty() {
                     status.detail = Some("no iptables-legacy table is loaded".into());
                 }
-                // Unchanged content keeps the previous Arc, so the engine can tell "nothing
-                // changed" by identity and skip re-running the ruleset checks.
-                let ruleset = match &self.last_legacy {
-                    Some(previous) if **previous == ruleset => previous.clone(),
-                    _ => Arc::new(ruleset),
-                };
-                self.last_legacy = Some(ruleset.clone());
+                // The cache hands out the same Arc while nothing changed, so the engine can tell
+                // by identity and skip re-running the ruleset checks.
                 snapshot.legacy = Some(ruleset);
                 snapshot.sources.insert("iptables-legacy".into(), status);
             }
