@@ -5,4 +5,5 @@
 
 pub mod guard;
 pub mod history;
+pub mod pending;
 pub mod tracker;
