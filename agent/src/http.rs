@@ -2,7 +2,7 @@
 //! snapshot done, latched), `/metrics` (OpenMetrics), `/status` (the JSON of INTERFACE.md plus the
 //! journal and the config state). No endpoint changes anything.
 
-use crate::journal::JournalEntry;
+use crate::journal::{JournalEntry, JournalHealth};
 use crate::metrics::Metrics;
 use crate::report::Report;
 use axum::extract::State;
@@ -38,6 +38,9 @@ pub struct StatusDocument {
     #[serde(flatten)]
     pub report: Report,
     pub journal: Vec<JournalEntry>,
+    /// The journal's size and the lines it skipped, by reason.
+    #[serde(rename = "journalHealth")]
+    pub journal_health: JournalHealth,
     pub config: ConfigState,
 }
 
@@ -87,6 +90,7 @@ impl Shared {
                     sources: BTreeMap::new(),
                 },
                 journal: Vec::new(),
+                journal_health: JournalHealth::default(),
                 config,
             }),
             metrics: Metrics::new(),

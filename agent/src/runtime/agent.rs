@@ -12,6 +12,7 @@ use crate::http::{ConfigState, Shared};
 use crate::journal::Journal;
 use crate::model::finding::{CheckId, Finding, FixAction, FixId, FixReport, Outcome};
 use crate::remediate::guard::{decide, Decision, GuardScope};
+use crate::remediate::pending::{Counters, PendingVerification, Verdict};
 use crate::remediate::tracker::{persistent, Tracker};
 use crate::report::FindingReport;
 use crate::runtime::oneshot::history_of;
@@ -125,8 +126,9 @@ pub struct Engine<P: NodeProbe, A: Actuator> {
     last_changed_by: Option<String>,
     /// Fix reports that stay shown after an apply until the next decision differs.
     last_reports: HashMap<String, FixReport>,
-    /// set-promisc fixes for unanswered ARP waiting for replies to prove them.
-    pending_promisc: Vec<PendingPromisc>,
+    /// set-promisc fixes for unanswered ARP waiting for replies to prove them (journaled, so a
+    /// restart resumes them).
+    pending_promisc: Vec<PendingVerification>,
     /// The last ruleset findings and what they were computed from.
     ruleset_memo: Option<RulesetMemo>,
     /// The guards' view of the journal, kept in step with every append.
@@ -152,22 +154,6 @@ struct RulesetMemo {
     addresses: Option<Vec<crate::model::snapshot::LocalAddress>>,
     config: Config,
     findings: Vec<Finding>,
-}
-
-/// A set-promisc applied for an unanswered target, waiting for verification: replies for the
-/// target leaving the interface (or the responder counter moving) prove it; requests that keep
-/// arriving unanswered for `verifyWithin` disprove it and the flag is reverted (unless it was
-/// already set before).
-#[derive(Debug, Clone)]
-struct PendingPromisc {
-    key: String,
-    subject: String,
-    interface: String,
-    target: std::net::Ipv4Addr,
-    applied_at: SystemTime,
-    requests_at_apply: u64,
-    replies_at_apply: u64,
-    responses_at_apply: Option<u64>,
 }
 
 /// (requests received, replies sent) for `target` on `interface` since the watch started.
@@ -204,30 +190,17 @@ fn responses_sent(
         .responses_sent(target, ifindex)
 }
 
-impl PendingPromisc {
-    fn new(
-        tracked: &crate::remediate::tracker::TrackedFinding,
-        interface: &str,
-        snapshot: &crate::model::snapshot::NodeSnapshot,
-        now: SystemTime,
-    ) -> PendingPromisc {
-        let target = tracked
-            .finding
-            .subject
-            .split_once('@')
-            .and_then(|(_, ip)| ip.parse().ok())
-            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
-        let (requests, replies) = arp_totals(snapshot, interface, target);
-        PendingPromisc {
-            key: tracked.finding.key(),
-            subject: tracked.finding.subject.clone(),
-            interface: interface.to_string(),
-            target,
-            applied_at: now,
-            requests_at_apply: requests,
-            replies_at_apply: replies,
-            responses_at_apply: responses_sent(snapshot, interface, target),
-        }
+/// The ARP counters a pending set-promisc verification is measured with.
+fn observed_counters(
+    snapshot: &crate::model::snapshot::NodeSnapshot,
+    interface: &str,
+    target: std::net::Ipv4Addr,
+) -> Counters {
+    let (requests, replies) = arp_totals(snapshot, interface, target);
+    Counters {
+        requests,
+        replies,
+        responses: responses_sent(snapshot, interface, target),
     }
 }
 
@@ -244,6 +217,19 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
             let mut doc = shared.status.write().expect("status lock");
             doc.config = source.state(&config, None);
             doc.journal = journal.recent(RECENT_JOURNAL).to_vec();
+            doc.journal_health = journal.health();
+        }
+        shared
+            .metrics
+            .journal_skipped(&journal.health().skipped_lines);
+        // Verifications a previous run left open are finished by this one.
+        let pending_promisc = journal.pending_verifications();
+        for pending in &pending_promisc {
+            tracing::info!(
+                interface = %pending.interface,
+                target = %pending.target,
+                "resuming a set-promisc verification left open by a previous run"
+            );
         }
         let mut probe = probe;
         probe.configure(&config);
@@ -260,7 +246,7 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
             last_state: HashMap::new(),
             last_changed_by: None,
             last_reports: HashMap::new(),
-            pending_promisc: Vec::new(),
+            pending_promisc,
             ruleset_memo: None,
             history,
         }
@@ -314,67 +300,72 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
             .collect()
     }
 
-    /// Settles pending set-promisc fixes against what the ARP watch saw since they were applied.
+    /// Settles pending set-promisc fixes against what the ARP watch saw since they were applied
+    /// (or, for one resumed after a restart, since this run first looked): verified, reverted as
+    /// ineffective, or released when it timed out without evidence either way.
     fn verify_promisc(&mut self, snapshot: &crate::model::snapshot::NodeSnapshot, now: SystemTime) {
         let verify_within = self.config.fixes.set_promisc.verify_within;
         let min_requests = u64::from(self.config.checks.arp_unanswered.min_requests);
         let mut still_pending = Vec::new();
-        for pending in std::mem::take(&mut self.pending_promisc) {
-            let (requests, replies) = arp_totals(snapshot, &pending.interface, pending.target);
-            let counter_moved = match (
-                pending.responses_at_apply,
-                responses_sent(snapshot, &pending.interface, pending.target),
-            ) {
-                (Some(before), Some(after)) => after > before,
-                _ => false,
+        for mut pending in std::mem::take(&mut self.pending_promisc) {
+            let observed = observed_counters(snapshot, &pending.interface, pending.target);
+            let verdict = pending.step(now, observed, min_requests);
+            let revert_because = match verdict {
+                Verdict::Wait => {
+                    still_pending.push(pending);
+                    continue;
+                }
+                Verdict::Verified { .. } => None,
+                Verdict::Ineffective { unanswered } => Some(format!(
+                    "ineffective: {unanswered} requests for {} still unanswered after {}",
+                    pending.target,
+                    humantime::format_duration(verify_within)
+                )),
+                Verdict::TimedOut => Some(format!(
+                    "timed out: neither replies nor enough requests for {} seen by {}",
+                    pending.target,
+                    humantime::format_duration(
+                        pending
+                            .times_out_at()
+                            .duration_since(pending.applied_at)
+                            .unwrap_or_default()
+                    )
+                )),
             };
-            let new_requests = requests.saturating_sub(pending.requests_at_apply);
-            let answered = replies > pending.replies_at_apply || counter_moved;
-            let waited = now.duration_since(pending.applied_at).unwrap_or_default();
-            let (outcome, detail) = if answered {
-                (
+            let (outcome, detail) = match (verdict, revert_because) {
+                (Verdict::Verified { answers }, _) => (
                     Outcome::Verified,
                     format!(
-                        "{} answers for {} since {} was set promiscuous",
-                        replies.saturating_sub(pending.replies_at_apply),
-                        pending.target,
-                        pending.interface
+                        "{answers} answers for {} since {} was set promiscuous",
+                        pending.target, pending.interface
                     ),
-                )
-            } else if waited >= verify_within && new_requests >= min_requests {
-                let was_before = self
-                    .journal
-                    .promisc_interfaces()
-                    .into_iter()
-                    .find(|(i, _)| *i == pending.interface)
-                    .map(|(_, before)| before)
-                    .unwrap_or(false);
-                let revert = if was_before {
-                    Ok("left promiscuous: it already was before netmend acted".to_string())
-                } else {
-                    crate::act::link::set_promisc(pending.interface.as_str(), false)
-                        .map(|_| format!("promisc turned off again on {}", pending.interface))
-                        .map_err(|e| e.to_string())
-                };
-                match revert {
-                    Ok(text) => (
-                        Outcome::Reverted,
-                        format!(
-                            "ineffective: {new_requests} requests for {} still unanswered after {}; {text}",
-                            pending.target,
-                            humantime::format_duration(verify_within)
+                ),
+                (_, because) => {
+                    let because = because.unwrap_or_default();
+                    let was_before = self
+                        .journal
+                        .promisc_interfaces()
+                        .into_iter()
+                        .find(|(i, _)| *i == pending.interface)
+                        .map(|(_, before)| before)
+                        .unwrap_or(false);
+                    let revert = if was_before {
+                        Ok("left promiscuous: it already was before netmend acted".to_string())
+                    } else {
+                        crate::act::link::set_promisc(pending.interface.as_str(), false)
+                            .map(|_| format!("promisc turned off again on {}", pending.interface))
+                            .map_err(|e| e.to_string())
+                    };
+                    match revert {
+                        Ok(text) => (Outcome::Reverted, format!("{because}; {text}")),
+                        Err(e) => (
+                            Outcome::Failed,
+                            format!("{because}, and reverting failed: {e}"),
                         ),
-                    ),
-                    Err(e) => (
-                        Outcome::Failed,
-                        format!("ineffective, and reverting failed: {e}"),
-                    ),
+                    }
                 }
-            } else {
-                still_pending.push(pending);
-                continue;
             };
-            if outcome == Outcome::Reverted {
+            if outcome == Outcome::Reverted && matches!(verdict, Verdict::Ineffective { .. }) {
                 self.shared.metrics.fix_outcome(
                     FixId::SetPromisc,
                     Outcome::Ineffective,
@@ -455,7 +446,40 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
         tracing::debug!(took_ms = started.elapsed().as_millis() as u64, "pass");
     }
 
+    /// Picks up journal entries other writers (a `netmend check --apply`) appended since the last
+    /// look, so the guards decide on them too, and prunes the guards' history to what they can
+    /// still need.
+    fn catch_up_journal(&mut self, now: SystemTime) {
+        match self.journal.refresh() {
+            Ok(fresh) => {
+                for entry in &fresh {
+                    tracing::info!(
+                        fix = %entry.fix,
+                        subject = %entry.subject,
+                        outcome = %entry.outcome,
+                        "journal entry from another writer"
+                    );
+                    if let Some(attempt) = entry.attempt() {
+                        self.history.record(&attempt);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the journal's new entries"),
+        }
+        let fixes = &self.config.fixes;
+        let longest_cooldown = fixes
+            .flush_stale_chain
+            .cooldown
+            .max(fixes.remove_hijack_rule.cooldown)
+            .max(fixes.set_promisc.guard.cooldown);
+        self.history.prune(now, longest_cooldown);
+        self.shared
+            .metrics
+            .journal_skipped(&self.journal.health().skipped_lines);
+    }
+
     fn pass_inner(&mut self, now: SystemTime) {
+        self.catch_up_journal(now);
         let snapshot = match self.probe.snapshot() {
             Ok(s) => s,
             Err(fatal) => {
@@ -577,11 +601,9 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
                     let readded = (self.history.applied_within_window(&key, now) > 0)
                         .then(|| self.last_changed_by.clone())
                         .flatten();
-                    for mut entry in std::mem::take(&mut execution.journal) {
-                        entry.readded_by = readded.clone();
-                        self.journal_entry(entry);
-                    }
-                    if let (Some(FixAction::SetPromisc { interface, .. }), Outcome::Applied) = (
+                    // An applied set-promisc for unanswered ARP awaits verification: journal
+                    // what it needs, so a restart finishes it.
+                    let awaiting = match (
                         tracked
                             .finding
                             .proposal
@@ -589,11 +611,40 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
                             .and_then(|p| p.action.as_ref()),
                         execution.final_outcome(),
                     ) {
-                        if tracked.finding.check == CheckId::ArpUnanswered {
-                            self.pending_promisc
-                                .push(PendingPromisc::new(tracked, interface, &snapshot, now));
+                        (Some(FixAction::SetPromisc { interface, .. }), Outcome::Applied)
+                            if tracked.finding.check == CheckId::ArpUnanswered =>
+                        {
+                            let target = tracked
+                                .finding
+                                .subject
+                                .split_once('@')
+                                .and_then(|(_, ip)| ip.parse().ok())
+                                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+                            Some(PendingVerification::started(
+                                &key,
+                                &tracked.finding.subject,
+                                interface,
+                                target,
+                                now,
+                                now + self.config.fixes.set_promisc.verify_within,
+                                observed_counters(&snapshot, interface, target),
+                            ))
                         }
+                        _ => None,
+                    };
+                    for mut entry in std::mem::take(&mut execution.journal) {
+                        entry.readded_by = readded.clone();
+                        if let Some(pending) = &awaiting {
+                            if entry.outcome() == Some(Outcome::Applied) {
+                                entry.verify = Some(crate::journal::VerifySpec {
+                                    target: pending.target,
+                                    deadline: crate::journal::epoch_secs(pending.deadline),
+                                });
+                            }
+                        }
+                        self.journal_entry(entry);
                     }
+                    self.pending_promisc.extend(awaiting);
                     self.last_reports
                         .insert(key.clone(), execution.report.clone());
                     execution.report
@@ -621,6 +672,7 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
             doc.report.findings = reports;
             doc.report.sources = snapshot.sources.clone();
             doc.journal = self.journal.recent(RECENT_JOURNAL).to_vec();
+            doc.journal_health = self.journal.health();
         }
         if snapshot.nftables.is_some() {
             self.shared.set_ready();
@@ -818,6 +870,78 @@ mod tests {
         e.pass(t(now + 1));
         assert_eq!(fix_state(&e).as_deref(), Some("circuit-open"));
         assert_eq!(node.0.borrow().applied.len(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_one_shot_apply_journaled_meanwhile_holds_the_agents_cooldown() {
+        let dir = temp_dir("oneshot");
+        let node = FakeNode::new(stale_node());
+        let config = Config::from_yaml(
+            "mode: enforce\nchecks:\n  cilium-stale-backup-chain: { staleAfter: 0s }\nfixes:\n  flush-stale-chain: { enabled: true, confirmFor: 0s, cooldown: 300s }\n",
+        )
+        .unwrap();
+        let mut e = engine(&node, config.clone(), &dir);
+        // A `check --apply` in another process flushes the chain and journals it.
+        let finding = crate::detect::run_ruleset_checks(&stale_node(), &config)
+            .into_iter()
+            .next()
+            .unwrap();
+        let mut oneshot = Journal::open(&dir).unwrap();
+        oneshot
+            .append(crate::journal::JournalEntry::new(
+                t(0),
+                Some(finding.check),
+                FixId::FlushStaleChain,
+                &finding.subject,
+                &finding.key(),
+                Outcome::Applied,
+                "flushed by check --apply",
+            ))
+            .unwrap();
+        e.pass(t(10));
+        assert_eq!(fix_state(&e).as_deref(), Some("cooldown"));
+        assert!(node.0.borrow().applied.is_empty(), "the agent held back");
+        e.pass(t(301));
+        assert_eq!(
+            node.0.borrow().applied.len(),
+            1,
+            "acts once the cooldown ends"
+        );
+        assert_eq!(e.shared.status.read().unwrap().journal_health.picked_up, 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn skipped_journal_lines_show_on_status_and_in_the_metric() {
+        let dir = temp_dir("skipped");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("journal.jsonl"),
+            "{\"time\":1.0,\"check\":null,\"fix\":\"flush-stale-chain\",\"subject\":\"s\",\"key\":\"k\",\"outcome\":\"applied\",\"detail\":\"\"}\n\
+             garbage\n\
+             {\"time\":2.0,\"check\":null,\"fix\":\"flush-stale-chain\",\"subject\":\"s\",\"key\":\"k\",\"outcome\":\"from-the-future\",\"detail\":\"\"}\n",
+        )
+        .unwrap();
+        let node = FakeNode::new(stale_node());
+        let mut e = engine(&node, Config::default(), &dir);
+        e.pass(t(0));
+        let doc = e.shared.status.read().unwrap();
+        assert_eq!(doc.journal_health.entries, 2);
+        assert_eq!(doc.journal_health.skipped_lines.get("corrupt"), Some(&1));
+        assert_eq!(
+            doc.journal_health.skipped_lines.get("unknown-outcome"),
+            Some(&1)
+        );
+        let json = serde_json::to_value(&*doc).unwrap();
+        assert_eq!(json["journalHealth"]["skippedLines"]["corrupt"], 1);
+        drop(doc);
+        let text = e.shared.metrics.encode();
+        assert!(
+            text.contains("netmend_journal_skipped_lines_total{reason=\"corrupt\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("netmend_journal_skipped_lines_total{reason=\"unknown-outcome\"} 1"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
