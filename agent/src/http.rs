@@ -41,6 +41,9 @@ pub struct StatusDocument {
     /// The journal's size and the lines it skipped, by reason.
     #[serde(rename = "journalHealth")]
     pub journal_health: JournalHealth,
+    /// Each source's last error and since when, and whether readiness waits for it.
+    #[serde(rename = "sourceHealth")]
+    pub source_health: BTreeMap<String, crate::runtime::sources::SourceHealth>,
     pub config: ConfigState,
 }
 
@@ -91,6 +94,7 @@ impl Shared {
                 },
                 journal: Vec::new(),
                 journal_health: JournalHealth::default(),
+                source_health: BTreeMap::new(),
                 config,
             }),
             metrics: Metrics::new(),

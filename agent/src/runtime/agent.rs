@@ -133,6 +133,8 @@ pub struct Engine<P: NodeProbe, A: Actuator> {
     ruleset_memo: Option<RulesetMemo>,
     /// The guards' view of the journal, kept in step with every append.
     history: crate::remediate::history::FixHistory,
+    /// Each source's read health, for /status and readiness.
+    sources: crate::runtime::sources::SourceBook,
 }
 
 /// The closed label of a full nftables re-read's reason.
@@ -249,6 +251,7 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
             pending_promisc,
             ruleset_memo: None,
             history,
+            sources: Default::default(),
         }
     }
 
@@ -487,6 +490,12 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
                 for source in crate::metrics::SOURCES {
                     self.shared.metrics.source(source, false, Duration::ZERO);
                 }
+                self.sources.fail_all(&fatal.0, now);
+                self.shared
+                    .status
+                    .write()
+                    .expect("status lock")
+                    .source_health = self.sources.view();
                 return;
             }
         };
@@ -506,6 +515,7 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
                 .metrics
                 .source(name, status.ok, Duration::from_millis(status.duration_ms));
         }
+        self.sources.observe(&snapshot.sources, now);
         let held = self.promisc_held();
         self.verify_promisc(&snapshot, now);
         let mut findings = self.ruleset_findings(&snapshot);
@@ -673,9 +683,13 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
             doc.report.sources = snapshot.sources.clone();
             doc.journal = self.journal.recent(RECENT_JOURNAL).to_vec();
             doc.journal_health = self.journal.health();
+            doc.source_health = self.sources.view();
         }
-        if snapshot.nftables.is_some() {
-            self.shared.set_ready();
+        // Ready once every ruleset source the node uses was read once (a source it does not use,
+        // such as nf_tables on an iptables-legacy-only node, does not hold it back).
+        match self.sources.ready() {
+            Ok(()) => self.shared.set_ready(),
+            Err(waiting) => tracing::debug!(?waiting, "not ready yet"),
         }
     }
 

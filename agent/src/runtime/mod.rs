@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod oneshot;
 pub mod pass;
 pub mod serve;
+pub mod sources;
 pub mod wiring;
 
 use crate::model::finding::FixAction;
