@@ -32,7 +32,17 @@ pub enum Wake {
     /// The kernel state changed (an nftables transaction, a link event, ...), with the process
     /// that made the change when the event named it.
     Changed { by: Option<String> },
+    /// An nftables notification from another process: a committed transaction (with the chains
+    /// it wrote, for "re-added by") or lost notifications.
+    Nft(crate::observe::nft_events::NftEvent),
 }
+
+/// How a legacy re-add is attributed: x_tables sends no notifications naming a writer.
+pub const LEGACY_READD: &str =
+    "unknown (seen by a periodic iptables-legacy re-read; the writer is not known)";
+/// How an nftables re-add is attributed when no transaction seen named this chain's writer.
+pub const UNKNOWN_READD: &str =
+    "unknown (no nftables transaction seen since start named this chain's writer)";
 
 /// How long the engine may go without a pass before it counts as dead for /healthz.
 pub const ENGINE_ALLOWANCE: Duration = Duration::from_secs(60);
@@ -122,8 +132,10 @@ pub struct Engine<P: NodeProbe, A: Actuator> {
     actuator: A,
     /// Last fix state reported per finding key (to count skips on change only).
     last_state: HashMap<String, Outcome>,
-    /// Who last changed the ruleset (from NEWGEN events), for "re-added by" evidence.
+    /// Who last changed the ruleset (from NEWGEN events); logged, never used as attribution.
     last_changed_by: Option<String>,
+    /// Per chain, the process whose transaction last created or changed it: "re-added by".
+    chain_writers: crate::observe::nft_events::ChainWriters,
     /// Fix reports that stay shown after an apply until the next decision differs.
     last_reports: HashMap<String, FixReport>,
     /// set-promisc fixes for unanswered ARP waiting for replies to prove them (journaled, so a
@@ -247,6 +259,7 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
             actuator,
             last_state: HashMap::new(),
             last_changed_by: None,
+            chain_writers: Default::default(),
             last_reports: HashMap::new(),
             pending_promisc,
             ruleset_memo: None,
@@ -427,9 +440,38 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
 
     /// Notes who changed the kernel state (from events).
     pub fn note_change(&mut self, wake: &Wake) {
-        let Wake::Changed { by } = wake;
-        if by.is_some() {
-            self.last_changed_by = by.clone();
+        use crate::observe::nft_events::NftEvent;
+        match wake {
+            Wake::Changed { by } => {
+                if by.is_some() {
+                    self.last_changed_by = by.clone();
+                }
+            }
+            Wake::Nft(NftEvent::Committed(generation)) => {
+                if let Some(by) = &generation.process {
+                    self.last_changed_by = Some(by.clone());
+                }
+                self.chain_writers.record(generation);
+            }
+            // A chain may have been written unseen: its writer is no longer known.
+            Wake::Nft(NftEvent::Overflow) => self.chain_writers.forget_all(),
+            Wake::Nft(NftEvent::Changes(_)) => {}
+        }
+    }
+
+    /// Who re-added a fault that a fix had already removed: the process whose nftables
+    /// transaction last wrote its chain, "unknown" when none was seen, and for legacy tables how
+    /// it was seen (x_tables names no writer). `None` for findings that are not about a chain.
+    fn readded_by(&self, finding: &Finding) -> Option<String> {
+        match finding.evidence.get("backend").and_then(|b| b.as_str()) {
+            Some("legacy") => Some(LEGACY_READD.to_string()),
+            Some(_) => Some(
+                self.chain_writers
+                    .writer_of(&finding.subject)
+                    .unwrap_or(UNKNOWN_READD)
+                    .to_string(),
+            ),
+            None => None,
         }
     }
 
@@ -609,7 +651,7 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
                         .insert(key.clone(), execution.final_outcome());
                     // A repeat application means the fault came back: record who did it.
                     let readded = (self.history.applied_within_window(&key, now) > 0)
-                        .then(|| self.last_changed_by.clone())
+                        .then(|| self.readded_by(&tracked.finding))
                         .flatten();
                     // An applied set-promisc for unanswered ARP awaits verification: journal
                     // what it needs, so a restart finishes it.
@@ -767,6 +809,7 @@ mod tests {
     use crate::detect::test_support::{iptables_table, snapshot_with};
     use crate::model::ruleset::Backend;
     use crate::model::snapshot::NodeSnapshot;
+    use crate::observe::nft_events::{Generation, NftEvent};
     use crate::runtime::fake::FakeNode;
 
     fn stale_node() -> NodeSnapshot {
@@ -858,11 +901,21 @@ mod tests {
         for _ in 0..2 {
             e.pass(t(now));
             assert_eq!(fix_state(&e).as_deref(), Some("verified"));
-            // Something re-adds it.
+            // Something re-adds it: cilium-agent's transaction wrote the chain, kube-proxy's
+            // (later) wrote another one.
             node.0.borrow_mut().snapshot = stale_node();
-            e.note_change(&Wake::Changed {
-                by: Some("cilium-agent".into()),
-            });
+            e.note_change(&Wake::Nft(NftEvent::Committed(Generation {
+                id: 7,
+                pid: Some(4242),
+                process: Some("cilium-agent".into()),
+                chains: vec!["ip nat OLD_CILIUM_POST_nat".into()],
+            })));
+            e.note_change(&Wake::Nft(NftEvent::Committed(Generation {
+                id: 8,
+                pid: Some(99),
+                process: Some("kube-proxy".into()),
+                chains: vec!["ip nat KUBE-SERVICES".into()],
+            })));
             now += 11;
         }
         e.pass(t(now));
@@ -870,7 +923,10 @@ mod tests {
         {
             let doc = e.shared.status.read().unwrap();
             let detail = &doc.report.findings[0].fix.as_ref().unwrap().detail;
-            assert!(detail.contains("re-added by cilium-agent"), "{detail}");
+            assert!(
+                detail.contains("re-added by cilium-agent (pid 4242)"),
+                "{detail}"
+            );
         }
         assert!(e
             .shared
@@ -957,6 +1013,54 @@ mod tests {
         );
         assert!(text.contains("netmend_journal_skipped_lines_total{reason=\"unknown-outcome\"} 1"));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_re_add_is_unknown_without_a_transaction_for_its_chain_and_legacy_says_how_it_was_seen() {
+        for (backend, expected) in [
+            (Backend::Nft, UNKNOWN_READD),
+            (Backend::Legacy, LEGACY_READD),
+        ] {
+            let dir = temp_dir(&format!("readd-{}", backend.as_str()));
+            let stale = || {
+                let table = || {
+                    vec![iptables_table(
+                        backend,
+                        "nat",
+                        ":POSTROUTING ACCEPT\n:OLD_CILIUM_POST_nat -\n-A OLD_CILIUM_POST_nat -j ACCEPT\n",
+                    )]
+                };
+                match backend {
+                    Backend::Nft => snapshot_with(Some(table()), None),
+                    Backend::Legacy => snapshot_with(Some(Vec::new()), Some(table())),
+                }
+            };
+            let node = FakeNode::new(stale());
+            let config = Config::from_yaml(
+                "mode: enforce\nchecks:\n  cilium-stale-backup-chain: { staleAfter: 0s }\nfixes:\n  flush-stale-chain: { enabled: true, confirmFor: 0s, cooldown: 10s, maxAttempts: 2 }\n",
+            )
+            .unwrap();
+            let mut e = engine(&node, config, &dir);
+            e.pass(t(0));
+            node.0.borrow_mut().snapshot = stale();
+            // Another chain's writer is not this one's.
+            e.note_change(&Wake::Nft(NftEvent::Committed(Generation {
+                id: 8,
+                pid: Some(99),
+                process: Some("kube-proxy".into()),
+                chains: vec!["ip nat KUBE-SERVICES".into()],
+            })));
+            e.pass(t(11));
+            let readded: Vec<_> = e
+                .journal
+                .entries()
+                .iter()
+                .filter_map(|entry| entry.readded_by.clone())
+                .collect();
+            assert!(!readded.is_empty(), "{:?}", e.journal.entries());
+            assert!(readded.iter().all(|r| r == expected), "{readded:?}");
+            std::fs::remove_dir_all(dir).unwrap();
+        }
     }
 
     #[test]
