@@ -496,3 +496,31 @@ mod attribution {
         assert!(writers.is_empty());
     }
 }
+
+#[cfg(test)]
+mod two_writers {
+    use super::*;
+
+    /// Captured with the real `nft` and `iptables-nft` (see the README beside the file).
+    #[test]
+    fn a_captured_stream_of_two_programs_names_each_chains_own_writer() {
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/nft/attribution/two_writers.events.bin");
+        let mut writers = ChainWriters::default();
+        let mut committed = Vec::new();
+        for event in EventDecoder::default().decode(&std::fs::read(path).unwrap()) {
+            if let NftEvent::Committed(generation) = event {
+                writers.record(&generation);
+                committed.push(generation.process.unwrap_or_default());
+            }
+        }
+        assert_eq!(committed, ["nft", "iptables-nft", "iptables-nft", "nft"]);
+        assert_eq!(writers.writer_of("ip t a"), Some("nft (pid 24720)"));
+        assert_eq!(
+            writers.writer_of("ip nat KUBE-X"),
+            Some("iptables-nft (pid 24728)"),
+            "the last of the two iptables-nft runs that wrote it"
+        );
+        assert_eq!(writers.writer_of("ip t b"), Some("nft (pid 24729)"));
+    }
+}
