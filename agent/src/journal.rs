@@ -408,7 +408,10 @@ impl Journal {
     /// Set-promisc fixes applied and not yet settled (verified, reverted, ineffective or failed),
     /// with what their verification needs: the engine resumes them after a restart. Their ARP
     /// counters start again from what is observed next (the watch restarted with the process).
-    pub fn pending_verifications(&self) -> Vec<PendingVerification> {
+    /// An unsettled `arp-unanswered` set-promisc journaled before entries carried their
+    /// verification (no `verify`) is resumed too, with `window` after it as its deadline and the
+    /// target taken from its subject (`interface@address`).
+    pub fn pending_verifications(&self, window: Duration) -> Vec<PendingVerification> {
         let mut pending: Vec<PendingVerification> = Vec::new();
         for entry in &self.entries {
             if entry.fix != FixId::SetPromisc.as_str() {
@@ -417,14 +420,25 @@ impl Journal {
             match entry.outcome() {
                 Some(Outcome::Applied) => {
                     pending.retain(|p| p.key != entry.key);
-                    if let (Some(verify), Some(interface)) = (&entry.verify, &entry.interface) {
+                    let spec = entry
+                        .verify
+                        .as_ref()
+                        .map(|v| (v.target, from_epoch_secs(v.deadline)));
+                    let older = || {
+                        let target = entry.subject.split_once('@')?.1.parse().ok()?;
+                        (entry.check.as_deref() == Some(CheckId::ArpUnanswered.as_str()))
+                            .then(|| (target, entry.at() + window))
+                    };
+                    if let (Some((target, deadline)), Some(interface)) =
+                        (spec.or_else(older), &entry.interface)
+                    {
                         pending.push(PendingVerification::resumed(
                             &entry.key,
                             &entry.subject,
                             interface,
-                            verify.target,
+                            target,
                             entry.at(),
-                            from_epoch_secs(verify.deadline),
+                            deadline,
                         ));
                     }
                 }
@@ -884,7 +898,9 @@ mod many_writers {
             deadline: 1_700_000_060.0,
         });
         j.append(applied).unwrap();
-        let pending = Journal::open(&dir).unwrap().pending_verifications();
+        let pending = Journal::open(&dir)
+            .unwrap()
+            .pending_verifications(Duration::from_secs(60));
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].interface, "eth1");
         assert_eq!(pending[0].target.to_string(), "10.0.0.5");
@@ -896,8 +912,48 @@ mod many_writers {
         j.append(promisc(Outcome::Verified, 30)).unwrap();
         assert!(Journal::open(&dir)
             .unwrap()
-            .pending_verifications()
+            .pending_verifications(Duration::from_secs(60))
             .is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod older_journals {
+    use super::*;
+
+    #[test]
+    fn an_unsettled_set_promisc_from_before_verify_specs_is_resumed_from_its_subject() {
+        let dir =
+            std::env::temp_dir().join(format!("netmend-journal-older-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut j = Journal::open(&dir).unwrap();
+        let mut applied = JournalEntry::new(
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            Some(CheckId::ArpUnanswered),
+            FixId::SetPromisc,
+            "eth1@10.0.0.5",
+            "arp-unanswered|eth1@10.0.0.5",
+            Outcome::Applied,
+            "",
+        );
+        applied.interface = Some("eth1".into());
+        j.append(applied.clone()).unwrap();
+        // A promisc-lost restore is not an ARP verification.
+        let mut restore = applied;
+        restore.check = Some(CheckId::PromiscLost.as_str().into());
+        restore.key = "promisc-lost|eth2".into();
+        restore.subject = "eth2".into();
+        restore.interface = Some("eth2".into());
+        j.append(restore).unwrap();
+        let pending = j.pending_verifications(Duration::from_secs(30));
+        assert_eq!(pending.len(), 1, "{pending:?}");
+        assert_eq!(pending[0].interface, "eth1");
+        assert_eq!(pending[0].target.to_string(), "10.0.0.5");
+        assert_eq!(
+            pending[0].deadline,
+            UNIX_EPOCH + Duration::from_secs(1_700_000_030)
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

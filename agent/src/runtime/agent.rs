@@ -237,7 +237,7 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
             .metrics
             .journal_skipped(&journal.health().skipped_lines);
         // Verifications a previous run left open are finished by this one.
-        let pending_promisc = journal.pending_verifications();
+        let pending_promisc = journal.pending_verifications(config.fixes.set_promisc.verify_within);
         for pending in &pending_promisc {
             tracing::info!(
                 interface = %pending.interface,
