@@ -1,8 +1,9 @@
-//! The agent's read-only HTTP surface (axum): `/healthz` (every loop alive), `/readyz` (first full
-//! snapshot done, latched), `/metrics` (OpenMetrics), `/status` (the JSON of INTERFACE.md plus the
-//! journal and the config state). No endpoint changes anything.
+//! The agent's read-only HTTP surface (axum): `/healthz` (every loop alive), `/readyz` (every
+//! ruleset source in use read once, latched), `/metrics` (OpenMetrics), `/status` (the JSON of
+//! INTERFACE.md plus the journal, its health, each source's health and the config state). No
+//! endpoint changes anything.
 
-use crate::journal::JournalEntry;
+use crate::journal::{JournalEntry, JournalHealth};
 use crate::metrics::Metrics;
 use crate::report::Report;
 use axum::extract::State;
@@ -38,6 +39,12 @@ pub struct StatusDocument {
     #[serde(flatten)]
     pub report: Report,
     pub journal: Vec<JournalEntry>,
+    /// The journal's size and the lines it skipped, by reason.
+    #[serde(rename = "journalHealth")]
+    pub journal_health: JournalHealth,
+    /// Each source's last error and since when, and whether readiness waits for it.
+    #[serde(rename = "sourceHealth")]
+    pub source_health: BTreeMap<String, crate::runtime::sources::SourceHealth>,
     pub config: ConfigState,
 }
 
@@ -87,6 +94,8 @@ impl Shared {
                     sources: BTreeMap::new(),
                 },
                 journal: Vec::new(),
+                journal_health: JournalHealth::default(),
+                source_health: BTreeMap::new(),
                 config,
             }),
             metrics: Metrics::new(),
@@ -99,7 +108,7 @@ impl Shared {
     pub fn set_ready(&self) {
         if !self.ready.swap(true, Ordering::SeqCst) {
             self.metrics.set_ready(true);
-            tracing::info!("ready: first full snapshot done");
+            tracing::info!("ready: every ruleset source in use was read");
         }
     }
 }
@@ -132,7 +141,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: first full snapshot not done yet\n",
+            "not ready: a ruleset source the node uses was not read yet (see sourceHealth on /status)\n",
         )
             .into_response()
     }

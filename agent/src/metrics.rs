@@ -50,6 +50,11 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     pub version: String,
 }
@@ -66,6 +71,7 @@ pub struct Metrics {
     ready: Gauge,
     nft_events: Counter,
     resyncs: Family<ResultLabel, Counter>,
+    journal_skipped: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -138,6 +144,19 @@ impl Metrics {
             "Full re-reads of the rulesets, by reason",
             resyncs.clone(),
         );
+        let journal_skipped = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "journal_skipped_lines",
+            "Journal lines not used by the guards, by reason (corrupt, torn, unknown-outcome)",
+            journal_skipped.clone(),
+        );
+        for reason in crate::journal::SKIP_REASONS {
+            journal_skipped
+                .get_or_create(&ReasonLabel {
+                    reason: reason.into(),
+                })
+                .inc_by(0);
+        }
         // Zero series for the closed sets, so dashboards and alerts see them before they move.
         for check in crate::detect::CHECKS {
             findings
@@ -171,6 +190,7 @@ impl Metrics {
             ready,
             nft_events,
             resyncs,
+            journal_skipped,
         }
     }
 
@@ -265,6 +285,31 @@ impl Metrics {
         self.nft_events.inc_by(n);
     }
 
+    /// Brings `netmend_journal_skipped_lines_total` up to the journal's counts since open (a
+    /// counter only moves up: a lower count is ignored). Logs the lines newly skipped.
+    pub fn journal_skipped(&self, counts: &std::collections::BTreeMap<String, u64>) {
+        for (reason, total) in counts {
+            let Some(reason) = crate::journal::SKIP_REASONS
+                .into_iter()
+                .find(|r| r == reason)
+            else {
+                continue;
+            };
+            let counter = self.journal_skipped.get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            });
+            let seen = counter.get();
+            if *total > seen {
+                counter.inc_by(total - seen);
+                tracing::warn!(
+                    reason,
+                    lines = total - seen,
+                    "journal lines skipped by the guards"
+                );
+            }
+        }
+    }
+
     /// Counts and logs a full re-read of the rulesets.
     pub fn resync(&self, reason: &'static str) {
         self.resyncs
@@ -288,6 +333,8 @@ mod tests {
         m.source("nftables", true, Duration::from_millis(12));
         m.config_reload(false, "bad");
         m.set_ready(true);
+        m.journal_skipped(&[("corrupt".to_string(), 2)].into_iter().collect());
+        m.journal_skipped(&[("corrupt".to_string(), 3)].into_iter().collect());
         let text = m.encode();
         for needle in [
             "netmend_findings{check=\"hostport-hijack\"} 2",
@@ -299,6 +346,8 @@ mod tests {
             "netmend_build_info{version=",
             "netmend_ready 1",
             "netmend_circuit_open{fix=\"set-promisc\"} 0",
+            "netmend_journal_skipped_lines_total{reason=\"corrupt\"} 3",
+            "netmend_journal_skipped_lines_total{reason=\"unknown-outcome\"} 0",
             "# EOF",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");

@@ -301,3 +301,194 @@ fn a_bad_config_at_start_is_exit_status_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("mode"));
 }
+
+/// A second hijack (kubelet's port) in its own chain, with the rule that jumps to it.
+const HIJACK_KUBELET: &str = "*nat\n:CNI-HOSTPORT-DNAT - [0:0]\n:CNI-DN-77aa00bb11cc22dd33ee4 - [0:0]\n-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\n-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment \"dnat name: \\\"cbr0\\\" id: \\\"77aa00bb\\\"\" -m multiport --dports 10250 -j CNI-DN-77aa00bb11cc22dd33ee4\n-A CNI-DN-77aa00bb11cc22dd33ee4 -p tcp -m tcp --dport 10250 -j DNAT --to-destination 10.42.0.245:10250\nCOMMIT\n";
+
+fn journal_lines(agent: &Agent) -> Vec<Value> {
+    std::fs::read_to_string(agent.dir.join("state/journal.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn check_apply_while_the_agent_runs_shares_one_journal_and_the_agents_cooldown_holds() {
+    // The agent confirms for 8 s, so the one-shot (no confirmation) acts on the second hijack
+    // first; both keep an hour of cooldown.
+    let config = "mode: enforce\nfixes:\n  remove-hijack-rule: { enabled: true, confirmFor: 8s, cooldown: 1h }\n";
+    let mut agent = agent("run-oneshot", 9814, config);
+    // The agent mends the first hijack itself.
+    agent.ns.restore("iptables-nft-restore", HIJACK).unwrap();
+    wait_for(Duration::from_secs(30), || {
+        let saved = agent.ns.sh("iptables-nft-save -t nat").unwrap();
+        (!saved.contains("CNI-DN-3499088e1adba268a4e0c")).then_some(())
+    })
+    .unwrap_or_else(|| panic!("not mended: {:#}\n{}", agent.status(), agent.log()));
+
+    // A second one, mended by `check --apply` while the agent still confirms it.
+    agent
+        .ns
+        .restore("iptables-nft-restore", HIJACK_KUBELET)
+        .unwrap();
+    let state = agent.dir.join("state").display().to_string();
+    let config_path = agent.config_path().display().to_string();
+    let out = agent.ns.netmend(&[
+        "check",
+        "--window",
+        "0s",
+        "--apply",
+        "--output",
+        "json",
+        "--config",
+        &config_path,
+        "--state-dir",
+        &state,
+    ]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "check --apply: {e}\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(
+        !agent
+            .ns
+            .sh("iptables-nft-save -t nat")
+            .unwrap()
+            .contains("CNI-DN-77aa00bb11cc22dd33ee4"),
+        "check --apply mended it: {report:#}"
+    );
+
+    // Both processes' actions are in the one file, and the agent shows the one-shot's.
+    let lines = journal_lines(&agent);
+    let applied_for = |chain: &str| {
+        lines
+            .iter()
+            .filter(|e| e["outcome"] == "applied" && e["subject"].as_str().unwrap().contains(chain))
+            .count()
+    };
+    assert_eq!(applied_for("3499088e1adba268a4e0c"), 1, "{lines:#?}");
+    assert_eq!(applied_for("77aa00bb11cc22dd33ee4"), 1, "{lines:#?}");
+    wait_for(Duration::from_secs(10), || {
+        let status = agent.status();
+        (status["journalHealth"]["pickedUp"].as_u64() >= Some(1)
+            && status["journal"].as_array().unwrap().iter().any(|e| {
+                e["outcome"] == "applied"
+                    && e["subject"]
+                        .as_str()
+                        .unwrap()
+                        .contains("77aa00bb11cc22dd33ee4")
+            }))
+        .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the agent did not pick up the one-shot's entries: {:#}",
+            agent.status()
+        )
+    });
+
+    // The fault comes back: the agent's cooldown counts the one-shot's action and holds.
+    agent
+        .ns
+        .restore("iptables-nft-restore", HIJACK_KUBELET)
+        .unwrap();
+    let f = wait_for(Duration::from_secs(30), || {
+        agent.status()["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| {
+                f["subject"] == "ip nat CNI-DN-77aa00bb11cc22dd33ee4"
+                    && f["fix"]["state"] == "cooldown"
+            })
+            .cloned()
+    })
+    .unwrap_or_else(|| panic!("no cooldown: {:#}\n{}", agent.status(), agent.log()));
+    assert!(
+        f["fix"]["detail"].as_str().unwrap().contains("cooldown"),
+        "{f:#}"
+    );
+    // Past the agent's confirmation time the hijack is still there: held back, not mended.
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(agent
+        .ns
+        .sh("iptables-nft-save -t nat")
+        .unwrap()
+        .contains("CNI-DN-77aa00bb11cc22dd33ee4"));
+    assert_eq!(
+        journal_lines(&agent)
+            .iter()
+            .filter(|e| e["outcome"] == "applied")
+            .count(),
+        2
+    );
+    assert!(agent.stop().success());
+}
+
+#[test]
+fn a_journal_with_a_corrupt_line_and_an_unknown_outcome_is_counted_on_status_and_metrics() {
+    for tool in ["iptables-nft-restore", "nsenter"] {
+        require_tool(tool);
+    }
+    let ns = NetNs::new("run-corrupt");
+    let dir = std::env::temp_dir().join(format!("netmend-agent-{}", ns.name));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    let line = |outcome: &str, time: u64| {
+        serde_json::json!({
+            "time": time, "check": "hostport-hijack", "fix": "remove-hijack-rule",
+            "subject": "ip nat CNI-DN-3499088e1adba268a4e0c",
+            "key": "hostport-hijack|ip nat CNI-DN-3499088e1adba268a4e0c",
+            "outcome": outcome, "detail": "from an earlier run"
+        })
+        .to_string()
+    };
+    std::fs::write(
+        dir.join("state/journal.jsonl"),
+        format!(
+            "{}\n{{\"time\": 17, this is not json\n{}\n{}\n",
+            line("applied", 1_700_000_000),
+            line("quarantined", 1_700_000_001),
+            line("verified", 1_700_000_002)
+        ),
+    )
+    .unwrap();
+    let mut agent = Agent {
+        ns,
+        port: 9815,
+        dir,
+        process: None,
+    };
+    agent.write_config("mode: dry-run\n");
+    agent.start();
+    let status = agent.status();
+    let health = &status["journalHealth"];
+    assert_eq!(health["skippedLines"]["corrupt"], 1, "{status:#}");
+    assert_eq!(health["skippedLines"]["unknown-outcome"], 1, "{status:#}");
+    assert_eq!(health["entries"], 3, "{status:#}");
+    let outcomes: Vec<&str> = status["journal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["applied", "quarantined", "verified"]);
+    let metrics = agent.metrics();
+    for needle in [
+        "netmend_journal_skipped_lines_total{reason=\"corrupt\"} 1",
+        "netmend_journal_skipped_lines_total{reason=\"unknown-outcome\"} 1",
+        "netmend_journal_skipped_lines_total{reason=\"torn\"} 0",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");
+    }
+    // Each source's health is on /status too.
+    assert_eq!(
+        status["sourceHealth"]["nftables"]["readOnce"], true,
+        "{status:#}"
+    );
+    assert!(agent.stop().success());
+}

@@ -278,3 +278,55 @@ fn a_promisc_fix_that_does_not_help_is_reverted() {
     );
     drop(agent.process.take());
 }
+
+#[test]
+fn an_agent_restarted_during_a_promisc_verification_finishes_it() {
+    let lan = lan("l2restart");
+    // The filter stays whatever the flag: the fix is ineffective and must be reverted, by
+    // whichever run of the agent is there when the verification window ends.
+    let _asking = lan.client_asks();
+    let config = ENFORCE.replace("verifyWithin: 3s", "verifyWithin: 12s");
+    let mut agent = start_agent(&lan, 9822, &config);
+    wait_for(Duration::from_secs(30), || {
+        journal_has(&lan, &agent, "arp-unanswered", "applied").then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "not applied: {:#}\n{}",
+            status(&lan, &agent),
+            agent_log(&lan)
+        )
+    });
+    assert!(lan.promisc());
+    let applied = status(&lan, &agent)["journal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["check"] == "arp-unanswered" && e["outcome"] == "applied")
+        .cloned()
+        .unwrap();
+    assert!(
+        applied["verify"]["deadline"].as_f64().is_some(),
+        "{applied:#}"
+    );
+    // Killed mid-verification (no chance to clean up), then started again.
+    let mut process = agent.process.take().unwrap();
+    process.0.kill().unwrap();
+    process.0.wait().unwrap();
+    drop(process);
+    assert!(lan.promisc(), "still set while nobody runs");
+    let agent = start_agent(&lan, 9822, &config);
+    wait_for(Duration::from_secs(40), || {
+        journal_has(&lan, &agent, "arp-unanswered", "reverted").then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the restarted agent did not finish the verification: {:#}\n{}",
+            status(&lan, &agent),
+            agent_log(&lan)
+        )
+    });
+    assert!(!lan.promisc(), "the flag was turned off again");
+    let log = agent_log(&lan);
+    assert!(log.contains("resuming a set-promisc verification"), "{log}");
+}

@@ -38,6 +38,10 @@ pub struct SourceStatus {
     /// Why the source is degraded or absent ("map not pinned", "no legacy tables loaded").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// `Some(false)` when the node does not use the source (nf_tables absent from the kernel, no
+    /// iptables-legacy table loaded): readiness does not wait for it.
+    #[serde(rename = "inUse", skip_serializing_if = "Option::is_none")]
+    pub in_use: Option<bool>,
 }
 
 impl SourceStatus {
@@ -48,6 +52,7 @@ impl SourceStatus {
             chains: None,
             duration_ms: duration.as_millis() as u64,
             detail: None,
+            in_use: None,
         }
     }
 
@@ -58,6 +63,7 @@ impl SourceStatus {
             chains: None,
             duration_ms: duration.as_millis() as u64,
             detail: Some(detail.into()),
+            in_use: None,
         }
     }
 }

@@ -119,7 +119,11 @@ impl NodeProbe for KernelProbe {
                 return Err(ProbeFatal(format!("missing privilege: {e}")));
             }
             Err(e @ nftables::NftablesError::Unavailable { .. }) => {
-                return Err(ProbeFatal(format!("missing kernel feature: {e}")));
+                // No nf_tables in this kernel or namespace: the node does not use it (it may use
+                // iptables-legacy only), so this is not fatal and readiness does not wait for it.
+                let mut status = SourceStatus::failed(started.elapsed(), e.to_string());
+                status.in_use = Some(false);
+                snapshot.sources.insert("nftables".into(), status);
             }
             Err(e) => {
                 snapshot.sources.insert(
@@ -141,6 +145,7 @@ impl NodeProbe for KernelProbe {
                 status.chains = Some(ruleset.chain_count());
                 if ruleset.tables.is_empty() {
                     status.detail = Some("no iptables-legacy table is loaded".into());
+                    status.in_use = Some(false);
                 }
                 // The cache hands out the same Arc while nothing changed, so the engine can tell
                 // by identity and skip re-running the ruleset checks.

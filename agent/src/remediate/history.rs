@@ -104,6 +104,35 @@ impl FixHistory {
     pub fn readded_by(&self, key: &str) -> Option<&str> {
         self.readded_by.get(key).map(String::as_str)
     }
+
+    /// Forgets what no guard can need any more: applications older than the breaker window (the
+    /// hourly budget's hour is inside it) and last attempts older than `keep_attempts` (the
+    /// longest cooldown, at least the breaker window), so a long-running agent's history stays
+    /// as small as the last day's activity.
+    pub fn prune(&mut self, now: SystemTime, keep_attempts: Duration) {
+        let keep_attempts = keep_attempts.max(BREAKER_WINDOW);
+        self.applied.retain(|_, times| {
+            times.retain(|t| within(*t, now, BREAKER_WINDOW));
+            !times.is_empty()
+        });
+        self.node_applied
+            .retain(|t| within(*t, now, Duration::from_secs(3600)));
+        self.last_attempt
+            .retain(|_, t| within(*t, now, keep_attempts));
+        let applied = &self.applied;
+        let last_attempt = &self.last_attempt;
+        self.readded_by
+            .retain(|k, _| applied.contains_key(k) || last_attempt.contains_key(k));
+    }
+
+    /// Number of keys the history remembers (for tests and /status).
+    pub fn len(&self) -> usize {
+        self.last_attempt.len().max(self.applied.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 fn within(at: SystemTime, now: SystemTime, span: Duration) -> bool {
@@ -127,6 +156,15 @@ mod tests {
         }
     }
 
+    fn keyed_attempt(key: &str, at: SystemTime, outcome: Outcome) -> Attempt {
+        Attempt {
+            key: key.into(),
+            at,
+            outcome,
+            readded_by: Some("kube-proxy".into()),
+        }
+    }
+
     #[test]
     fn an_unknown_commit_counts_once_for_the_breaker_whatever_the_re_read_found() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
@@ -146,5 +184,45 @@ mod tests {
         // A refusal before anything was sent does not count as an application.
         let refused = FixHistory::from_attempts(&[attempt(100, Outcome::Failed)]);
         assert_eq!(refused.applied_within_window("k", now), 0);
+    }
+
+    #[test]
+    fn pruning_keeps_what_the_guards_still_count() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let day = Duration::from_secs(24 * 3600);
+        let mut h = FixHistory::default();
+        h.record(&keyed_attempt("old", t0, Outcome::Applied));
+        h.record(&keyed_attempt("recent", t0 + day, Outcome::Applied));
+        h.record(&keyed_attempt(
+            "recent",
+            t0 + day + Duration::from_secs(7200),
+            Outcome::Applied,
+        ));
+        let now = t0 + day + Duration::from_secs(7200 + 60);
+        let before = (
+            h.applied_within_window("recent", now),
+            h.applied_last_hour(now),
+            h.last_attempt("recent"),
+        );
+        h.prune(now, Duration::from_secs(300));
+        assert_eq!(
+            before,
+            (
+                h.applied_within_window("recent", now),
+                h.applied_last_hour(now),
+                h.last_attempt("recent")
+            )
+        );
+        assert_eq!(h.applied_within_window("recent", now), 2);
+        assert_eq!(h.applied_last_hour(now), 1);
+        assert_eq!(h.last_attempt("old"), None, "older than a day");
+        assert_eq!(h.readded_by("old"), None);
+        assert_eq!(h.readded_by("recent"), Some("kube-proxy"));
+        assert_eq!(h.len(), 1);
+        // A cooldown longer than a day keeps its last attempt.
+        let mut h = FixHistory::default();
+        h.record(&keyed_attempt("slow", t0, Outcome::Failed));
+        h.prune(t0 + day + day / 2, day * 2);
+        assert_eq!(h.last_attempt("slow"), Some(t0));
     }
 }

@@ -6,4 +6,5 @@
 pub mod fixes;
 pub mod guard;
 pub mod history;
+pub mod pending;
 pub mod tracker;

@@ -37,7 +37,17 @@ pub enum Wake {
     /// The kernel state changed (an nftables transaction, a link event, ...), with the process
     /// that made the change when the event named it.
     Changed { by: Option<String> },
+    /// An nftables notification from another process: a committed transaction (with the chains
+    /// it wrote, for "re-added by") or lost notifications.
+    Nft(crate::observe::nft_events::NftEvent),
 }
+
+/// How a legacy re-add is attributed: x_tables sends no notifications naming a writer.
+pub const LEGACY_READD: &str =
+    "unknown (seen by a periodic iptables-legacy re-read; the writer is not known)";
+/// How an nftables re-add is attributed when no transaction seen named this chain's writer.
+pub const UNKNOWN_READD: &str =
+    "unknown (no nftables transaction seen since start named this chain's writer)";
 
 /// How long the engine may go without a pass before it counts as dead for /healthz.
 pub const ENGINE_ALLOWANCE: Duration = Duration::from_secs(60);
@@ -56,8 +66,12 @@ pub struct Engine<P: NodeProbe, A: Actuator> {
     actuator: A,
     /// Per-finding fix states between passes.
     ledger: FixLedger,
-    /// Who last changed the ruleset (from NEWGEN events), for "re-added by" evidence.
+    /// Who last changed the ruleset (from NEWGEN events); logged, never used as attribution.
     last_changed_by: Option<String>,
+    /// Per chain, the process whose transaction last created or changed it: "re-added by".
+    chain_writers: crate::observe::nft_events::ChainWriters,
+    /// Each source's read health, for /status and readiness.
+    sources: crate::runtime::sources::SourceBook,
     /// Fixes waiting for their proof.
     pending: PendingVerifications,
     ruleset_memo: RulesetMemo,
@@ -89,7 +103,15 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
             let mut doc = shared.status.write().expect("status lock");
             doc.config = source.state(&config, None);
             doc.journal = journal.recent(RECENT_JOURNAL).to_vec();
+            doc.journal_health = journal.health();
         }
+        shared
+            .metrics
+            .journal_skipped(&journal.health().skipped_lines);
+        // Verifications a previous run left open are finished by this one.
+        let verify_within = crate::remediate::fixes::set_promisc::settings(&config).verify_within;
+        let pending =
+            PendingVerifications::resume(journal.pending_verifications(verify_within), &config);
         let mut probe = probe;
         probe.configure(&config);
         let history = history_of(&journal);
@@ -104,7 +126,9 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
             actuator,
             ledger: FixLedger::default(),
             last_changed_by: None,
-            pending: PendingVerifications::default(),
+            chain_writers: Default::default(),
+            sources: Default::default(),
+            pending,
             ruleset_memo: RulesetMemo::default(),
             history,
         }
@@ -182,10 +206,73 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
 
     /// Notes who changed the kernel state (from events).
     pub fn note_change(&mut self, wake: &Wake) {
-        let Wake::Changed { by } = wake;
-        if by.is_some() {
-            self.last_changed_by = by.clone();
+        use crate::observe::nft_events::NftEvent;
+        match wake {
+            Wake::Changed { by } => {
+                if by.is_some() {
+                    self.last_changed_by = by.clone();
+                }
+            }
+            Wake::Nft(NftEvent::Committed(generation)) => {
+                if let Some(by) = &generation.process {
+                    self.last_changed_by = Some(by.clone());
+                }
+                self.chain_writers.record(generation);
+            }
+            // A chain may have been written unseen: its writer is no longer known.
+            Wake::Nft(NftEvent::Overflow) => self.chain_writers.forget_all(),
+            Wake::Nft(NftEvent::Changes(_)) => {}
         }
+    }
+
+    /// Who re-added a fault that a fix had already removed: the process whose nftables
+    /// transaction last wrote its chain, "unknown" when none was seen, and for legacy tables how
+    /// it was seen (x_tables names no writer). `None` for findings that are not about a chain.
+    fn readded_by(
+        chain_writers: &crate::observe::nft_events::ChainWriters,
+        finding: &crate::model::finding::Finding,
+    ) -> Option<String> {
+        match finding.evidence.get("backend").and_then(|b| b.as_str()) {
+            Some("legacy") => Some(LEGACY_READD.to_string()),
+            Some(_) => Some(
+                chain_writers
+                    .writer_of(&finding.subject)
+                    .unwrap_or(UNKNOWN_READD)
+                    .to_string(),
+            ),
+            None => None,
+        }
+    }
+
+    /// Picks up journal entries other writers (a `netmend check --apply`) appended since the last
+    /// look, so the guards decide on them too, and prunes the guards' history to what they can
+    /// still need.
+    fn catch_up_journal(&mut self, now: SystemTime) {
+        match self.journal.refresh() {
+            Ok(fresh) => {
+                for entry in &fresh {
+                    tracing::info!(
+                        fix = %entry.fix,
+                        subject = %entry.subject,
+                        outcome = %entry.outcome,
+                        "journal entry from another writer"
+                    );
+                    record(&mut self.history, entry);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the journal's new entries"),
+        }
+        let longest_cooldown = self
+            .config
+            .fixes
+            .values()
+            .map(|f| f.guard.cooldown)
+            .max()
+            .unwrap_or_default();
+        self.history.prune(now, longest_cooldown);
+        self.shared
+            .metrics
+            .journal_skipped(&self.journal.health().skipped_lines);
     }
 
     /// One pass: observe, detect, decide, act, publish.
@@ -196,6 +283,7 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
     }
 
     fn pass_inner(&mut self, now: SystemTime) {
+        self.catch_up_journal(now);
         let snapshot = match self.probe.snapshot() {
             Ok(s) => s,
             Err(fatal) => {
@@ -203,6 +291,12 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
                 for source in crate::metrics::SOURCES {
                     self.shared.metrics.source(source, false, Duration::ZERO);
                 }
+                self.sources.fail_all(&fatal.0, now);
+                self.shared
+                    .status
+                    .write()
+                    .expect("status lock")
+                    .source_health = self.sources.view();
                 return;
             }
         };
@@ -222,6 +316,7 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
                 .metrics
                 .source(name, status.ok, Duration::from_millis(status.duration_ms));
         }
+        self.sources.observe(&snapshot.sources, now);
         let held = self.promisc_held();
         self.settle_pending(&snapshot, now);
         let mut findings = self.ruleset_memo.findings(&snapshot, &self.config);
@@ -245,7 +340,7 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
             scope: GuardScope::Agent,
             act: true,
             promisc_held: &held,
-            changed_by: self.last_changed_by.as_deref(),
+            readded_by: &|finding| Self::readded_by(&self.chain_writers, finding),
         };
         let mut appended = Vec::new();
         let decided = decide_and_act(
@@ -258,10 +353,15 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
             &|| now,
             &mut |entry| appended.push(entry),
         );
-        for entry in appended {
+        let (reports, verifying) = self.account(&decided, &snapshot, now);
+        for mut entry in appended {
+            // An applied fix awaiting its proof is journaled with what the proof needs, so a
+            // restart finishes it.
+            if entry.outcome() == Some(Outcome::Applied) {
+                entry.verify = verifying.get(&entry.key).cloned();
+            }
             self.append(entry);
         }
-        let reports = self.account(&decided, &snapshot, now);
         let mut counts: Vec<(CheckId, usize)> = Vec::new();
         for d in &decided {
             match counts
@@ -278,20 +378,30 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
             doc.report.findings = reports;
             doc.report.sources = snapshot.sources.clone();
             doc.journal = self.journal.recent(RECENT_JOURNAL).to_vec();
+            doc.journal_health = self.journal.health();
+            doc.source_health = self.sources.view();
         }
-        if snapshot.nftables.is_some() {
-            self.shared.set_ready();
+        // Ready once every ruleset source the node uses was read once (a source it does not use,
+        // such as nf_tables on an iptables-legacy-only node, does not hold it back).
+        match self.sources.ready() {
+            Ok(()) => self.shared.set_ready(),
+            Err(waiting) => tracing::debug!(?waiting, "not ready yet"),
         }
     }
 
-    /// Counts, journals and remembers what the decision loop did, and builds the reports.
+    /// Counts, journals and remembers what the decision loop did, and builds the reports. Also
+    /// returns, per finding key, what the journal keeps of a fix that now awaits its proof.
     fn account(
         &mut self,
         decided: &[Decided],
         snapshot: &crate::model::snapshot::NodeSnapshot,
         now: SystemTime,
-    ) -> Vec<FindingReport> {
+    ) -> (
+        Vec<FindingReport>,
+        HashMap<String, crate::journal::VerifySpec>,
+    ) {
         let mut reports = Vec::with_capacity(decided.len());
+        let mut verifying = HashMap::new();
         let mut circuit_open: HashMap<FixId, usize> = HashMap::new();
         let mut present = HashSet::with_capacity(decided.len());
         for d in decided {
@@ -347,8 +457,16 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
                         finding.proposal.as_ref().and_then(|p| p.action.as_ref()),
                         outcome,
                     ) {
-                        self.pending
-                            .start(&d.tracked, fix, interface, snapshot, &self.config, now);
+                        if let Some(spec) = self.pending.start(
+                            &d.tracked,
+                            fix,
+                            interface,
+                            snapshot,
+                            &self.config,
+                            now,
+                        ) {
+                            verifying.insert(key.clone(), spec);
+                        }
                     }
                     Some(execution.report.clone())
                 }
@@ -361,7 +479,7 @@ impl<P: NodeProbe, A: Actuator> Engine<P, A> {
                 .metrics
                 .set_circuit_open(fix.id(), circuit_open.get(&fix.id()).copied().unwrap_or(0));
         }
-        reports
+        (reports, verifying)
     }
 
     /// Appends to the journal and keeps the guards' history in step with it (the history is
@@ -442,6 +560,7 @@ mod tests {
     use crate::http::ConfigState;
     use crate::model::ruleset::Backend;
     use crate::model::snapshot::NodeSnapshot;
+    use crate::observe::nft_events::{Generation, NftEvent};
     use crate::runtime::fake::FakeNode;
     use std::path::PathBuf;
 
@@ -536,9 +655,18 @@ mod tests {
             assert_eq!(fix_state(&e).as_deref(), Some("verified"));
             // Something re-adds it.
             node.0.borrow_mut().snapshot = stale_node();
-            e.note_change(&Wake::Changed {
-                by: Some("cilium-agent".into()),
-            });
+            e.note_change(&Wake::Nft(NftEvent::Committed(Generation {
+                id: 7,
+                pid: Some(4242),
+                process: Some("cilium-agent".into()),
+                chains: vec!["ip nat OLD_CILIUM_POST_nat".into()],
+            })));
+            e.note_change(&Wake::Nft(NftEvent::Committed(Generation {
+                id: 8,
+                pid: Some(99),
+                process: Some("kube-proxy".into()),
+                chains: vec!["ip nat KUBE-SERVICES".into()],
+            })));
             now += 11;
         }
         e.pass(t(now));
@@ -546,7 +674,10 @@ mod tests {
         {
             let doc = e.shared.status.read().unwrap();
             let detail = &doc.report.findings[0].fix.as_ref().unwrap().detail;
-            assert!(detail.contains("re-added by cilium-agent"), "{detail}");
+            assert!(
+                detail.contains("re-added by cilium-agent (pid 4242)"),
+                "{detail}"
+            );
         }
         assert!(e
             .shared
@@ -561,6 +692,126 @@ mod tests {
         assert_eq!(fix_state(&e).as_deref(), Some("circuit-open"));
         assert_eq!(node.0.borrow().applied.len(), 2);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_one_shot_apply_journaled_meanwhile_holds_the_agents_cooldown() {
+        let dir = temp_dir("oneshot");
+        let node = FakeNode::new(stale_node());
+        let config = Config::from_yaml(
+            "mode: enforce\nchecks:\n  cilium-stale-backup-chain: { staleAfter: 0s }\nfixes:\n  flush-stale-chain: { enabled: true, confirmFor: 0s, cooldown: 300s }\n",
+        )
+        .unwrap();
+        let mut e = engine(&node, config.clone(), &dir);
+        // A `check --apply` in another process flushes the chain and journals it.
+        let finding = crate::detect::run_checks(&stale_node(), &config, &[])
+            .into_iter()
+            .next()
+            .unwrap();
+        let mut oneshot = Journal::open(&dir).unwrap();
+        oneshot
+            .append(crate::journal::JournalEntry::new(
+                t(0),
+                Some(finding.check),
+                FixId::FLUSH_STALE_CHAIN,
+                &finding.subject,
+                &finding.key(),
+                Outcome::Applied,
+                "flushed by check --apply",
+            ))
+            .unwrap();
+        e.pass(t(10));
+        assert_eq!(fix_state(&e).as_deref(), Some("cooldown"));
+        assert!(node.0.borrow().applied.is_empty(), "the agent held back");
+        e.pass(t(301));
+        assert_eq!(
+            node.0.borrow().applied.len(),
+            1,
+            "acts once the cooldown ends"
+        );
+        assert_eq!(e.shared.status.read().unwrap().journal_health.picked_up, 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn skipped_journal_lines_show_on_status_and_in_the_metric() {
+        let dir = temp_dir("skipped");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("journal.jsonl"),
+            "{\"time\":1.0,\"check\":null,\"fix\":\"flush-stale-chain\",\"subject\":\"s\",\"key\":\"k\",\"outcome\":\"applied\",\"detail\":\"\"}\n\
+             garbage\n\
+             {\"time\":2.0,\"check\":null,\"fix\":\"flush-stale-chain\",\"subject\":\"s\",\"key\":\"k\",\"outcome\":\"from-the-future\",\"detail\":\"\"}\n",
+        )
+        .unwrap();
+        let node = FakeNode::new(stale_node());
+        let mut e = engine(&node, Config::default(), &dir);
+        e.pass(t(0));
+        let doc = e.shared.status.read().unwrap();
+        assert_eq!(doc.journal_health.entries, 2);
+        assert_eq!(doc.journal_health.skipped_lines.get("corrupt"), Some(&1));
+        assert_eq!(
+            doc.journal_health.skipped_lines.get("unknown-outcome"),
+            Some(&1)
+        );
+        let json = serde_json::to_value(&*doc).unwrap();
+        assert_eq!(json["journalHealth"]["skippedLines"]["corrupt"], 1);
+        drop(doc);
+        let text = e.shared.metrics.encode();
+        assert!(
+            text.contains("netmend_journal_skipped_lines_total{reason=\"corrupt\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("netmend_journal_skipped_lines_total{reason=\"unknown-outcome\"} 1"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_re_add_is_unknown_without_a_transaction_for_its_chain_and_legacy_says_how_it_was_seen() {
+        for (backend, expected) in [
+            (Backend::Nft, UNKNOWN_READD),
+            (Backend::Legacy, LEGACY_READD),
+        ] {
+            let dir = temp_dir(&format!("readd-{}", backend.as_str()));
+            let stale = || {
+                let table = || {
+                    vec![iptables_table(
+                        backend,
+                        "nat",
+                        ":POSTROUTING ACCEPT\n:OLD_CILIUM_POST_nat -\n-A OLD_CILIUM_POST_nat -j ACCEPT\n",
+                    )]
+                };
+                match backend {
+                    Backend::Nft => snapshot_with(Some(table()), None),
+                    Backend::Legacy => snapshot_with(Some(Vec::new()), Some(table())),
+                }
+            };
+            let node = FakeNode::new(stale());
+            let config = Config::from_yaml(
+                "mode: enforce\nchecks:\n  cilium-stale-backup-chain: { staleAfter: 0s }\nfixes:\n  flush-stale-chain: { enabled: true, confirmFor: 0s, cooldown: 10s, maxAttempts: 2 }\n",
+            )
+            .unwrap();
+            let mut e = engine(&node, config, &dir);
+            e.pass(t(0));
+            node.0.borrow_mut().snapshot = stale();
+            // Another chain's writer is not this one's.
+            e.note_change(&Wake::Nft(NftEvent::Committed(Generation {
+                id: 8,
+                pid: Some(99),
+                process: Some("kube-proxy".into()),
+                chains: vec!["ip nat KUBE-SERVICES".into()],
+            })));
+            e.pass(t(11));
+            let readded: Vec<_> = e
+                .journal
+                .entries()
+                .iter()
+                .filter_map(|entry| entry.readded_by.clone())
+                .collect();
+            assert!(!readded.is_empty(), "{:?}", e.journal.entries());
+            assert!(readded.iter().all(|r| r == expected), "{readded:?}");
+            std::fs::remove_dir_all(dir).unwrap();
+        }
     }
 
     #[test]

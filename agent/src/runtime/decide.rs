@@ -70,9 +70,8 @@ pub struct Round<'a> {
     /// Whether an allowed fix is carried out (false: report what would be done).
     pub act: bool,
     pub promisc_held: &'a [String],
-    /// Who last changed the node, when the change feed told: recorded on a repeat application
-    /// ("re-added by").
-    pub changed_by: Option<&'a str>,
+    /// Who re-created a finding's subject, asked on a repeat application ("re-added by").
+    pub readded_by: &'a dyn Fn(&crate::model::finding::Finding) -> Option<String>,
 }
 
 /// The order findings are decided and shown in: most severe first, then check, then subject.
@@ -138,7 +137,7 @@ pub fn decide_and_act(
                 );
                 // A repeat application means the fault came back: say who did it, when known.
                 let readded = (history.applied_within_window(&key, now) > 0)
-                    .then(|| round.changed_by.map(str::to_string))
+                    .then(|| (round.readded_by)(&tracked.finding))
                     .flatten();
                 for mut entry in std::mem::take(&mut execution.journal) {
                     entry.readded_by = readded.clone();

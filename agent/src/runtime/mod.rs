@@ -14,6 +14,7 @@ pub mod pass;
 pub mod reporting;
 pub mod ruleset_memo;
 pub mod serve;
+pub mod sources;
 pub mod verify;
 pub mod wiring;
 

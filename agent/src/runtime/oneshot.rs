@@ -81,7 +81,7 @@ pub fn run_check(
         scope: GuardScope::OneShot,
         act: options.apply,
         promisc_held: &held,
-        changed_by: None,
+        readded_by: &|_| None,
     };
     let mut append = |entry| {
         if let Some(journal) = journal.as_deref_mut() {

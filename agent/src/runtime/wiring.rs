@@ -121,22 +121,24 @@ fn change_feed(wakes: Sender<Wake>, stop: Arc<AtomicBool>, shared: Arc<Shared>) 
                         match event {
                             NftEvent::Changes(_) => {}
                             NftEvent::Committed(generation) => {
-                                tracing::debug!(generation = generation.id, by = ?generation.process, "nftables commit");
-                                to_send.push(Wake::Changed {
-                                    by: generation
-                                        .process
-                                        .filter(|_| generation.pid != Some(own_pid)),
-                                });
+                                tracing::debug!(generation = generation.id, by = ?generation.process, chains = generation.chains.len(), "nftables commit");
+                                if generation.pid == Some(own_pid) {
+                                    to_send.push(Wake::Changed { by: None });
+                                } else {
+                                    to_send.push(Wake::Nft(NftEvent::Committed(generation)));
+                                }
                             }
-                            // Notifications were lost: wake; the probe's own subscription
-                            // overflowed too and re-reads (counted there).
-                            NftEvent::Overflow => to_send.push(Wake::Changed { by: None }),
+                            // Notifications were lost: wake (chain writers are no longer
+                            // known); the probe's own subscription overflowed too and
+                            // re-reads (counted there).
+                            NftEvent::Overflow => to_send.push(Wake::Nft(NftEvent::Overflow)),
                         }
                     }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "reading nftables notifications failed; reopening");
-                    to_send.push(Wake::Changed { by: None });
+                    // Notifications may be lost meanwhile: as an overflow.
+                    to_send.push(Wake::Nft(NftEvent::Overflow));
                     nft = None;
                 }
             }
