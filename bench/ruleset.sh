@@ -9,12 +9,14 @@ cd "$(dirname "$0")/.."
 services=${1:-10000}; endpoints=${2:-2}; runs=${3:-5}
 ns="nm-bench-$$"
 bin=target/release/netmend
+gen=target/release/gen-ruleset  # the project's kube-proxy ruleset generator (tests/src/ruleset_gen.rs)
 [ -x "$bin" ] || cargo build --release --locked -p netmend
+[ -x "$gen" ] || cargo build --release --locked -p netmend-e2e --bin gen-ruleset
 trap 'ip netns del "$ns" 2>/dev/null || true' EXIT
 ip netns add "$ns"
 in_ns() { nsenter --net="/run/netns/$ns" "$@"; }
 in_ns ip link set lo up
-python3 ../shared/bench/gen_kube_proxy_ruleset.py "$services" "$endpoints" | in_ns iptables-nft-restore
+"$gen" --mode iptables "$services" "$endpoints" | in_ns iptables-nft-restore
 echo "ruleset: $services services x $endpoints endpoints: $(in_ns iptables-nft-save -t nat | grep -c '^-A') rules in $(in_ns iptables-nft-save -t nat | grep -c '^:') chains"
 
 peak_rss() {  # peak RSS in MiB of one run
