@@ -1,6 +1,6 @@
 //! The agent's read-only HTTP surface (axum): `/healthz` (every loop alive), `/readyz` (first full
-//! snapshot done, latched), `/metrics` (OpenMetrics), `/status` (the JSON of INTERFACE.md plus the
-//! journal and the config state). No endpoint changes anything.
+//! snapshot done, latched), `/metrics` (OpenMetrics), `/status` (the JSON of docs/interface.md
+//! plus the journal and the config state). No endpoint changes anything.
 
 use crate::journal::JournalEntry;
 use crate::metrics::Metrics;
