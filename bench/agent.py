@@ -15,7 +15,8 @@ import json, os, signal, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "netmend")
-GEN = os.path.join(ROOT, "..", "shared", "bench", "gen_kube_proxy_ruleset.py")
+# The project's kube-proxy ruleset generator (tests/src/ruleset_gen.rs), built on first use.
+GEN = os.path.join(ROOT, "target", "release", "gen-ruleset")
 PORT = 9899
 HZ = os.sysconf("SC_CLK_TCK")
 
@@ -54,7 +55,10 @@ def main():
     agent = None
     try:
         sh(ns, "ip link set lo up")
-        rules = subprocess.run([sys.executable, GEN, str(services), "2"], check=True,
+        if not os.access(GEN, os.X_OK):
+            subprocess.run(["cargo", "build", "--release", "--locked", "-p", "netmend-e2e", "--bin",
+                            "gen-ruleset"], cwd=ROOT, check=True)
+        rules = subprocess.run([GEN, "--mode", "iptables", str(services), "2"], check=True,
                                capture_output=True, text=True).stdout
         sh(ns, "iptables-nft-restore", stdin=rules)
         agent = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", BIN, "run", "--listen",

@@ -2,20 +2,31 @@
 # Benchmark: `netmend check --window 0s` against `iptables-nft-save -t nat` and `nft list ruleset`
 # on the same kube-proxy-shaped ruleset, side by side, in a fresh network namespace.
 #
-# usage: bench/ruleset.sh [SERVICES] [ENDPOINTS] [RUNS]   (default 10000 2 5; needs root)
+# usage: bench/ruleset.sh [SERVICES] [ENDPOINTS] [RUNS] [MODE]   (default 10000 2 5 iptables; needs root)
+# MODE is kube-proxy's back-end: `iptables` (loaded with iptables-nft-restore) or `nftables` (nft -f).
 # Prints wall time (hyperfine mean and min) and peak RSS (GNU time) of each command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-services=${1:-10000}; endpoints=${2:-2}; runs=${3:-5}
+services=${1:-10000}; endpoints=${2:-2}; runs=${3:-5}; mode=${4:-iptables}
 ns="nm-bench-$$"
 bin=target/release/netmend
+gen=target/release/gen-ruleset  # the project's kube-proxy ruleset generator (tests/src/ruleset_gen.rs)
 [ -x "$bin" ] || cargo build --release --locked -p netmend
+[ -x "$gen" ] || cargo build --release --locked -p netmend-e2e --bin gen-ruleset
 trap 'ip netns del "$ns" 2>/dev/null || true' EXIT
 ip netns add "$ns"
 in_ns() { nsenter --net="/run/netns/$ns" "$@"; }
 in_ns ip link set lo up
-python3 ../shared/bench/gen_kube_proxy_ruleset.py "$services" "$endpoints" | in_ns iptables-nft-restore
-echo "ruleset: $services services x $endpoints endpoints: $(in_ns iptables-nft-save -t nat | grep -c '^-A') rules in $(in_ns iptables-nft-save -t nat | grep -c '^:') chains"
+rules=$(mktemp)
+"$gen" --mode "$mode" "$services" "$endpoints" > "$rules"
+if [ "$mode" = nftables ]; then
+  in_ns nft -f "$rules"
+  echo "ruleset ($mode mode): $services services x $endpoints endpoints: $(grep -c '^add rule' "$rules") rules in $(grep -c '^add chain' "$rules") chains, $(grep -c '^add element' "$rules") map and set elements"
+else
+  in_ns iptables-nft-restore < "$rules"
+  echo "ruleset ($mode mode): $services services x $endpoints endpoints: $(in_ns iptables-nft-save -t nat | grep -c '^-A') rules in $(in_ns iptables-nft-save -t nat | grep -c '^:') chains in nat"
+fi
+rm -f "$rules"
 
 peak_rss() {  # peak RSS in MiB of one run
   in_ns /usr/bin/time -f '%M' "$@" 2>&1 >/dev/null | tail -n 1 | awk '{ printf "%.1f", $1 / 1024 }'

@@ -1,6 +1,6 @@
 //! The agent's read-only HTTP surface (axum): `/healthz` (every loop alive), `/readyz` (every
 //! ruleset source in use read once, latched), `/metrics` (OpenMetrics), `/status` (the JSON of
-//! INTERFACE.md plus the journal, its health, each source's health and the config state). No
+//! docs/interface.md plus the journal, its health, each source's health and the config state). No
 //! endpoint changes anything.
 
 use crate::journal::{JournalEntry, JournalHealth};

@@ -345,8 +345,8 @@ fn node_name() -> String {
 }
 
 /// Moves this (still single-threaded) process into a network namespace before anything else
-/// runs, so every thread created afterwards inherits it (KERNEL-FACTS: the namespace belongs to a
-/// thread).
+/// runs, so every thread created afterwards inherits it (docs/kernel-facts.md: the namespace
+/// belongs to a thread).
 fn enter_netns(netns: &str) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd;
     let path = if netns.contains('/') {

@@ -1,6 +1,6 @@
-//! The Prometheus registry of the agent (names of INTERFACE.md) and one function per occurrence
-//! that both counts and logs it, so a metric and its log line never disagree. Label values come
-//! only from closed sets (check ids, fix ids, outcomes, source names).
+//! The Prometheus registry of the agent (names of docs/interface.md) and one function per
+//! occurrence that both counts and logs it, so a metric and its log line never disagree. Label
+//! values come only from closed sets (check ids, fix ids, outcomes, source names).
 
 use crate::model::finding::{CheckId, FixId, Outcome};
 use prometheus_client::encoding::text::encode;

@@ -1,4 +1,4 @@
-//! The outward shape of findings (INTERFACE.md): the JSON of `check --output json` and
+//! The outward shape of findings (docs/interface.md): the JSON of `check --output json` and
 //! `GET /status`, and the text people read from `netmend check`. Pure formatting.
 
 use crate::model::finding::{FixReport, Severity};

@@ -5,6 +5,8 @@
 //! Every test builds and removes its own namespaces and never touches the host's ruleset or links.
 //! Without root the tests fail with a message saying so; they never pass silently.
 
+pub mod ruleset_gen;
+
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -284,23 +286,22 @@ pub fn netmend_binary() -> PathBuf {
     bin
 }
 
-/// The shared bench directory (`../shared/bench` from the repository root).
-pub fn shared_bench_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/bench")
-        .canonicalize()
-        .expect("../shared/bench beside the repository")
+/// kube-proxy's iptables mode for `services` services with `endpoints` each, from the project's
+/// own generator ([`ruleset_gen`]), as `iptables-restore` input.
+pub fn kube_proxy_ruleset(services: usize, endpoints: usize) -> String {
+    ruleset_gen::iptables(services, endpoints).expect("kube-proxy iptables-mode ruleset")
 }
 
-/// Output of the kube-proxy ruleset generator for `services` services with `endpoints` each.
-pub fn kube_proxy_ruleset(services: usize, endpoints: usize) -> String {
-    let script = shared_bench_dir().join("gen_kube_proxy_ruleset.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(services.to_string())
-        .arg(endpoints.to_string())
-        .output()
-        .expect("run gen_kube_proxy_ruleset.py");
-    assert!(out.status.success(), "generator failed");
-    String::from_utf8(out.stdout).expect("utf-8 rules")
+/// kube-proxy's nftables mode for `services` services with `endpoints` each, from the project's
+/// own generator, as `nft -f` input.
+pub fn kube_proxy_nftables(services: usize, endpoints: usize) -> String {
+    ruleset_gen::nftables(services, endpoints).expect("kube-proxy nftables-mode ruleset")
+}
+
+/// The committed nftables-mode fixture `tests/fixtures/kube-proxy-nftables-mode.nft` (the
+/// generator's six services with one endpoint each: one service of every kind).
+pub fn kube_proxy_nft_fixture() -> String {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/kube-proxy-nftables-mode.nft");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }

@@ -2,7 +2,7 @@
 //! `iptables-nft`, `iptables-legacy` and `nft` binaries, shaped like the field reports. Fixes are
 //! applied by the binary and the result read back with the real tools.
 
-use netmend_e2e::{kube_proxy_ruleset, require_tool, shared_bench_dir, veth_pair, NetNs};
+use netmend_e2e::{kube_proxy_nft_fixture, kube_proxy_ruleset, require_tool, veth_pair, NetNs};
 use serde_json::Value;
 use std::process::Output;
 
@@ -326,15 +326,10 @@ fn legacy_hijack_is_removed_with_iptables_legacy() {
     assert!(after.contains("CNI-DN-7f1c0ffee0aa11bb22cc3"), "{after}");
 }
 
-fn kube_proxy_nft_table() -> String {
-    std::fs::read_to_string(shared_bench_dir().join("data/kube-proxy-nftables-mode.nft"))
-        .expect("kube-proxy nftables-mode rule set in ../shared/bench/data")
-}
-
 #[test]
 fn kube_proxy_nftables_mode_is_healthy_until_a_nodeport_takes_a_protected_port() {
     let (ns, _lan) = node("kpnft");
-    ns.nft_file(&kube_proxy_nft_table()).unwrap();
+    ns.nft_file(&kube_proxy_nft_fixture()).unwrap();
     // The node's own address is a NodePort address, as kube-proxy sets it.
     ns.sh("nft add element ip kube-proxy nodeport-ips '{ 192.168.1.233 }'")
         .unwrap();

@@ -10,7 +10,7 @@
 use netmend::model::ruleset::Ruleset;
 use netmend::observe::nft_events::NftEventSocket;
 use netmend::observe::nftables::{capture_ruleset_messages, read_ruleset, NftTracker};
-use netmend_e2e::{kube_proxy_ruleset, require_tool, shared_bench_dir, NetNs};
+use netmend_e2e::{kube_proxy_nft_fixture, kube_proxy_ruleset, require_tool, NetNs};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -122,9 +122,7 @@ fn steps() -> Vec<(&'static str, String)> {
 fn load_base(ns: &NetNs, services: usize) {
     ns.restore("iptables-nft-restore", &kube_proxy_ruleset(services, 2))
         .unwrap();
-    let nft = std::fs::read_to_string(shared_bench_dir().join("data/kube-proxy-nftables-mode.nft"))
-        .expect("kube-proxy nftables-mode bench file");
-    ns.nft_file(&nft).unwrap();
+    ns.nft_file(&kube_proxy_nft_fixture()).unwrap();
 }
 
 #[test]
@@ -220,9 +218,7 @@ fn capture_event_testdata() {
     let ns = NetNs::new("inccap");
     ns.restore("iptables-nft-restore", &kube_proxy_ruleset(3, 2))
         .unwrap();
-    let nft = std::fs::read_to_string(shared_bench_dir().join("data/kube-proxy-nftables-mode.nft"))
-        .unwrap();
-    ns.nft_file(&nft).unwrap();
+    ns.nft_file(&kube_proxy_nft_fixture()).unwrap();
     let steps = steps();
     ns.run(move || {
         let mut socket = NftEventSocket::open().unwrap();

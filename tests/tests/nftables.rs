@@ -12,7 +12,7 @@ use netmend::model::ruleset::{
     Ruleset, Table, Verdict,
 };
 use netmend::observe::nftables::{current_generation, read_ruleset};
-use netmend_e2e::{kube_proxy_ruleset, require_tool, shared_bench_dir, NetNs};
+use netmend_e2e::{kube_proxy_nftables, kube_proxy_ruleset, require_tool, NetNs};
 use std::net::IpAddr;
 
 /// Cilium-like masquerade chains (with the stale `OLD_` backup) and the k3s portmap chains that
@@ -96,9 +96,10 @@ table inet mixed {
 }
 "#;
 
+/// The generator's six kinds of service, two endpoints each (so service chains pick with
+/// `numgen random mod 2`).
 fn kube_proxy_nft_file() -> String {
-    std::fs::read_to_string(shared_bench_dir().join("data/kube-proxy-nftables-mode.nft"))
-        .expect("kube-proxy nftables-mode rules in the shared bench data")
+    kube_proxy_nftables(6, 2)
 }
 
 fn namespace_with(tag: &str, setup: impl FnOnce(&NetNs)) -> NetNs {
@@ -388,7 +389,7 @@ fn reads_kube_proxy_nftables_mode() {
         .collect();
     assert_eq!(targets.len(), 2);
     assert!(targets.contains(&"endpoint-UNZV3OEC-ns4/svc4/tcp/p80__10.180.0.4/80"));
-    assert!(targets.contains(&"endpoint-5RFCDDV7-ns4/svc4/tcp/p80__10.180.0.5/80"));
+    assert!(targets.contains(&"endpoint-ZYHONFHQ-ns4/svc4/tcp/p80__10.181.0.4/80"));
     let external = kube.chain("external-42NFTM6N-ns2/svc2/tcp/p80").unwrap();
     assert_eq!(
         external.rules[1].matches,
@@ -431,7 +432,7 @@ fn reads_kube_proxy_nftables_mode() {
         }
     );
     let affinity = kube
-        .chain("endpoint-GTK6MW7G-ns5/svc5/tcp/p80__10.180.0.3/80")
+        .chain("endpoint-QR2OSYWX-ns5/svc5/tcp/p80__10.180.0.5/80")
         .unwrap();
     assert!(
         matches!(&affinity.rules[1].action, Action::Opaque { description } if description.starts_with("update @affinity")),
@@ -820,8 +821,8 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// Prints the wall time and peak RSS of a read of 10,000 kube-proxy services (80,008 rules in
-/// 30,008 chains) next to `iptables-nft-save -t nat`. Measures; asserts only that the read is whole.
+/// Prints the wall time and peak RSS of a read of 10,000 kube-proxy services (83,208 rules in
+/// 31,008 chains) next to `iptables-nft-save -t nat`. Measures; asserts only that the read is whole.
 /// Run: `cargo test --release -p netmend-e2e --test nftables measure_kube_proxy_scale -- --ignored --nocapture`.
 #[test]
 #[ignore]

@@ -1,4 +1,4 @@
-//! Check `arp-unanswered` (CHECKS.md): ARP requests for an address this node should answer
+//! Check `arp-unanswered` (docs/checks.md): ARP requests for an address this node should answer
 //! arrive on its interface and no reply leaves. Pure: works on ARP counters of one window, the
 //! responder map read at both ends of that window, and the link list. No I/O.
 //!

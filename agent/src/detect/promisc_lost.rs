@@ -1,5 +1,5 @@
-//! Check `promisc-lost` (CHECKS.md): an interface that must stay promiscuous (netmend set it, as
-//! its journal records, or configuration lists it) has lost the administrative IFF_PROMISC flag
+//! Check `promisc-lost` (docs/checks.md): an interface that must stay promiscuous (netmend set it,
+//! as its journal records, or configuration lists it) has lost the administrative IFF_PROMISC flag
 //! (link reset, driver reload, reboot). Pure: works on the list of such interfaces and the link
 //! list. No I/O.
 //!

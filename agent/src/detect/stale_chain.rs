@@ -16,7 +16,7 @@ use crate::model::snapshot::NodeSnapshot;
 use serde_json::json;
 use std::time::Duration;
 
-/// Cilium's chain names (CHECKS.md) whose `OLD_` backups are recognised.
+/// Cilium's chain names (docs/checks.md) whose `OLD_` backups are recognised.
 pub const CILIUM_CHAINS: [&str; 12] = [
     "CILIUM_POST_nat",
     "CILIUM_PRE_nat",

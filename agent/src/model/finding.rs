@@ -1,6 +1,6 @@
 //! Findings (what a check saw) and fix plans/outcomes (what a fix would do, and what happened).
-//! Pure data with the stable ids of CHECKS.md and INTERFACE.md: check ids, fix ids, fix states and
-//! outcome labels come from closed sets so they can be metric labels.
+//! Pure data with the stable ids of docs/checks.md and docs/interface.md: check ids, fix ids, fix
+//! states and outcome labels come from closed sets so they can be metric labels.
 
 use crate::model::ruleset::{Backend, Family};
 use serde::Serialize;

@@ -89,8 +89,8 @@ pub struct NodeSnapshot {
     /// Cilium's L2 responder map at the start and at the end of the window.
     pub responder: Option<ResponderMap>,
     pub responder_after: Option<ResponderMap>,
-    /// Per-source status keyed by the source names of INTERFACE.md (`nftables`, `iptables-legacy`,
-    /// `sockets`, `addresses`, `links`, `arp`, `bpf`).
+    /// Per-source status keyed by the source names of docs/interface.md (`nftables`,
+    /// `iptables-legacy`, `sockets`, `addresses`, `links`, `arp`, `bpf`).
     pub sources: BTreeMap<String, SourceStatus>,
 }
 

@@ -1,4 +1,5 @@
-//! The guards every fix passes (CHECKS.md), in order, as one pure decision with a typed reason:
+//! The guards every fix passes (docs/checks.md), in order, as one pure decision with a typed
+//! reason:
 //!
 //! 1. the check proposed a concrete action (else `blocked`, with the check's reason);
 //! 2. `mode: dry-run` reports what would be done (`dry-run`); in `enforce` a fix that is not
