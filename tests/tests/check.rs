@@ -189,7 +189,7 @@ fn a_referenced_backup_chain_is_flushed_and_kept() {
     let (ns, _lan) = node("stale-ref");
     ns.restore(
         "iptables-nft-restore",
-        "*nat\n:OLD_CILIUM_POST_nat - [0:0]\n-A POSTROUTING -j OLD_CILIUM_POST_nat\n-A OLD_CILIUM_POST_nat -j ACCEPT\nCOMMIT\n",
+        "*nat\n:CILIUM_POST_nat - [0:0]\n:OLD_CILIUM_POST_nat - [0:0]\n-A POSTROUTING -j CILIUM_POST_nat\n-A POSTROUTING -j OLD_CILIUM_POST_nat\n-A OLD_CILIUM_POST_nat -j ACCEPT\nCOMMIT\n",
     )
     .unwrap();
     let config = write_config(

@@ -3,13 +3,21 @@
 //! pods lose egress. Proposes `flush-stale-chain`: flush it, and delete it when nothing
 //! references it (a referenced chain cannot be deleted: EBUSY).
 //!
+//! The fix acts only while the backup is a copy: its live counterpart (the name without `OLD_`)
+//! exists in the same table AND is hooked, i.e. reachable from the built-in chain of its hook
+//! (`CILIUM_POST_nat` from `POSTROUTING`, ...). If Cilium died between renaming the live chain to
+//! `OLD_*` and re-creating it, the backup is the only masquerade left: flushing it would cut pod
+//! egress, so the proposal carries no action and says why (fix state `blocked`). The live chain's
+//! presence and hook are part of the action's content hash, so the re-check on a fresh read right
+//! before acting sees a live chain that vanished or was unhooked in between.
+//!
 //! This check only recognises the chains; "stale" (still there after `staleAfter`, or at both ends
 //! of the one-shot window) is decided by the tracker that keeps `since`.
 
 use crate::model::finding::{CheckId, Finding, FixAction, FixId, FixProposal, Severity, TableRef};
 use crate::model::graph::TableGraph;
 use crate::model::render::{content_hash, render_rule};
-use crate::model::ruleset::{Backend, Table};
+use crate::model::ruleset::{Backend, HookPoint, Table};
 use crate::model::snapshot::NodeSnapshot;
 use serde_json::json;
 
@@ -28,6 +36,63 @@ pub const CILIUM_CHAINS: [&str; 12] = [
     "CILIUM_POST",
     "CILIUM_TRANSIENT_FORWARD",
 ];
+
+/// The hook whose built-in chain feeds Cilium's chain `live` (Cilium's feeder rules).
+pub fn live_chain_hook(live: &str) -> Option<HookPoint> {
+    Some(match live {
+        "CILIUM_POST_nat" | "CILIUM_POST_mangle" | "CILIUM_POST" => HookPoint::Postrouting,
+        "CILIUM_PRE_nat" | "CILIUM_PRE_mangle" | "CILIUM_PRE_raw" => HookPoint::Prerouting,
+        "CILIUM_OUTPUT_nat" | "CILIUM_OUTPUT" | "CILIUM_OUTPUT_raw" => HookPoint::Output,
+        "CILIUM_INPUT" => HookPoint::Input,
+        "CILIUM_FORWARD" | "CILIUM_TRANSIENT_FORWARD" => HookPoint::Forward,
+        _ => return None,
+    })
+}
+
+/// The state of a backup chain's live counterpart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveChain {
+    Missing,
+    /// Present, but no rule reachable from the built-in chain of its hook continues into it.
+    Unhooked,
+    /// Present and reachable from these base chains.
+    Hooked(Vec<String>),
+}
+
+/// Whether Cilium's live chain `live` exists in the table of `graph` and is reachable from a
+/// base chain attached to its hook.
+pub fn live_chain_state(graph: &TableGraph<'_>, live: &str) -> LiveChain {
+    let Some(target) = graph.chain_index(live) else {
+        return LiveChain::Missing;
+    };
+    let Some(hook) = live_chain_hook(live) else {
+        return LiveChain::Unhooked;
+    };
+    let mut from = Vec::new();
+    for (start, chain) in graph.table.chains.iter().enumerate() {
+        if chain.base.as_ref().is_none_or(|b| b.hook != hook) {
+            continue;
+        }
+        let mut seen = vec![false; graph.table.chains.len()];
+        let mut stack = vec![start];
+        while let Some(i) = stack.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            for rule in &graph.chain(i).rules {
+                stack.extend(graph.edges(rule).map(|e| e.target));
+            }
+        }
+        if seen[target] {
+            from.push(chain.name.clone());
+        }
+    }
+    if from.is_empty() {
+        LiveChain::Unhooked
+    } else {
+        LiveChain::Hooked(from)
+    }
+}
 
 /// Whether `name` is the backup of one of Cilium's chains.
 pub fn is_cilium_backup_chain(name: &str) -> bool {
@@ -78,7 +143,8 @@ fn finding_for(table: &Table, graph: &TableGraph<'_>, index: usize) -> Finding {
     let delete_chain = references.is_empty() && chain.base.is_none();
     let subject = format!("{} {} {}", table.id.family, table.id.name, chain.name);
     let live = chain.name.trim_start_matches("OLD_");
-    let live_exists = table.chain(live).is_some();
+    let live_state = live_chain_state(graph, live);
+    let hook_name = live_chain_hook(live).map_or("its built-in chain", |h| h.iptables_chain());
     let message = format!(
         "Cilium backup chain {} ({} rules, {}) was left behind in {} {} ({}); Cilium's iptables reconcile fails until it is gone (manual fix: iptables -t {} -F {})",
         chain.name,
@@ -102,7 +168,29 @@ fn finding_for(table: &Table, graph: &TableGraph<'_>, index: usize) -> Finding {
             references.len()
         ),
     };
-    let hash = content_hash(rendered.iter().chain(references.iter()).map(String::as_str));
+    let live_line = match &live_state {
+        LiveChain::Hooked(from) => format!("live {live} hooked from {}", from.join(",")),
+        LiveChain::Unhooked => format!("live {live} unhooked"),
+        LiveChain::Missing => format!("live {live} missing"),
+    };
+    let hash = content_hash(
+        rendered
+            .iter()
+            .chain(references.iter())
+            .map(String::as_str)
+            .chain(std::iter::once(live_line.as_str())),
+    );
+    let blocked = match &live_state {
+        LiveChain::Hooked(_) => None,
+        LiveChain::Missing => Some(format!(
+            "blocked: the backup is the only copy: the live chain {live} is missing; flushing {} could cut pod egress",
+            chain.name
+        )),
+        LiveChain::Unhooked => Some(format!(
+            "blocked: the backup is the only copy: the live chain {live} is unhooked (nothing in {hook_name} reaches it); flushing {} could cut pod egress",
+            chain.name
+        )),
+    };
     Finding {
         check: CheckId::CiliumStaleBackupChain,
         subject,
@@ -116,10 +204,18 @@ fn finding_for(table: &Table, graph: &TableGraph<'_>, index: usize) -> Finding {
             "rules": chain.rules.len(),
             "references": references.len(),
             "referencedBy": references,
-            "liveChainPresent": live_exists,
+            "liveChain": live,
+            "liveChainPresent": live_state != LiveChain::Missing,
+            "liveChainHooked": matches!(live_state, LiveChain::Hooked(_)),
             "ruleset": rendered,
         }),
-        proposal: Some(FixProposal {
+        proposal: Some(match blocked {
+            Some(reason) => FixProposal {
+                fix: FixId::FlushStaleChain,
+                action: None,
+                detail: reason,
+            },
+            None => FixProposal {
             fix: FixId::FlushStaleChain,
             action: Some(FixAction::FlushChain {
                 table: TableRef {
@@ -133,7 +229,7 @@ fn finding_for(table: &Table, graph: &TableGraph<'_>, index: usize) -> Finding {
                 content_hash: hash,
             }),
             detail,
-        }),
+        }}),
         discriminator: Some(table.id.backend.as_str().to_string()),
     }
 }
@@ -204,7 +300,9 @@ mod tests {
             "nat",
             r#"
 :POSTROUTING ACCEPT
+:CILIUM_POST_nat -
 :OLD_CILIUM_POST_nat -
+-A POSTROUTING -j CILIUM_POST_nat
 -A POSTROUTING -j OLD_CILIUM_POST_nat
 -A OLD_CILIUM_POST_nat -j ACCEPT
 "#,
@@ -234,7 +332,11 @@ mod tests {
             ":POSTROUTING ACCEPT\n:OLD_CILIUM_POST_nat -\n-A POSTROUTING -j OLD_CILIUM_POST_nat\n",
         );
         assert!(detect(&snapshot_with(Some(vec![table]), None)).is_empty());
-        let unreferenced = iptables_table(Backend::Nft, "nat", ":OLD_CILIUM_POST_nat -\n");
+        let unreferenced = iptables_table(
+            Backend::Nft,
+            "nat",
+            ":POSTROUTING ACCEPT\n:CILIUM_POST_nat -\n:OLD_CILIUM_POST_nat -\n-A POSTROUTING -j CILIUM_POST_nat\n",
+        );
         let findings = detect(&snapshot_with(Some(vec![unreferenced]), None));
         assert_eq!(
             findings[0].proposal.as_ref().unwrap().detail,
@@ -250,5 +352,79 @@ mod tests {
             ":POSTROUTING ACCEPT\n:CILIUM_POST_nat -\n-A POSTROUTING -j CILIUM_POST_nat\n",
         );
         assert!(detect(&snapshot_with(Some(vec![table]), None)).is_empty());
+    }
+
+    fn proposal_of(table: Table) -> (Finding, FixProposal) {
+        let findings = detect(&snapshot_with(Some(vec![table]), None));
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        let proposal = findings[0].proposal.clone().unwrap();
+        (findings[0].clone(), proposal)
+    }
+
+    /// The backup of the field report (as Cilium leaves it after renaming the live chain).
+    const BACKUP: &str = "-A OLD_CILIUM_POST_nat -s 10.42.0.0/24 ! -d 10.42.0.0/24 ! -o cilium_+ -j MASQUERADE\n";
+
+    #[test]
+    fn a_backup_without_its_live_chain_is_the_only_copy_and_is_blocked() {
+        // Cilium died after `-E CILIUM_POST_nat OLD_CILIUM_POST_nat` and before re-creating the
+        // live chain: the backup is the masquerade pods use.
+        let table = iptables_table(
+            Backend::Nft,
+            "nat",
+            &format!(":POSTROUTING ACCEPT\n:OLD_CILIUM_POST_nat -\n-A POSTROUTING -j OLD_CILIUM_POST_nat\n{BACKUP}"),
+        );
+        let (f, p) = proposal_of(table);
+        assert_eq!(p.action, None);
+        assert_eq!(
+            p.detail,
+            "blocked: the backup is the only copy: the live chain CILIUM_POST_nat is missing; flushing OLD_CILIUM_POST_nat could cut pod egress"
+        );
+        assert_eq!(f.evidence["liveChainPresent"], false);
+        assert_eq!(f.evidence["liveChainHooked"], false);
+    }
+
+    #[test]
+    fn a_live_chain_nothing_jumps_to_does_not_count() {
+        // Re-created but its feeder rule not yet inserted; a jump from another hook's chain
+        // (PREROUTING) is not its built-in chain.
+        let table = iptables_table(
+            Backend::Legacy,
+            "nat",
+            &format!(":PREROUTING ACCEPT\n:POSTROUTING ACCEPT\n:CILIUM_POST_nat -\n:OLD_CILIUM_POST_nat -\n-A PREROUTING -j CILIUM_POST_nat\n-A CILIUM_POST_nat -j RETURN\n{BACKUP}"),
+        );
+        let (f, p) = proposal_of(table);
+        assert_eq!(p.action, None);
+        assert!(
+            p.detail
+                .contains("the live chain CILIUM_POST_nat is unhooked (nothing in POSTROUTING reaches it)"),
+            "{}",
+            p.detail
+        );
+        assert_eq!(f.evidence["liveChainPresent"], true);
+        assert_eq!(f.evidence["liveChainHooked"], false);
+    }
+
+    #[test]
+    fn a_live_chain_reached_through_another_chain_is_hooked() {
+        let hooked_via = |via: &str| {
+            iptables_table(
+                Backend::Nft,
+                "nat",
+                &format!(":POSTROUTING ACCEPT\n:{via} -\n:CILIUM_POST_nat -\n:OLD_CILIUM_POST_nat -\n-A POSTROUTING -j {via}\n-A {via} -j CILIUM_POST_nat\n{BACKUP}"),
+            )
+        };
+        let (f, p) = proposal_of(hooked_via("KUBE-POSTROUTING"));
+        assert_eq!(f.evidence["liveChainHooked"], true);
+        assert!(p.action.is_some(), "hooked: the fix may act");
+        // The same backup, read again after the live chain lost its hook: the proposal has no
+        // action, so the re-check right before acting (which compares actions) does nothing.
+        let unhooked = iptables_table(
+            Backend::Nft,
+            "nat",
+            &format!(":POSTROUTING ACCEPT\n:CILIUM_POST_nat -\n:OLD_CILIUM_POST_nat -\n{BACKUP}"),
+        );
+        let (_, p2) = proposal_of(unhooked);
+        assert_ne!(p.action, p2.action);
+        assert_eq!(p2.action, None);
     }
 }

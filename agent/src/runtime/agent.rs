@@ -708,7 +708,7 @@ mod tests {
             Some(vec![iptables_table(
                 Backend::Nft,
                 "nat",
-                ":POSTROUTING ACCEPT\n:OLD_CILIUM_POST_nat -\n-A OLD_CILIUM_POST_nat -j ACCEPT\n",
+                ":POSTROUTING ACCEPT\n:CILIUM_POST_nat -\n:OLD_CILIUM_POST_nat -\n-A POSTROUTING -j CILIUM_POST_nat\n-A OLD_CILIUM_POST_nat -j ACCEPT\n",
             )]),
             None,
         )
