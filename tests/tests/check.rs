@@ -131,7 +131,7 @@ fn stale_cilium_backup_chains_are_found_in_both_backends_and_flushed() {
     // Same owner in both backends is a split, reported too.
     let split = findings_of(&report, "iptables-backend-split");
     assert!(
-        split.iter().any(|f| f["subject"] == "ip nat CILIUM_*"),
+        split.iter().any(|f| f["subject"] == "ip CILIUM_*"),
         "{report:#}"
     );
     assert!(report["sources"]["nftables"]["ok"].as_bool().unwrap());

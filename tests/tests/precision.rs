@@ -3,7 +3,7 @@
 //! finding; a new VIP is judged after 5,000 other addresses were asked for; owners split across
 //! backends through hook jumps or across tables are found, while kubelet's canaries are not.
 
-use netmend_e2e::{require_tool, veth_pair, NetNs};
+use netmend_e2e::{require_tool, NetNs};
 use serde_json::Value;
 use std::process::Output;
 
@@ -132,8 +132,127 @@ fn a_cilium_backup_without_a_hooked_live_chain_is_not_flushed() {
     for save in ["iptables-nft-save", "iptables-legacy-save"] {
         let after = ns.sh(&format!("{save} -t nat")).unwrap();
         assert!(
-            after.contains("-A CILIUM_POST_nat -s 10.42.0.0/24 ! -d 10.42.0.0/24 ! -o cilium_+ -j MASQUERADE"),
+            after.contains(
+                "-A CILIUM_POST_nat -s 10.42.0.0/24 ! -d 10.42.0.0/24 ! -o cilium_+ -j MASQUERADE"
+            ),
             "{after}"
         );
     }
+}
+
+/// kube-proxy's nat rules (iptables mode) as iptables-save prints them.
+const KUBE_PROXY_CHAINS: &str = r#"*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-SVC-NPX46M4PTMTKRN6Y - [0:0]
+:KUBE-SEP-ZP3FB6NMPNCO4VBJ - [0:0]
+-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
+-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0
+-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully
+-A KUBE-SERVICES -d 10.43.0.1/32 -p tcp -m comment --comment "default/kubernetes:https cluster IP" -m tcp --dport 443 -j KUBE-SVC-NPX46M4PTMTKRN6Y
+-A KUBE-SVC-NPX46M4PTMTKRN6Y -m comment --comment "default/kubernetes:https -> 192.168.1.233:6443" -j KUBE-SEP-ZP3FB6NMPNCO4VBJ
+-A KUBE-SEP-ZP3FB6NMPNCO4VBJ -s 192.168.1.233/32 -m comment --comment "default/kubernetes:https" -j KUBE-MARK-MASQ
+-A KUBE-SEP-ZP3FB6NMPNCO4VBJ -p tcp -m comment --comment "default/kubernetes:https" -m tcp -j DNAT --to-destination 192.168.1.233:6443
+COMMIT
+"#;
+
+/// kube-proxy's service hooks, written with the other binary (it creates the empty target).
+const KUBE_PROXY_HOOKS: &str = r#"*nat
+:KUBE-SERVICES - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+COMMIT
+"#;
+
+/// kubelet's own chains (upstream kubelet_network_linux.go) and the canaries.
+const KUBELET: &str = r#"*mangle
+:KUBE-IPTABLES-HINT - [0:0]
+:KUBE-KUBELET-CANARY - [0:0]
+:KUBE-PROXY-CANARY - [0:0]
+COMMIT
+*filter
+:KUBE-FIREWALL - [0:0]
+:KUBE-KUBELET-CANARY - [0:0]
+-A INPUT -j KUBE-FIREWALL
+-A OUTPUT -j KUBE-FIREWALL
+-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment "block incoming localnet connections" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP
+COMMIT
+"#;
+
+fn split_findings(ns: &NetNs) -> Vec<Value> {
+    let report = json_of(&ns.netmend(&["check", "--window", "0s", "--output", "json"]));
+    findings_of(&report, "iptables-backend-split")
+        .into_iter()
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn backend_split_through_hook_jumps_and_across_tables_is_found_and_kubelet_is_not() {
+    for tool in ["iptables-nft-restore", "iptables-legacy-restore", "ip"] {
+        require_tool(tool);
+    }
+    // Healthy: kube-proxy all in iptables-nft; kubelet's firewall and canaries in
+    // iptables-legacy (kubelet's binary), kube-proxy's canary in both.
+    let healthy = NetNs::new("split-ok");
+    healthy
+        .restore("iptables-nft-restore", KUBE_PROXY_CHAINS)
+        .unwrap();
+    healthy
+        .restore("iptables-nft-restore", KUBE_PROXY_HOOKS)
+        .unwrap();
+    healthy
+        .restore(
+            "iptables-nft-restore",
+            "*mangle\n:KUBE-PROXY-CANARY - [0:0]\nCOMMIT\n",
+        )
+        .unwrap();
+    healthy.restore("iptables-legacy-restore", KUBELET).unwrap();
+    let found = split_findings(&healthy);
+    assert!(found.is_empty(), "{found:#?}");
+
+    // Hooks in iptables-nft, chains in iptables-legacy.
+    let hooks = NetNs::new("split-hooks");
+    hooks
+        .restore("iptables-nft-restore", KUBE_PROXY_HOOKS)
+        .unwrap();
+    hooks
+        .restore("iptables-legacy-restore", KUBE_PROXY_CHAINS)
+        .unwrap();
+    let found = split_findings(&hooks);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let f = &found[0];
+    assert_eq!(f["subject"], "ip KUBE-*");
+    assert_eq!(f["evidence"]["nft"]["rules"], 0);
+    assert_eq!(f["evidence"]["nft"]["hookRules"], 2);
+    assert_eq!(f["evidence"]["legacy"]["rules"], 8);
+    assert_eq!(f["evidence"]["legacy"]["hookRules"], 1);
+
+    // nat in iptables-legacy, filter in iptables-nft.
+    let tables = NetNs::new("split-tables");
+    tables
+        .restore("iptables-legacy-restore", KUBE_PROXY_CHAINS)
+        .unwrap();
+    tables
+        .restore("iptables-legacy-restore", KUBE_PROXY_HOOKS)
+        .unwrap();
+    tables
+        .restore(
+            "iptables-nft-restore",
+            "*filter\n:KUBE-FORWARD - [0:0]\n-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD\n-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT\nCOMMIT\n",
+        )
+        .unwrap();
+    let found = split_findings(&tables);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(
+        found[0]["evidence"]["nft"]["tables"],
+        serde_json::json!(["filter"])
+    );
+    assert_eq!(
+        found[0]["evidence"]["legacy"]["tables"],
+        serde_json::json!(["nat"])
+    );
 }

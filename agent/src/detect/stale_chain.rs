@@ -216,20 +216,21 @@ fn finding_for(table: &Table, graph: &TableGraph<'_>, index: usize) -> Finding {
                 detail: reason,
             },
             None => FixProposal {
-            fix: FixId::FlushStaleChain,
-            action: Some(FixAction::FlushChain {
-                table: TableRef {
-                    backend: table.id.backend,
-                    family: table.id.family,
-                    table: table.id.name.clone(),
-                },
-                chain: chain.name.clone(),
-                rules: chain.rules.len(),
-                delete_chain,
-                content_hash: hash,
-            }),
-            detail,
-        }}),
+                fix: FixId::FlushStaleChain,
+                action: Some(FixAction::FlushChain {
+                    table: TableRef {
+                        backend: table.id.backend,
+                        family: table.id.family,
+                        table: table.id.name.clone(),
+                    },
+                    chain: chain.name.clone(),
+                    rules: chain.rules.len(),
+                    delete_chain,
+                    content_hash: hash,
+                }),
+                detail,
+            },
+        }),
         discriminator: Some(table.id.backend.as_str().to_string()),
     }
 }
@@ -362,7 +363,8 @@ mod tests {
     }
 
     /// The backup of the field report (as Cilium leaves it after renaming the live chain).
-    const BACKUP: &str = "-A OLD_CILIUM_POST_nat -s 10.42.0.0/24 ! -d 10.42.0.0/24 ! -o cilium_+ -j MASQUERADE\n";
+    const BACKUP: &str =
+        "-A OLD_CILIUM_POST_nat -s 10.42.0.0/24 ! -d 10.42.0.0/24 ! -o cilium_+ -j MASQUERADE\n";
 
     #[test]
     fn a_backup_without_its_live_chain_is_the_only_copy_and_is_blocked() {
@@ -395,8 +397,9 @@ mod tests {
         let (f, p) = proposal_of(table);
         assert_eq!(p.action, None);
         assert!(
-            p.detail
-                .contains("the live chain CILIUM_POST_nat is unhooked (nothing in POSTROUTING reaches it)"),
+            p.detail.contains(
+                "the live chain CILIUM_POST_nat is unhooked (nothing in POSTROUTING reaches it)"
+            ),
             "{}",
             p.detail
         );
