@@ -120,10 +120,50 @@ struct RawHijack {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawArp {
     enabled: Option<bool>,
-    targets: Option<Vec<String>>,
+    targets: Option<Vec<RawArpTarget>>,
     window: Option<HumanDuration>,
     min_requests: Option<u32>,
     responder_map_path: Option<String>,
+}
+
+/// An ARP target as written: `IPV4@INTERFACE[!always]`, or `{ip, interface, alwaysOwned}`.
+#[derive(Debug)]
+enum RawArpTarget {
+    Text(String),
+    Object(RawArpTargetObject),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawArpTargetObject {
+    ip: String,
+    interface: String,
+    always_owned: Option<bool>,
+}
+
+impl<'de> Deserialize<'de> for RawArpTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawArpTarget;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "an ARP target: \"IPV4@INTERFACE\" (\"!always\" appended marks it always owned) or {ip, interface, alwaysOwned}",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawArpTarget, E> {
+                Ok(RawArpTarget::Text(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawArpTarget, A::Error> {
+                RawArpTargetObject::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawArpTarget::Object)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -199,12 +239,25 @@ pub struct HijackConfig {
 #[serde(rename_all = "camelCase")]
 pub struct ArpConfig {
     pub enabled: bool,
-    /// `IP@interface` targets, validated.
-    pub targets: Vec<(std::net::Ipv4Addr, String)>,
+    /// Configured targets, validated.
+    pub targets: Vec<ArpTargetConfig>,
     #[serde(with = "humantime_serde_compat")]
     pub window: Duration,
     pub min_requests: u32,
     pub responder_map_path: String,
+}
+
+/// One configured ARP target.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArpTargetConfig {
+    pub ip: std::net::Ipv4Addr,
+    pub interface: String,
+    /// This node must always answer for `ip`, even when the address is not assigned to the
+    /// interface (a proxy-ARP or XDP responder). Unmarked targets are judged only while this
+    /// node owns them (assigned on the interface, or in Cilium's responder map): elsewhere they
+    /// are an HA standby's VIP, which must stay silent.
+    pub always_owned: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -352,9 +405,30 @@ impl Config {
             .iter()
             .enumerate()
         {
-            targets.push(parse_arp_target(t).map_err(|reason| {
-                ConfigError::new(format!("checks.arp-unanswered.targets[{i}]"), reason)
-            })?);
+            let path = format!("checks.arp-unanswered.targets[{i}]");
+            let target = match t {
+                RawArpTarget::Text(text) => parse_arp_target_config(text),
+                RawArpTarget::Object(o) => {
+                    parse_arp_target(&format!("{}@{}", o.ip.trim(), o.interface)).map(
+                        |(ip, interface)| ArpTargetConfig {
+                            ip,
+                            interface,
+                            always_owned: o.always_owned.unwrap_or(false),
+                        },
+                    )
+                }
+            }
+            .map_err(|reason| ConfigError::new(path.clone(), reason))?;
+            if targets
+                .iter()
+                .any(|t: &ArpTargetConfig| t.ip == target.ip && t.interface == target.interface)
+            {
+                return Err(ConfigError::new(
+                    path,
+                    format!("{}@{} is listed twice", target.ip, target.interface),
+                ));
+            }
+            targets.push(target);
         }
         let min_requests = c.arp_unanswered.min_requests.unwrap_or(3);
         if min_requests == 0 {
@@ -525,6 +599,25 @@ pub fn validate_interface_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Parses `192.168.1.51@wlan0` or `192.168.1.51@wlan0!always` (always owned).
+pub fn parse_arp_target_config(text: &str) -> Result<ArpTargetConfig, String> {
+    let (target, always_owned) = match text.split_once('!') {
+        Some((target, "always")) => (target, true),
+        Some((_, mark)) => {
+            return Err(format!(
+                "{text:?}: unknown mark {mark:?} (the only mark is \"!always\")"
+            ))
+        }
+        None => (text, false),
+    };
+    let (ip, interface) = parse_arp_target(target)?;
+    Ok(ArpTargetConfig {
+        ip,
+        interface,
+        always_owned,
+    })
+}
+
 /// Parses `192.168.1.51@wlan0`.
 pub fn parse_arp_target(text: &str) -> Result<(std::net::Ipv4Addr, String), String> {
     let (ip, interface) = text
@@ -584,7 +677,11 @@ fixes:
         let c = Config::from_yaml(text).unwrap();
         assert_eq!(
             c.checks.arp_unanswered.targets,
-            vec![("192.168.1.51".parse().unwrap(), "wlan0".to_string())]
+            vec![ArpTargetConfig {
+                ip: "192.168.1.51".parse().unwrap(),
+                interface: "wlan0".to_string(),
+                always_owned: false
+            }]
         );
         assert_eq!(c.fixes.set_promisc.interfaces, vec!["wlan0"]);
         assert_eq!(c.fixes.flush_stale_chain.cooldown, Duration::from_secs(300));
@@ -627,6 +724,63 @@ fixes:
         let err =
             Config::from_yaml("fixes:\n  set-promisc:\n    interfaces: [\"a/b\"]\n").unwrap_err();
         assert_eq!(err.path, "fixes.set-promisc.interfaces[0]");
+    }
+
+    #[test]
+    fn arp_targets_take_the_string_or_the_object_form() {
+        let c = Config::from_yaml(
+            r#"
+checks:
+  arp-unanswered:
+    targets:
+      - "192.168.1.51@wlan0"
+      - "192.168.1.52@wlan0!always"
+      - { ip: 10.0.0.9, interface: eth0, alwaysOwned: true }
+      - { ip: 10.0.0.10, interface: eth0 }
+"#,
+        )
+        .unwrap();
+        let t = &c.checks.arp_unanswered.targets;
+        let summary: Vec<(String, &str, bool)> = t
+            .iter()
+            .map(|t| (t.ip.to_string(), t.interface.as_str(), t.always_owned))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("192.168.1.51".to_string(), "wlan0", false),
+                ("192.168.1.52".to_string(), "wlan0", true),
+                ("10.0.0.9".to_string(), "eth0", true),
+                ("10.0.0.10".to_string(), "eth0", false),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_arp_targets_are_named_by_path() {
+        let bad = |targets: &str| {
+            Config::from_yaml(&format!(
+                "checks:\n  arp-unanswered:\n    targets: {targets}\n"
+            ))
+            .unwrap_err()
+        };
+        let err = bad(r#"["10.0.0.1@eth0!sometimes"]"#);
+        assert_eq!(err.path, "checks.arp-unanswered.targets[0]");
+        assert!(err.reason.contains("unknown mark \"sometimes\""), "{err}");
+        let err = bad(r#"["10.0.0.1@eth0", "10.0.0.1@eth0!always"]"#);
+        assert_eq!(err.path, "checks.arp-unanswered.targets[1]");
+        assert!(err.reason.contains("listed twice"), "{err}");
+        let err = bad("[{ ip: 10.0.0.1, interface: eth0, owned: true }]");
+        assert!(err.reason.contains("unknown field `owned`"), "{err}");
+        let err = bad("[{ ip: 10.0.0.300, interface: eth0 }]");
+        assert_eq!(err.path, "checks.arp-unanswered.targets[0]");
+        assert!(err.reason.contains("not an IPv4 address"), "{err}");
+        let err = bad("[{ ip: 10.0.0.1, interface: \"a/b\" }]");
+        assert_eq!(err.path, "checks.arp-unanswered.targets[0]");
+        let err = bad("[{ interface: eth0 }]");
+        assert!(err.reason.contains("missing field `ip`"), "{err}");
+        let err = bad("[42]");
+        assert!(err.reason.contains("an ARP target"), "{err}");
     }
 
     #[test]

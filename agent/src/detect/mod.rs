@@ -11,7 +11,7 @@ pub mod stale_chain;
 
 use crate::config::Config;
 use crate::model::finding::{CheckId, Finding};
-use crate::model::l2::ArpTarget;
+use crate::model::l2::{ArpTarget, WatchedInterface};
 use crate::model::snapshot::NodeSnapshot;
 use promisc_lost::{MustBePromisc, PromiscReason};
 
@@ -38,20 +38,26 @@ pub fn run_l2_checks(
     if config.check_enabled(CheckId::ArpUnanswered) {
         if let Some(counters) = &snapshot.arp {
             let arp = &config.checks.arp_unanswered;
-            let targets: Vec<ArpTarget> = arp
+            let targets: Vec<arp_unanswered::ConfiguredTarget> = arp
                 .targets
                 .iter()
-                .map(|(ip, interface)| ArpTarget {
-                    interface: interface.clone(),
-                    ip: *ip,
+                .map(|t| arp_unanswered::ConfiguredTarget {
+                    target: ArpTarget {
+                        interface: t.interface.clone(),
+                        ip: t.ip,
+                    },
+                    always_owned: t.always_owned,
                 })
                 .collect();
             findings.extend(arp_unanswered::arp_unanswered(
-                &targets,
-                counters,
-                snapshot.responder.as_ref(),
-                snapshot.responder_after.as_ref(),
-                links,
+                &arp_unanswered::ArpInputs {
+                    targets: &targets,
+                    counters,
+                    responder: snapshot.responder.as_ref(),
+                    responder_after: snapshot.responder_after.as_ref(),
+                    links,
+                    addresses: snapshot.addresses.as_deref(),
+                },
                 arp.min_requests,
                 &config.fixes.set_promisc.interfaces,
             ));
@@ -81,30 +87,45 @@ pub fn run_l2_checks(
     findings
 }
 
-/// The ARP watch list: configured targets plus the responder map's keys, as (ifindex, name) of
-/// links present now, without duplicates.
-pub fn arp_watch_list(snapshot: &NodeSnapshot, config: &Config) -> Vec<(u32, String)> {
+/// The ARP watch list: the interfaces of configured targets and of the responder map's keys
+/// (links present now, each once), with the addresses watched on each (which the accounting
+/// never ages out).
+pub fn arp_watch_list(snapshot: &NodeSnapshot, config: &Config) -> Vec<WatchedInterface> {
     let links = snapshot.links.as_deref().unwrap_or_default();
-    let mut names: Vec<String> = config
+    let mut wanted: Vec<ArpTarget> = config
         .checks
         .arp_unanswered
         .targets
         .iter()
-        .map(|(_, interface)| interface.clone())
+        .map(|t| ArpTarget {
+            interface: t.interface.clone(),
+            ip: t.ip,
+        })
         .collect();
-    if let Some(map) = &snapshot.responder {
-        names.extend(
-            arp_unanswered::targets_from_responder(map, links)
-                .into_iter()
-                .map(|t| t.interface),
-        );
+    for map in [&snapshot.responder, &snapshot.responder_after]
+        .into_iter()
+        .flatten()
+    {
+        wanted.extend(arp_unanswered::targets_from_responder(map, links));
     }
-    let mut out: Vec<(u32, String)> = Vec::new();
-    for name in names {
-        if let Some(link) = links.iter().find(|l| l.name == name) {
-            if !out.iter().any(|(i, _)| *i == link.ifindex) {
-                out.push((link.ifindex, link.name.clone()));
+    let mut out: Vec<WatchedInterface> = Vec::new();
+    for target in wanted {
+        let Some(link) = links.iter().find(|l| l.name == target.interface) else {
+            continue;
+        };
+        let slot = match out.iter().position(|w| w.ifindex == link.ifindex) {
+            Some(i) => i,
+            None => {
+                out.push(WatchedInterface {
+                    ifindex: link.ifindex,
+                    interface: link.name.clone(),
+                    targets: Vec::new(),
+                });
+                out.len() - 1
             }
+        };
+        if !out[slot].targets.contains(&target.ip) {
+            out[slot].targets.push(target.ip);
         }
     }
     out

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::detect::arp_watch_list;
 use crate::model::l2::{ArpCounters, ResponderMap, TargetCounts};
 use crate::model::snapshot::{NodeSnapshot, SourceStatus};
-use crate::observe::arp::{observe_window, ArpMonitor};
+use crate::observe::arp::{observe_window_watching, ArpMonitor};
 use crate::observe::bpf::read_responder_map;
 use crate::observe::links::read_links;
 use std::collections::{BTreeMap, VecDeque};
@@ -24,7 +24,12 @@ use std::time::{Duration, Instant};
 pub fn counters_delta(later: &ArpCounters, earlier: &ArpCounters) -> ArpCounters {
     let mut out = later.clone();
     for (ip, now) in out.targets.iter_mut() {
-        if let Some(before) = earlier.targets.get(ip) {
+        // An entry admitted again after aging out restarted from zero: all of it is new.
+        if let Some(before) = earlier
+            .targets
+            .get(ip)
+            .filter(|before| before.admitted == now.admitted)
+        {
             *now = TargetCounts {
                 requests_received: now
                     .requests_received
@@ -36,12 +41,15 @@ pub fn counters_delta(later: &ArpCounters, earlier: &ArpCounters) -> ArpCounters
                 requesters_dropped: now
                     .requesters_dropped
                     .saturating_sub(before.requesters_dropped),
+                admitted: now.admitted,
+                last_seen: now.last_seen,
             };
         }
     }
     out.frames = later.frames.saturating_sub(earlier.frames);
     out.malformed = later.malformed.saturating_sub(earlier.malformed);
     out.overflow = later.overflow.saturating_sub(earlier.overflow);
+    out.evicted = later.evicted.saturating_sub(earlier.evicted);
     out.kernel_drops = later.kernel_drops.saturating_sub(earlier.kernel_drops);
     out.window_ms = later.window_ms.saturating_sub(earlier.window_ms);
     out
@@ -150,7 +158,7 @@ impl L2Watch {
             self.window_result = None;
             return;
         }
-        match observe_window(&watch, window) {
+        match observe_window_watching(&watch, window) {
             Ok(counters) => self.window_result = Some((counters, probe.responder)),
             Err(e) => {
                 tracing::warn!(error = %e, "ARP accounting failed");
@@ -191,14 +199,17 @@ impl L2Watch {
             _ => Vec::new(),
         };
         self.taps.retain(|ifindex, tap| {
-            watch.iter().any(|(i, _)| i == ifindex) && !tap.monitor.is_gone()
+            watch.iter().any(|w| w.ifindex == *ifindex) && !tap.monitor.is_gone()
         });
-        for (ifindex, name) in &watch {
-            if self.taps.contains_key(ifindex) {
+        for w in &watch {
+            if let Some(tap) = self.taps.get_mut(&w.ifindex) {
+                tap.monitor.set_watched(&w.targets);
                 continue;
             }
+            let (ifindex, name) = (&w.ifindex, &w.interface);
             match ArpMonitor::open(*ifindex, name) {
-                Ok(monitor) => {
+                Ok(mut monitor) => {
+                    monitor.set_watched(&w.targets);
                     self.taps.insert(
                         *ifindex,
                         Tap {
@@ -264,6 +275,7 @@ fn arp_status(counters: &[ArpCounters], took: Duration) -> SourceStatus {
         .filter_map(|c| c.gone.as_ref().map(|why| format!("{}: {why}", c.interface)))
         .collect();
     let drops: u64 = counters.iter().map(|c| c.kernel_drops + c.overflow).sum();
+    let evicted: u64 = counters.iter().map(|c| c.evicted).sum();
     let mut notes = Vec::new();
     notes.push(format!(
         "watching {}",
@@ -278,6 +290,11 @@ fn arp_status(counters: &[ArpCounters], took: Duration) -> SourceStatus {
     }
     if drops > 0 {
         notes.push(format!("{drops} frames dropped or not tracked"));
+    }
+    if evicted > 0 {
+        notes.push(format!(
+            "{evicted} least recently seen unwatched addresses aged out"
+        ));
     }
     status.detail = Some(notes.join("; "));
     status
@@ -317,5 +334,33 @@ mod tests {
         assert_eq!(d.target(vip).unwrap().replies_sent, 0);
         assert_eq!(d.target(other).unwrap().requests_received, 2);
         assert_eq!(d.frames, 4);
+    }
+
+    #[test]
+    fn an_entry_admitted_again_is_all_new_in_the_window() {
+        let vip: Ipv4Addr = "10.99.0.51".parse().unwrap();
+        let mut earlier = ArpCounters::new(2, "eth0");
+        earlier.targets.insert(
+            vip,
+            TargetCounts {
+                requests_received: 9,
+                admitted: 4,
+                ..TargetCounts::default()
+            },
+        );
+        // Aged out and counted again from zero: 3 requests since, not 3 - 9.
+        let mut later = ArpCounters::new(2, "eth0");
+        later.targets.insert(
+            vip,
+            TargetCounts {
+                requests_received: 3,
+                admitted: 700,
+                ..TargetCounts::default()
+            },
+        );
+        later.evicted = 12;
+        let d = counters_delta(&later, &earlier);
+        assert_eq!(d.target(vip).unwrap().requests_received, 3);
+        assert_eq!(d.evicted, 12);
     }
 }
