@@ -3,9 +3,13 @@
 //! finding; a new VIP is judged after 5,000 other addresses were asked for; owners split across
 //! backends through hook jumps or across tables are found, while kubelet's canaries are not.
 
-use netmend_e2e::{require_tool, NetNs};
+use netmend::model::l2::MacAddr;
+use netmend::observe::arp::ArpMonitor;
+use netmend_e2e::{require_tool, veth_pair, NetNs};
 use serde_json::Value;
+use std::net::Ipv4Addr;
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 fn json_of(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -254,5 +258,233 @@ fn backend_split_through_hook_jumps_and_across_tables_is_found_and_kubelet_is_no
     assert_eq!(
         found[0]["evidence"]["legacy"]["tables"],
         serde_json::json!(["nat"])
+    );
+}
+
+const VIP: &str = "10.99.0.51";
+/// The "filtering driver" of the field report: a netdev ingress chain that drops requests for
+/// the VIP, so an owned VIP goes unanswered.
+const FILTER: &str = "nft add table netdev nmdriver && nft add chain netdev nmdriver in '{ type filter hook ingress device eth0 priority 0; }' && nft add rule netdev nmdriver in arp operation request arp daddr ip 10.99.0.51 drop";
+
+/// A node (eth0, 10.99.0.1/24) and a client (cl0, 10.99.0.2/24) on one segment; the VIP is not
+/// assigned anywhere yet.
+fn segment(tag: &str) -> (NetNs, NetNs) {
+    for tool in ["arping", "nft", "ip"] {
+        require_tool(tool);
+    }
+    let node = NetNs::new(tag);
+    let client = NetNs::new(&format!("{tag}-cl"));
+    veth_pair(&node, "eth0", &client, "cl0").unwrap();
+    node.sh("ip addr add 10.99.0.1/24 dev eth0").unwrap();
+    client.sh("ip addr add 10.99.0.2/24 dev cl0").unwrap();
+    (node, client)
+}
+
+/// `netmend check --window WINDOW` on the node while the client asks for the VIP; the
+/// arp-unanswered findings.
+fn check_while_asked(node: &NetNs, client: &NetNs, config: &str, window: &str) -> Vec<Value> {
+    let asking = client.spawn(&format!("arping -i cl0 -W 0.2 -c 40 {VIP}"));
+    let out = node.netmend(&[
+        "check", "--window", window, "--output", "json", "--config", config,
+    ]);
+    drop(asking);
+    let report = json_of(&out);
+    assert!(
+        report["sources"]["arp"]["ok"].as_bool().unwrap_or(false),
+        "{report:#}"
+    );
+    findings_of(&report, "arp-unanswered")
+        .into_iter()
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_standby_vip_gives_no_finding_and_is_judged_once_owned() {
+    let (node, client) = segment("standby");
+    // keepalived / kube-vip standby: the VIP is configured, but the active node holds it. The
+    // requests arrive here and this node correctly stays silent.
+    let config = write_config(
+        &node,
+        "checks:\n  arp-unanswered: { targets: [\"10.99.0.51@eth0\"], minRequests: 3 }\n",
+    );
+    let found = check_while_asked(&node, &client, &config, "3s");
+    assert!(found.is_empty(), "a standby is not broken: {found:#?}");
+
+    // The same VIP marked always owned (this node must answer whatever the addresses say) is
+    // judged: requests arrived, nothing answered.
+    let always = write_config(
+        &node,
+        "checks:\n  arp-unanswered:\n    targets:\n      - { ip: 10.99.0.51, interface: eth0, alwaysOwned: true }\n",
+    );
+    let found = check_while_asked(&node, &client, &always, "3s");
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0]["evidence"]["owned"], "always-owned");
+
+    // Failover: the VIP moves here but the driver filters its requests: now it is a finding.
+    node.sh(&format!("ip addr add {VIP}/32 dev eth0")).unwrap();
+    node.sh(FILTER).unwrap();
+    let found = check_while_asked(&node, &client, &config, "3s");
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0]["subject"], "eth0@10.99.0.51");
+    assert_eq!(found[0]["evidence"]["owned"], "assigned");
+    assert!(found[0]["evidence"]["requests"].as_u64().unwrap() >= 3);
+}
+
+fn ifindex_and_mac(ns: &NetNs, name: &'static str) -> (u32, MacAddr) {
+    ns.run(move || {
+        let link = netmend::observe::links::read_links()
+            .unwrap()
+            .into_iter()
+            .find(|l| l.name == name)
+            .expect("link exists");
+        (link.ifindex, link.mac.expect("a MAC"))
+    })
+}
+
+/// Writes who-has frames for `count` distinct addresses 10.98.x.y from a packet socket on
+/// `ifindex`, paced so the veth does not drop them.
+fn ask_for_many(ifindex: u32, mac: MacAddr, count: u32) {
+    // SAFETY: plain socket call, checked.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    assert!(
+        fd >= 0,
+        "AF_PACKET socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a zeroed sockaddr_ll is valid; fields set below.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_ifindex = ifindex as i32;
+    sll.sll_halen = 6;
+    sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    let client_ip = Ipv4Addr::new(10, 99, 0, 2);
+    for i in 0..count {
+        let target = Ipv4Addr::new(10, 98, (i >> 8) as u8, i as u8);
+        let frame = netmend::observe::arp::who_has_frame(mac, client_ip, target);
+        // SAFETY: frame and sll are valid for their lengths.
+        let sent = unsafe {
+            libc::sendto(
+                fd,
+                frame.as_ptr() as *const libc::c_void,
+                frame.len(),
+                0,
+                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(sent, frame.len() as isize, "sendto");
+        if i % 200 == 199 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+}
+
+#[test]
+fn a_new_vip_is_judged_after_5000_other_addresses_were_asked_for() {
+    let (node, client) = segment("busy");
+    node.sh(&format!("ip addr add {VIP}/32 dev eth0")).unwrap();
+    node.sh(FILTER).unwrap();
+    let (node_if, _) = ifindex_and_mac(&node, "eth0");
+    let (client_if, client_mac) = ifindex_and_mac(&client, "cl0");
+
+    // The agent's tap, opened before the VIP was a target (nothing watched): a busy segment
+    // asks for 5,000 distinct addresses, more than the 4,096 kept; then the new VIP is asked for.
+    let counters = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let tap = s.spawn(|| {
+            node.run(move || {
+                let mut m = ArpMonitor::open(node_if, "eth0").unwrap();
+                let mut snapshot_after_noise = None;
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while Instant::now() < deadline {
+                    m.poll(Duration::from_millis(100));
+                    if snapshot_after_noise.is_none() && rx.try_recv().is_ok() {
+                        m.drain();
+                        snapshot_after_noise = Some(m.snapshot());
+                    }
+                    if snapshot_after_noise.is_some() && rx.try_recv().is_ok() {
+                        break;
+                    }
+                }
+                m.drain();
+                (snapshot_after_noise.expect("noise was sent"), m.snapshot())
+            })
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        client.run(move || ask_for_many(client_if, client_mac, 5000));
+        std::thread::sleep(Duration::from_millis(500));
+        tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let out = client
+            .sh_output(&format!("arping -c 4 -w 3 -I cl0 {VIP}"))
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("Unicast reply"),
+            "the filter let a reply through"
+        );
+        tx.send(()).unwrap();
+        tap.join().unwrap()
+    });
+    let (noise, after) = counters;
+    assert!(noise.frames >= 5000, "frames {}", noise.frames);
+    assert_eq!(noise.targets.len(), 4096, "bounded");
+    assert!(noise.evicted >= 5000 - 4096, "evicted {}", noise.evicted);
+    assert_eq!(after.targets.len(), 4096);
+    let vip: Ipv4Addr = VIP.parse().unwrap();
+    let t = after.target(vip).expect("the new VIP is counted");
+    assert!(t.requests_received >= 3, "{t:?}");
+    assert_eq!(t.replies_sent, 0);
+
+    // Judged: the VIP is assigned on eth0, requests arrived, no reply left.
+    let links = node.run(|| netmend::observe::links::read_links().unwrap());
+    let addresses = node.run(|| netmend::observe::addresses::read_addresses().unwrap());
+    use netmend::detect::arp_unanswered::{arp_unanswered, ArpInputs, ConfiguredTarget};
+    let targets = [ConfiguredTarget {
+        target: netmend::model::l2::ArpTarget::parse("10.99.0.51@eth0").unwrap(),
+        always_owned: false,
+    }];
+    let findings = arp_unanswered(
+        &ArpInputs {
+            targets: &targets,
+            counters: std::slice::from_ref(&after),
+            responder: None,
+            responder_after: None,
+            links: &links,
+            addresses: Some(&addresses),
+        },
+        3,
+        &[],
+    );
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    assert_eq!(findings[0].subject, "eth0@10.99.0.51");
+
+    // The binary's one-shot window does the same with the VIP configured (watched: pinned):
+    // 5,000 other addresses first, then the VIP.
+    let config = write_config(
+        &node,
+        "checks:\n  arp-unanswered: { targets: [\"10.99.0.51@eth0\"] }\n",
+    );
+    let report = std::thread::scope(|s| {
+        let check = s.spawn(|| {
+            node.netmend(&[
+                "check", "--window", "6s", "--output", "json", "--config", &config,
+            ])
+        });
+        std::thread::sleep(Duration::from_millis(800));
+        client.run(move || ask_for_many(client_if, client_mac, 5000));
+        let _ = client.sh_output(&format!("arping -c 4 -w 3 -I cl0 {VIP}"));
+        json_of(&check.join().unwrap())
+    });
+    let found = findings_of(&report, "arp-unanswered");
+    assert_eq!(found.len(), 1, "{report:#}");
+    assert!(
+        report["sources"]["arp"]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("aged out"),
+        "{report:#}"
     );
 }
