@@ -430,4 +430,56 @@ mod tests {
         assert_ne!(p.action, p2.action);
         assert_eq!(p2.action, None);
     }
+
+    #[test]
+    fn a_live_chain_unhooked_right_before_acting_stops_the_flush() {
+        use crate::config::Config;
+        use crate::model::finding::Outcome;
+        use crate::runtime::fake::FakeNode;
+        use crate::runtime::oneshot::{run_check, CheckEnv, CheckOptions};
+        let hooked = iptables_table(
+            Backend::Nft,
+            "nat",
+            &format!(":POSTROUTING ACCEPT\n:CILIUM_POST_nat -\n:OLD_CILIUM_POST_nat -\n-A POSTROUTING -j CILIUM_POST_nat\n{BACKUP}"),
+        );
+        let node = FakeNode::new(snapshot_with(Some(vec![hooked]), None));
+        // The re-check's read (the 2nd with a 0s window) sees Cilium's feeder rule gone.
+        node.0.borrow_mut().on_snapshot = Some(|s, n| {
+            if n == 2 {
+                let t = &mut std::sync::Arc::make_mut(s.nftables.as_mut().unwrap()).tables[0];
+                let post = t
+                    .chains
+                    .iter_mut()
+                    .find(|c| c.name == "POSTROUTING")
+                    .unwrap();
+                post.rules.clear();
+            }
+        });
+        let config =
+            Config::from_yaml("mode: enforce\nfixes:\n  flush-stale-chain: { enabled: true }\n")
+                .unwrap();
+        let (mut probe, mut actuator, clock) = (node.clone(), node.clone(), node.clone());
+        let report = run_check(
+            CheckOptions {
+                window: std::time::Duration::ZERO,
+                apply: true,
+            },
+            &config,
+            "node-a",
+            CheckEnv {
+                probe: &mut probe,
+                actuator: &mut actuator,
+                journal: None,
+                now: &|| clock.0.borrow().clock,
+            },
+        )
+        .unwrap();
+        let fix = report.findings[0].fix.as_ref().unwrap();
+        assert_eq!(
+            fix.state,
+            Outcome::SkippedPreconditionMoved.state(),
+            "{fix:?}"
+        );
+        assert!(node.0.borrow().applied.is_empty(), "nothing flushed");
+    }
 }
