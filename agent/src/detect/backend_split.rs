@@ -18,7 +18,11 @@
 //!   whichever backend each component's iptables binary picks;
 //! - kubelet's own chains, written with kubelet's iptables whatever backend kube-proxy or the
 //!   CNI use (upstream `pkg/kubelet/kubelet_network_linux.go`): [`KUBELET_CHAINS`] and the
-//!   built-in chains' jumps to them (`-A INPUT -j KUBE-FIREWALL`, the localnet martian drop);
+//!   built-in chains' jumps to them (`-A INPUT -j KUBE-FIREWALL`, the localnet martian drop).
+//!   Kubelets before the iptables ownership cleanup (KEP-3178) also wrote `KUBE-MARK-DROP`,
+//!   `KUBE-MARK-MASQ` and `KUBE-POSTROUTING`, which kube-proxy of that era used: those count as
+//!   `KUBE-`, so such a kubelet in the other backend than kube-proxy is reported (kube-proxy's
+//!   marks then go nowhere);
 //! - `inet`, `arp`, `bridge` and `netdev` tables: iptables never writes them (native nftables
 //!   owners such as kube-proxy's nftables mode use their own table names).
 
