@@ -433,6 +433,14 @@ fn a_new_vip_is_judged_after_5000_other_addresses_were_asked_for() {
     assert_eq!(noise.targets.len(), 4096, "bounded");
     assert!(noise.evicted >= 5000 - 4096, "evicted {}", noise.evicted);
     assert_eq!(after.targets.len(), 4096);
+    println!(
+        "tap after 5,000 addresses: {} frames, {} tracked, {} aged out, {} overflow, {} kernel drops",
+        noise.frames,
+        noise.targets.len(),
+        noise.evicted,
+        noise.overflow,
+        noise.kernel_drops
+    );
     let vip: Ipv4Addr = VIP.parse().unwrap();
     let t = after.target(vip).expect("the new VIP is counted");
     assert!(t.requests_received >= 3, "{t:?}");
@@ -480,6 +488,10 @@ fn a_new_vip_is_judged_after_5000_other_addresses_were_asked_for() {
     });
     let found = findings_of(&report, "arp-unanswered");
     assert_eq!(found.len(), 1, "{report:#}");
+    println!(
+        "one-shot after 5,000 addresses: arp source: {}; finding: {}",
+        report["sources"]["arp"]["detail"], found[0]["message"]
+    );
     assert!(
         report["sources"]["arp"]["detail"]
             .as_str()
