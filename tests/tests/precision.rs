@@ -5,7 +5,7 @@
 
 use netmend::model::l2::MacAddr;
 use netmend::observe::arp::ArpMonitor;
-use netmend_e2e::{require_tool, veth_pair, NetNs};
+use netmend_e2e::{require_tool, veth_pair, wait_for, NetNs};
 use serde_json::Value;
 use std::net::Ipv4Addr;
 use std::process::Output;
@@ -499,4 +499,73 @@ fn a_new_vip_is_judged_after_5000_other_addresses_were_asked_for() {
             .contains("aged out"),
         "{report:#}"
     );
+}
+
+fn agent_arp_findings(node: &NetNs, port: u16) -> Vec<Value> {
+    let (_, body) = node.http_get(port, "/status").unwrap();
+    let status: Value = serde_json::from_str(&body).unwrap();
+    findings_of(&status, "arp-unanswered")
+        .into_iter()
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn the_agent_does_not_hold_a_standbys_silence_against_it_after_failover() {
+    let (node, client) = segment("failover");
+    let config = write_config(
+        &node,
+        "checks:\n  arp-unanswered: { targets: [\"10.99.0.51@eth0\"], window: 8s, minRequests: 3 }\n",
+    );
+    let dir = std::env::temp_dir().join(format!("netmend-failover-{}", node.name));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("state").display().to_string();
+    let port = 9831;
+    let listen = format!("127.0.0.1:{port}");
+    let _agent = node.spawn_netmend(
+        &[
+            "run",
+            "--config",
+            &config,
+            "--listen",
+            &listen,
+            "--state-dir",
+            &state,
+        ],
+        &dir.join("agent.log"),
+    );
+    let log = || std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+    wait_for(Duration::from_secs(20), || {
+        matches!(node.http_get(port, "/readyz"), Ok((200, _))).then_some(())
+    })
+    .unwrap_or_else(|| panic!("agent not ready: {}", log()));
+
+    // The active node is gone: clients ask for the VIP and nobody answers. This node is still
+    // the standby, so its silence is right.
+    let _ = client.sh_output(&format!("arping -i cl0 -W 0.2 -c 12 {VIP}"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let found = agent_arp_findings(&node, port);
+    assert!(found.is_empty(), "standby: {found:#?}");
+
+    // keepalived takes over: the VIP is assigned here; clients learned the new owner from its
+    // gratuitous ARP and do not ask again. The standby-time requests are still inside the
+    // window, but they are not this node's failure.
+    node.sh(&format!("ip addr add {VIP}/32 dev eth0")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let found = agent_arp_findings(&node, port);
+        assert!(found.is_empty(), "after failover: {found:#?}\n{}", log());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // Now owned, a driver that filters the VIP's requests is this node's failure: found.
+    node.sh(FILTER).unwrap();
+    let _asking = client.spawn(&format!("arping -i cl0 -W 0.2 -c 60 {VIP}"));
+    let found = wait_for(Duration::from_secs(15), || {
+        let found = agent_arp_findings(&node, port);
+        (!found.is_empty()).then_some(found)
+    })
+    .unwrap_or_else(|| panic!("not found once owned: {}", log()));
+    assert_eq!(found[0]["evidence"]["owned"], "assigned");
 }
