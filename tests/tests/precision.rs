@@ -283,6 +283,16 @@ fn segment(tag: &str) -> (NetNs, NetNs) {
 /// `netmend check --window WINDOW` on the node while the client asks for the VIP; the
 /// arp-unanswered findings.
 fn check_while_asked(node: &NetNs, client: &NetNs, config: &str, window: &str) -> Vec<Value> {
+    check_report_while_asked(node, client, config, window).1
+}
+
+/// Like [`check_while_asked`], also returning the `arp` source's detail.
+fn check_report_while_asked(
+    node: &NetNs,
+    client: &NetNs,
+    config: &str,
+    window: &str,
+) -> (String, Vec<Value>) {
     let asking = client.spawn(&format!("arping -i cl0 -W 0.2 -c 40 {VIP}"));
     let out = node.netmend(&[
         "check", "--window", window, "--output", "json", "--config", config,
@@ -293,10 +303,15 @@ fn check_while_asked(node: &NetNs, client: &NetNs, config: &str, window: &str) -
         report["sources"]["arp"]["ok"].as_bool().unwrap_or(false),
         "{report:#}"
     );
-    findings_of(&report, "arp-unanswered")
+    let detail = report["sources"]["arp"]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let found = findings_of(&report, "arp-unanswered")
         .into_iter()
         .cloned()
-        .collect()
+        .collect();
+    (detail, found)
 }
 
 #[test]
@@ -308,8 +323,12 @@ fn a_standby_vip_gives_no_finding_and_is_judged_once_owned() {
         &node,
         "checks:\n  arp-unanswered: { targets: [\"10.99.0.51@eth0\"], minRequests: 3 }\n",
     );
-    let found = check_while_asked(&node, &client, &config, "3s");
+    let (detail, found) = check_report_while_asked(&node, &client, &config, "3s");
     assert!(found.is_empty(), "a standby is not broken: {found:#?}");
+    assert!(
+        detail.contains("standby, not this node's to answer (not judged): 10.99.0.51@eth0"),
+        "{detail}"
+    );
 
     // The same VIP marked always owned (this node must answer whatever the addresses say) is
     // judged: requests arrived, nothing answered.

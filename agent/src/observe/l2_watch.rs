@@ -210,11 +210,17 @@ impl L2Watch {
     pub fn fill_once(&mut self, snapshot: &mut NodeSnapshot) {
         Self::read_links(snapshot);
         let now = self.read_responder(snapshot);
+        let watch = match (&self.config, self.arp_enabled) {
+            (Some(config), true) => arp_watch_list(snapshot, config),
+            _ => Vec::new(),
+        };
+        let standby = self.track_ownership(snapshot, now.as_ref(), &watch, Instant::now());
         match self.window_result.take() {
             Some((counters, before)) => {
-                snapshot
-                    .sources
-                    .insert("arp".into(), arp_status(&counters, Duration::ZERO));
+                snapshot.sources.insert(
+                    "arp".into(),
+                    arp_status(&counters, &standby, Duration::ZERO),
+                );
                 snapshot.arp_cumulative = Some(counters.clone());
                 snapshot.arp = Some(counters);
                 snapshot.responder = before;
@@ -260,7 +266,7 @@ impl L2Watch {
                 Err(e) => tracing::warn!(interface = %name, error = %e, "cannot watch ARP"),
             }
         }
-        self.track_ownership(snapshot, current.as_ref(), &watch, now);
+        let standby = self.track_ownership(snapshot, current.as_ref(), &watch, now);
         if self.taps.is_empty() {
             return;
         }
@@ -308,7 +314,7 @@ impl L2Watch {
         snapshot.responder_after = self.responder_samples.back().map(|(_, m)| m.clone());
         snapshot.sources.insert(
             "arp".into(),
-            arp_status(&window_counters, started.elapsed()),
+            arp_status(&window_counters, &standby, started.elapsed()),
         );
         snapshot.arp = Some(window_counters);
         snapshot.arp_cumulative = Some(cumulative);
@@ -317,14 +323,16 @@ impl L2Watch {
 
 impl L2Watch {
     /// Notes since when each watched target is owned (assigned here, in the responder map, or
-    /// configured always owned); a target that stops being owned is forgotten.
+    /// configured always owned); a target that stops being owned is forgotten. Returns the
+    /// watched targets that are not owned (a standby's VIPs), as `IP@interface`.
     fn track_ownership(
         &mut self,
         snapshot: &NodeSnapshot,
         responder: Option<&ResponderMap>,
         watch: &[WatchedInterface],
         now: Instant,
-    ) {
+    ) -> Vec<String> {
+        let mut standby = Vec::new();
         let links = snapshot.links.as_deref().unwrap_or_default();
         let configured = self
             .config
@@ -356,14 +364,17 @@ impl L2Watch {
                     let key = (w.ifindex, *ip);
                     let since = self.owned_since.get(&key).copied().unwrap_or(now);
                     owned_now.insert(key, since);
+                } else {
+                    standby.push(target.to_string());
                 }
             }
         }
         self.owned_since = owned_now;
+        standby
     }
 }
 
-fn arp_status(counters: &[ArpCounters], took: Duration) -> SourceStatus {
+fn arp_status(counters: &[ArpCounters], standby: &[String], took: Duration) -> SourceStatus {
     let mut status = SourceStatus::ok(took);
     let gone: Vec<String> = counters
         .iter()
@@ -389,6 +400,12 @@ fn arp_status(counters: &[ArpCounters], took: Duration) -> SourceStatus {
     if evicted > 0 {
         notes.push(format!(
             "{evicted} least recently seen unwatched addresses aged out"
+        ));
+    }
+    if !standby.is_empty() {
+        notes.push(format!(
+            "standby, not this node's to answer (not judged): {}",
+            standby.join(", ")
         ));
     }
     status.detail = Some(notes.join("; "));
