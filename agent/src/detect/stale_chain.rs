@@ -117,7 +117,25 @@ pub fn detect(snapshot: &NodeSnapshot) -> Vec<Finding> {
                 // empty ones that can be deleted.
                 let mendable = !chain.rules.is_empty() || graph.referrers(index).is_empty();
                 if is_cilium_backup_chain(&chain.name) && mendable {
-                    findings.push(finding_for(table, &graph, index));
+                    let other = match backend {
+                        Backend::Nft => Backend::Legacy,
+                        Backend::Legacy => Backend::Nft,
+                    };
+                    let live = chain.name.trim_start_matches("OLD_");
+                    // Where the live chain is when it is not here: Cilium switched backends.
+                    let live_elsewhere = snapshot.ruleset(other).is_some_and(|r| {
+                        r.tables.iter().any(|t| {
+                            t.id.family == table.id.family
+                                && t.id.name == table.id.name
+                                && t.chain(live).is_some()
+                        })
+                    });
+                    findings.push(finding_for(
+                        table,
+                        &graph,
+                        index,
+                        live_elsewhere.then_some(other),
+                    ));
                 }
             }
         }
@@ -125,7 +143,12 @@ pub fn detect(snapshot: &NodeSnapshot) -> Vec<Finding> {
     findings
 }
 
-fn finding_for(table: &Table, graph: &TableGraph<'_>, index: usize) -> Finding {
+fn finding_for(
+    table: &Table,
+    graph: &TableGraph<'_>,
+    index: usize,
+    live_in_other_backend: Option<Backend>,
+) -> Finding {
     let chain = graph.chain(index);
     let rendered: Vec<String> = chain
         .rules
@@ -183,7 +206,14 @@ fn finding_for(table: &Table, graph: &TableGraph<'_>, index: usize) -> Finding {
     let blocked = match &live_state {
         LiveChain::Hooked(_) => None,
         LiveChain::Missing => Some(format!(
-            "blocked: the backup is the only copy: the live chain {live} is missing; flushing {} could cut pod egress",
+            "blocked: the backup is the only copy: the live chain {live} is missing{}; flushing {} could cut pod egress",
+            match live_in_other_backend {
+                Some(other) => format!(
+                    " here (it exists in the {} backend: did Cilium change iptables mode?)",
+                    other.as_str()
+                ),
+                None => String::new(),
+            },
             chain.name
         )),
         LiveChain::Unhooked => Some(format!(
@@ -383,6 +413,31 @@ mod tests {
         );
         assert_eq!(f.evidence["liveChainPresent"], false);
         assert_eq!(f.evidence["liveChainHooked"], false);
+    }
+
+    #[test]
+    fn a_live_chain_in_the_other_backend_is_named_but_does_not_unblock() {
+        let legacy = iptables_table(
+            Backend::Legacy,
+            "nat",
+            &format!(":POSTROUTING ACCEPT\n:OLD_CILIUM_POST_nat -\n-A POSTROUTING -j OLD_CILIUM_POST_nat\n{BACKUP}"),
+        );
+        let nft = iptables_table(
+            Backend::Nft,
+            "nat",
+            ":POSTROUTING ACCEPT\n:CILIUM_POST_nat -\n-A POSTROUTING -j CILIUM_POST_nat\n-A CILIUM_POST_nat -j RETURN\n",
+        );
+        let findings = detect(&snapshot_with(Some(vec![nft]), Some(vec![legacy])));
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        let p = findings[0].proposal.as_ref().unwrap();
+        assert_eq!(p.action, None);
+        assert!(
+            p.detail.contains(
+                "CILIUM_POST_nat is missing here (it exists in the nft backend: did Cilium change iptables mode?)"
+            ),
+            "{}",
+            p.detail
+        );
     }
 
     #[test]
