@@ -536,7 +536,11 @@ fixes:
         let c = Config::from_yaml(text).unwrap();
         assert_eq!(
             crate::detect::arp_unanswered::settings(&c).targets,
-            vec![("192.168.1.51".parse().unwrap(), "wlan0".to_string())]
+            vec![crate::detect::arp_unanswered::ArpTargetConfig {
+                ip: "192.168.1.51".parse().unwrap(),
+                interface: "wlan0".to_string(),
+                always_owned: false
+            }]
         );
         assert_eq!(
             crate::remediate::fixes::set_promisc::settings(&c).interfaces,
@@ -604,6 +608,63 @@ fixes:
         assert_eq!(err.path, "checks.promisc-lost");
         let err = Config::from_yaml("fixes:\n  no-such-fix: {}\n").unwrap_err();
         assert_eq!(err.path, "fixes.no-such-fix");
+    }
+
+    #[test]
+    fn arp_targets_take_the_string_or_the_object_form() {
+        let c = Config::from_yaml(
+            r#"
+checks:
+  arp-unanswered:
+    targets:
+      - "192.168.1.51@wlan0"
+      - "192.168.1.52@wlan0!always"
+      - { ip: 10.0.0.9, interface: eth0, alwaysOwned: true }
+      - { ip: 10.0.0.10, interface: eth0 }
+"#,
+        )
+        .unwrap();
+        let t = &crate::detect::arp_unanswered::settings(&c).targets;
+        let summary: Vec<(String, &str, bool)> = t
+            .iter()
+            .map(|t| (t.ip.to_string(), t.interface.as_str(), t.always_owned))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("192.168.1.51".to_string(), "wlan0", false),
+                ("192.168.1.52".to_string(), "wlan0", true),
+                ("10.0.0.9".to_string(), "eth0", true),
+                ("10.0.0.10".to_string(), "eth0", false),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_arp_targets_are_named_by_path() {
+        let bad = |targets: &str| {
+            Config::from_yaml(&format!(
+                "checks:\n  arp-unanswered:\n    targets: {targets}\n"
+            ))
+            .unwrap_err()
+        };
+        let err = bad(r#"["10.0.0.1@eth0!sometimes"]"#);
+        assert_eq!(err.path, "checks.arp-unanswered.targets[0]");
+        assert!(err.reason.contains("unknown mark \"sometimes\""), "{err}");
+        let err = bad(r#"["10.0.0.1@eth0", "10.0.0.1@eth0!always"]"#);
+        assert_eq!(err.path, "checks.arp-unanswered.targets[1]");
+        assert!(err.reason.contains("listed twice"), "{err}");
+        let err = bad("[{ ip: 10.0.0.1, interface: eth0, owned: true }]");
+        assert!(err.reason.contains("unknown field `owned`"), "{err}");
+        let err = bad("[{ ip: 10.0.0.300, interface: eth0 }]");
+        assert_eq!(err.path, "checks.arp-unanswered.targets[0]");
+        assert!(err.reason.contains("not an IPv4 address"), "{err}");
+        let err = bad("[{ ip: 10.0.0.1, interface: \"a/b\" }]");
+        assert_eq!(err.path, "checks.arp-unanswered.targets[0]");
+        let err = bad("[{ interface: eth0 }]");
+        assert!(err.reason.contains("missing field `ip`"), "{err}");
+        let err = bad("[42]");
+        assert!(err.reason.contains("an ARP target"), "{err}");
     }
 
     #[test]

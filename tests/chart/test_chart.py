@@ -731,6 +731,25 @@ def test_typos_fail_at_render_time(typo, key):
     assert key in str(err.value) or key in str(err.value).replace("/", ".")
 
 
+def test_arp_targets_in_both_forms_reach_netmend(tmp_path):
+    targets = ["10.1.2.3@eth1", "10.1.2.4@eth1!always",
+               {"ip": "10.1.2.5", "interface": "eth1", "alwaysOwned": True}]
+    text, parsed = rendered_config({"config": {"checks": {"arp-unanswered": {"targets": targets}}}})
+    assert parsed["checks"]["arp-unanswered"]["targets"] == targets
+    result = validate_config(text, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("target", [
+    "10.1.2.3@eth1!sometimes",
+    {"ip": "10.1.2.3", "interface": "eth1", "owned": True},
+    {"interface": "eth1"},
+])
+def test_bad_arp_targets_fail_at_render_time(target):
+    with pytest.raises(helm.HelmValuesError):
+        render({"config": {"checks": {"arp-unanswered": {"targets": [target]}}}})
+
+
 def test_agent_itself_rejects_the_typo_naming_the_key(tmp_path):
     """Second line of defence (a ConfigMap edited by hand): the agent's own check."""
     text, _ = rendered_config()

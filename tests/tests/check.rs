@@ -131,7 +131,7 @@ fn stale_cilium_backup_chains_are_found_in_both_backends_and_flushed() {
     // Same owner in both backends is a split, reported too.
     let split = findings_of(&report, "iptables-backend-split");
     assert!(
-        split.iter().any(|f| f["subject"] == "ip nat CILIUM_*"),
+        split.iter().any(|f| f["subject"] == "ip CILIUM_*"),
         "{report:#}"
     );
     assert!(report["sources"]["nftables"]["ok"].as_bool().unwrap());
@@ -189,7 +189,7 @@ fn a_referenced_backup_chain_is_flushed_and_kept() {
     let (ns, _lan) = node("stale-ref");
     ns.restore(
         "iptables-nft-restore",
-        "*nat\n:OLD_CILIUM_POST_nat - [0:0]\n-A POSTROUTING -j OLD_CILIUM_POST_nat\n-A OLD_CILIUM_POST_nat -j ACCEPT\nCOMMIT\n",
+        "*nat\n:CILIUM_POST_nat - [0:0]\n:OLD_CILIUM_POST_nat - [0:0]\n-A POSTROUTING -j CILIUM_POST_nat\n-A POSTROUTING -j OLD_CILIUM_POST_nat\n-A OLD_CILIUM_POST_nat -j ACCEPT\nCOMMIT\n",
     )
     .unwrap();
     let config = write_config(

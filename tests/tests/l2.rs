@@ -12,7 +12,8 @@
 //! before netdev ingress, so the tap still counts the requests the chain drops (the requests
 //! counter below is asserted under the filter).
 
-use netmend::model::l2::{ArpTarget, LinkChange};
+use netmend::model::finding::Finding;
+use netmend::model::l2::{ArpCounters, ArpTarget, Link, LinkChange, ResponderMap};
 use netmend::observe::arp::{observe_window, ArpMonitor};
 use netmend::observe::links::{read_link_payloads, read_links, LinkWatcher};
 use netmend_e2e::{require_tool, veth_pair, NetNs};
@@ -33,6 +34,40 @@ fn pair(tag: &str) -> (NetNs, NetNs) {
     client.sh("ip addr add 10.99.0.10/24 dev peer").unwrap();
     node.sh("ip addr add 10.99.0.51/24 dev eth0").unwrap();
     (client, node)
+}
+
+/// `arp-unanswered` on one interface's counters, with the node's addresses read now (the VIP is
+/// assigned on the node's eth0, so it is this node's to answer).
+fn judge(
+    node: &NetNs,
+    targets: &[ArpTarget],
+    counters: &ArpCounters,
+    before: Option<&ResponderMap>,
+    after: Option<&ResponderMap>,
+    links: &[Link],
+    allowed: &[String],
+) -> Vec<Finding> {
+    use netmend::detect::arp_unanswered::{arp_unanswered, ArpInputs, ConfiguredTarget};
+    let addresses = node.run(|| netmend::observe::addresses::read_addresses().unwrap());
+    let targets: Vec<ConfiguredTarget> = targets
+        .iter()
+        .map(|t| ConfiguredTarget {
+            target: t.clone(),
+            always_owned: false,
+        })
+        .collect();
+    arp_unanswered(
+        &ArpInputs {
+            targets: &targets,
+            counters: std::slice::from_ref(counters),
+            responder: before,
+            responder_after: after,
+            links,
+            addresses: Some(&addresses),
+        },
+        3,
+        allowed,
+    )
 }
 
 fn ifindex_in(ns: &NetNs, name: &str) -> u32 {
@@ -186,13 +221,13 @@ fn filtered_driver_is_found_and_mended_by_promisc() {
 
     let links = node.run(|| read_links().unwrap());
     let targets = [ArpTarget::parse("10.99.0.51@eth0").unwrap()];
-    let findings = netmend::detect::arp_unanswered::arp_unanswered(
+    let findings = judge(
+        &node,
         &targets,
-        std::slice::from_ref(&c),
+        &c,
         Some(&before),
         Some(&after),
         &links,
-        3,
         &[],
     );
     assert_eq!(findings.len(), 1, "{findings:?}");
@@ -209,13 +244,13 @@ fn filtered_driver_is_found_and_mended_by_promisc() {
         "{}",
         p.detail
     );
-    let allowed = netmend::detect::arp_unanswered::arp_unanswered(
+    let allowed = judge(
+        &node,
         &targets,
-        std::slice::from_ref(&c),
+        &c,
         Some(&before),
         Some(&after),
         &links,
-        3,
         &["eth0".to_string()],
     );
     assert!(allowed[0].proposal.as_ref().unwrap().action.is_some());
@@ -242,16 +277,7 @@ fn filtered_driver_is_found_and_mended_by_promisc() {
         arping(&client);
     });
     let links = node.run(|| read_links().unwrap());
-    assert!(netmend::detect::arp_unanswered::arp_unanswered(
-        &targets,
-        std::slice::from_ref(&c),
-        None,
-        None,
-        &links,
-        3,
-        &[]
-    )
-    .is_empty());
+    assert!(judge(&node, &targets, &c, None, None, &links, &[]).is_empty());
 
     // Clearing restores; promisc-lost then sees the loss; clearing again is a no-op.
     let change = node.run(|| netmend::act::link::set_promisc("eth0", false).unwrap());

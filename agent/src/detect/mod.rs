@@ -124,9 +124,12 @@ pub fn run_checks(
     findings
 }
 
-/// The ARP watch list: configured targets plus the responder map's keys, as (ifindex, name) of
-/// links present now, without duplicates.
-pub fn arp_watch_list(snapshot: &NodeSnapshot, config: &Config) -> Vec<(u32, String)> {
+/// The ARP watch list: the interfaces of configured targets and of the responder map's keys, with
+/// the addresses watched on each.
+pub fn arp_watch_list(
+    snapshot: &NodeSnapshot,
+    config: &Config,
+) -> Vec<crate::model::l2::WatchedInterface> {
     arp_unanswered::watch_list(snapshot, config)
 }
 

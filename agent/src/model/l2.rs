@@ -294,6 +294,15 @@ impl fmt::Display for ArpTarget {
     }
 }
 
+/// An interface whose ARP traffic is counted, and the addresses on it that are watched (the
+/// configured targets and the responder map's keys): their counts are never aged out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WatchedInterface {
+    pub ifindex: u32,
+    pub interface: String,
+    pub targets: Vec<Ipv4Addr>,
+}
+
 /// Who asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Requester {
@@ -320,6 +329,13 @@ pub struct TargetCounts {
     pub requesters: Vec<Requester>,
     /// Requesters not kept because the list was full.
     pub requesters_dropped: u64,
+    /// The tap's frame number when this entry was created: an address aged out and counted
+    /// again starts from zero, and window differences must not subtract the old entry.
+    #[serde(skip)]
+    pub admitted: u64,
+    /// The tap's frame number of the last frame about this address (its age).
+    #[serde(skip)]
+    pub last_seen: u64,
 }
 
 impl TargetCounts {
@@ -346,8 +362,11 @@ pub struct ArpCounters {
     pub frames: u64,
     /// Frames that were not decodable ARP for IPv4 over Ethernet.
     pub malformed: u64,
-    /// Frames about addresses not tracked because the per-interface cap was reached.
+    /// Frames about addresses not tracked at all (no room even after aging out: a cap of 0).
     pub overflow: u64,
+    /// Unwatched addresses aged out (least recently seen first) to make room for new ones; their
+    /// counts were dropped.
+    pub evicted: u64,
     /// Frames the kernel dropped before we read them (PACKET_STATISTICS).
     pub kernel_drops: u64,
     /// The interface went down during the window (ENETDOWN); counting resumed when it came back.

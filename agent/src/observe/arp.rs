@@ -15,12 +15,17 @@
 //! - when the interface goes down or is deleted the socket reports ENETDOWN once; a deleted
 //!   interface then shows ifindex -1 in `getsockname`, which tells "gone" from "down".
 //!
-//! Memory is bounded: at most [`DEFAULT_MAX_TARGETS`] addresses per interface (frames about more
-//! are counted in `overflow`) and [`crate::model::l2::MAX_REQUESTERS`] requesters per address.
+//! Memory is bounded and ages ([`TargetMemory`]): at most [`DEFAULT_MAX_TARGETS`] unwatched
+//! addresses per interface; a new address takes the place of the least recently seen unwatched
+//! one (counted in `evicted`), so a new VIP is counted however many addresses were asked for
+//! before. Watched addresses (configured targets, the responder map's keys) are never aged out
+//! and do not count against the cap. At most [`crate::model::l2::MAX_REQUESTERS`] requesters are
+//! kept per address.
 //! Gratuitous ARP (sender address = target address) is an announcement, not a question or an
 //! answer: it is counted only in `frames`.
 
-use crate::model::l2::{ArpCounters, MacAddr, Requester};
+use crate::model::l2::{ArpCounters, MacAddr, Requester, TargetCounts, WatchedInterface};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -33,7 +38,7 @@ pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ARP_REQUEST: u16 = 1;
 pub const ARP_REPLY: u16 = 2;
 pub const PACKET_OUTGOING: u8 = 4;
-/// Default cap on tracked addresses per interface.
+/// Default cap on tracked unwatched addresses per interface.
 pub const DEFAULT_MAX_TARGETS: usize = 4096;
 const ETH_HLEN: usize = 14;
 const ARP_LEN: usize = 28;
@@ -168,8 +173,100 @@ pub fn who_has_frame(sender_mac: MacAddr, sender_ip: Ipv4Addr, target_ip: Ipv4Ad
     f
 }
 
+/// Which addresses one tap keeps counts for: every watched address, plus up to `max_unwatched`
+/// others, aging out the least recently seen of those to admit a new one.
+#[derive(Debug, Clone, Default)]
+pub struct TargetMemory {
+    max_unwatched: usize,
+    watched: BTreeSet<Ipv4Addr>,
+    /// Frames seen so far: the clock of `admitted` / `last_seen`.
+    clock: u64,
+    /// Unwatched tracked addresses by the frame number that last mentioned them, oldest first.
+    by_age: BTreeMap<u64, Ipv4Addr>,
+}
+
+impl TargetMemory {
+    pub fn new(max_unwatched: usize) -> TargetMemory {
+        TargetMemory {
+            max_unwatched,
+            ..TargetMemory::default()
+        }
+    }
+
+    pub fn watched(&self) -> &BTreeSet<Ipv4Addr> {
+        &self.watched
+    }
+
+    /// Replaces the watched set. Addresses no longer watched become unwatched entries with their
+    /// age; the oldest are aged out if that overfills the cap.
+    pub fn set_watched(&mut self, c: &mut ArpCounters, watched: &[Ipv4Addr]) {
+        let new: BTreeSet<Ipv4Addr> = watched.iter().copied().collect();
+        for ip in self.watched.difference(&new) {
+            if let Some(t) = c.targets.get(ip) {
+                self.by_age.insert(t.last_seen, *ip);
+            }
+        }
+        for ip in new.difference(&self.watched) {
+            if let Some(t) = c.targets.get(ip) {
+                self.by_age.remove(&t.last_seen);
+            }
+        }
+        self.watched = new;
+        while self.by_age.len() > self.max_unwatched {
+            self.evict_oldest(c);
+        }
+    }
+
+    fn evict_oldest(&mut self, c: &mut ArpCounters) -> bool {
+        match self.by_age.pop_first() {
+            Some((_, ip)) => {
+                c.targets.remove(&ip);
+                c.evicted += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The entry counting `ip`, admitted (aging out another if needed) and marked as just seen;
+    /// None when there is no room at all.
+    fn entry<'c>(&mut self, c: &'c mut ArpCounters, ip: Ipv4Addr) -> Option<&'c mut TargetCounts> {
+        self.clock += 1;
+        let now = self.clock;
+        let watched = self.watched.contains(&ip);
+        match c.targets.get(&ip).map(|t| t.last_seen) {
+            Some(last) => {
+                if !watched {
+                    self.by_age.remove(&last);
+                    self.by_age.insert(now, ip);
+                }
+            }
+            None => {
+                if !watched {
+                    if self.max_unwatched == 0 {
+                        c.overflow += 1;
+                        return None;
+                    }
+                    while self.by_age.len() >= self.max_unwatched && self.evict_oldest(c) {}
+                    self.by_age.insert(now, ip);
+                }
+                c.targets.insert(
+                    ip,
+                    TargetCounts {
+                        admitted: now,
+                        ..TargetCounts::default()
+                    },
+                );
+            }
+        }
+        let t = c.targets.get_mut(&ip)?;
+        t.last_seen = now;
+        Some(t)
+    }
+}
+
 /// Counts one decoded frame. `outgoing` is `sll_pkttype == PACKET_OUTGOING`.
-pub fn account(c: &mut ArpCounters, f: &ArpFrame, outgoing: bool, max_targets: usize) {
+pub fn account(c: &mut ArpCounters, memory: &mut TargetMemory, f: &ArpFrame, outgoing: bool) {
     c.frames += 1;
     if f.sender_ip == f.target_ip {
         return; // gratuitous: an announcement
@@ -179,11 +276,9 @@ pub fn account(c: &mut ArpCounters, f: &ArpFrame, outgoing: bool, max_targets: u
         ARP_REPLY => f.sender_ip,
         _ => return,
     };
-    if !c.targets.contains_key(&key) && c.targets.len() >= max_targets {
-        c.overflow += 1;
+    let Some(t) = memory.entry(c, key) else {
         return;
-    }
-    let t = c.targets.entry(key).or_default();
+    };
     match (f.op, outgoing) {
         (ARP_REQUEST, false) => {
             t.requests_received += 1;
@@ -345,7 +440,7 @@ pub struct RawFrame {
 pub struct ArpMonitor {
     fd: OwnedFd,
     counters: ArpCounters,
-    max_targets: usize,
+    memory: TargetMemory,
     buf: Vec<u8>,
     started: Instant,
 }
@@ -356,7 +451,7 @@ impl ArpMonitor {
         Self::with_max_targets(ifindex, name, DEFAULT_MAX_TARGETS)
     }
 
-    /// Like [`ArpMonitor::open`] with a different cap on tracked addresses.
+    /// Like [`ArpMonitor::open`] with a different cap on tracked unwatched addresses.
     pub fn with_max_targets(
         ifindex: u32,
         name: &str,
@@ -365,10 +460,15 @@ impl ArpMonitor {
         Ok(ArpMonitor {
             fd: open_arp_socket(ifindex, name, ETH_P_ALL)?,
             counters: ArpCounters::new(ifindex, name),
-            max_targets,
+            memory: TargetMemory::new(max_targets),
             buf: vec![0u8; 2048],
             started: Instant::now(),
         })
+    }
+
+    /// Sets the watched addresses on this interface: never aged out of the accounting.
+    pub fn set_watched(&mut self, targets: &[Ipv4Addr]) {
+        self.memory.set_watched(&mut self.counters, targets);
     }
 
     pub fn raw_fd(&self) -> i32 {
@@ -457,9 +557,9 @@ impl ArpMonitor {
                     match decode_arp_frame(&self.buf[..len]) {
                         Ok(f) => account(
                             &mut self.counters,
+                            &mut self.memory,
                             &f,
                             pkttype == PACKET_OUTGOING,
-                            self.max_targets,
                         ),
                         Err(_) => {
                             self.counters.frames += 1;
@@ -512,10 +612,30 @@ pub fn observe_window(
     interfaces: &[(u32, String)],
     window: Duration,
 ) -> Result<Vec<ArpCounters>, ArpError> {
+    let interfaces: Vec<WatchedInterface> = interfaces
+        .iter()
+        .map(|(ifindex, name)| WatchedInterface {
+            ifindex: *ifindex,
+            interface: name.clone(),
+            targets: Vec::new(),
+        })
+        .collect();
+    observe_window_watching(&interfaces, window)
+}
+
+/// Like [`observe_window`], keeping each interface's watched addresses from aging out.
+pub fn observe_window_watching(
+    interfaces: &[WatchedInterface],
+    window: Duration,
+) -> Result<Vec<ArpCounters>, ArpError> {
     let mut slots: Vec<Result<ArpMonitor, ArpCounters>> = Vec::with_capacity(interfaces.len());
-    for (ifindex, name) in interfaces {
+    for w in interfaces {
+        let (ifindex, name) = (&w.ifindex, &w.interface);
         match ArpMonitor::open(*ifindex, name) {
-            Ok(m) => slots.push(Ok(m)),
+            Ok(mut m) => {
+                m.set_watched(&w.targets);
+                slots.push(Ok(m))
+            }
             Err(e) if e.is_gone() => {
                 let mut c = ArpCounters::new(*ifindex, name);
                 c.gone = Some(format!("not watched: {e}"));
@@ -611,11 +731,12 @@ mod tests {
         let req = decode_arp_frame(&unhex(REQUEST)).unwrap();
         let rep = decode_arp_frame(&unhex(REPLY_OUT)).unwrap();
         let mut c = ArpCounters::new(2, "eth0");
+        let mut mem = TargetMemory::new(16);
         for _ in 0..3 {
-            account(&mut c, &req, false, 16);
+            account(&mut c, &mut mem, &req, false);
         }
-        account(&mut c, &rep, true, 16);
-        account(&mut c, &rep, false, 16);
+        account(&mut c, &mut mem, &rep, true);
+        account(&mut c, &mut mem, &rep, false);
         let t = c.target(VIP).unwrap();
         assert_eq!(t.requests_received, 3);
         assert_eq!(t.replies_sent, 1);
@@ -626,7 +747,7 @@ mod tests {
         // The node's own outgoing request is not a request received.
         let mut mine = req;
         mine.target_ip = Ipv4Addr::new(10, 99, 0, 1);
-        account(&mut c, &mine, true, 16);
+        account(&mut c, &mut mem, &mine, true);
         assert_eq!(c.target(mine.target_ip).unwrap().requests_sent, 1);
         assert_eq!(c.target(mine.target_ip).unwrap().requests_received, 0);
     }
@@ -636,27 +757,101 @@ mod tests {
         let mut g = decode_arp_frame(&unhex(REQUEST)).unwrap();
         g.sender_ip = VIP;
         let mut c = ArpCounters::new(2, "eth0");
-        account(&mut c, &g, false, 16);
+        let mut mem = TargetMemory::new(16);
+        account(&mut c, &mut mem, &g, false);
         assert!(c.targets.is_empty());
         assert_eq!(c.frames, 1);
     }
 
+    fn asked(req: &ArpFrame, ip: Ipv4Addr) -> ArpFrame {
+        let mut f = *req;
+        f.target_ip = ip;
+        f
+    }
+
     #[test]
-    fn tracked_addresses_are_capped() {
+    fn memory_ages_out_the_least_recently_seen_unwatched_address() {
         let req = decode_arp_frame(&unhex(REQUEST)).unwrap();
         let mut c = ArpCounters::new(2, "eth0");
-        for i in 0..100u8 {
-            let mut f = req;
-            f.target_ip = Ipv4Addr::new(10, 1, 0, i);
-            account(&mut c, &f, false, 10);
+        let mut mem = TargetMemory::new(10);
+        mem.set_watched(&mut c, &[VIP]);
+        account(&mut c, &mut mem, &req, false);
+        // A busy segment: 5,000 distinct addresses asked for, more than the cap.
+        for i in 0..5000u32 {
+            let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 1, 0, 0)) + i);
+            account(&mut c, &mut mem, &asked(&req, ip), false);
         }
-        assert_eq!(c.targets.len(), 10);
-        assert_eq!(c.overflow, 90);
-        // Known addresses keep counting after the cap.
-        let mut f = req;
-        f.target_ip = Ipv4Addr::new(10, 1, 0, 0);
-        account(&mut c, &f, false, 10);
-        assert_eq!(c.target(f.target_ip).unwrap().requests_received, 2);
+        // Bounded: 10 unwatched + the watched VIP; the rest aged out, none lost silently.
+        assert_eq!(c.targets.len(), 11);
+        assert_eq!(c.evicted, 4990);
+        assert_eq!(c.overflow, 0);
+        // The watched VIP was never aged out and kept its count.
+        assert_eq!(c.target(VIP).unwrap().requests_received, 1);
+        // The most recent unwatched addresses are the ones kept.
+        assert!(c.target(Ipv4Addr::new(10, 1, 19, 135)).is_some());
+        assert!(c.target(Ipv4Addr::new(10, 1, 0, 0)).is_none());
+        // A new address after all that is counted (the old cumulative cap left it as overflow).
+        let new_vip = Ipv4Addr::new(10, 99, 0, 77);
+        for _ in 0..3 {
+            account(&mut c, &mut mem, &asked(&req, new_vip), false);
+        }
+        assert_eq!(c.target(new_vip).unwrap().requests_received, 3);
+        assert_eq!(c.targets.len(), 11);
+    }
+
+    #[test]
+    fn a_recently_seen_address_stays_and_unwatched_targets_become_evictable() {
+        let req = decode_arp_frame(&unhex(REQUEST)).unwrap();
+        let mut c = ArpCounters::new(2, "eth0");
+        let mut mem = TargetMemory::new(2);
+        let a = Ipv4Addr::new(10, 1, 0, 1);
+        let b = Ipv4Addr::new(10, 1, 0, 2);
+        let d = Ipv4Addr::new(10, 1, 0, 3);
+        account(&mut c, &mut mem, &asked(&req, a), false);
+        account(&mut c, &mut mem, &asked(&req, b), false);
+        account(&mut c, &mut mem, &asked(&req, a), false); // a is now the most recent
+        account(&mut c, &mut mem, &asked(&req, d), false); // ages out b
+        assert!(c.target(b).is_none());
+        assert_eq!(c.target(a).unwrap().requests_received, 2);
+        // Re-admitted entries say so, so window differences do not subtract the old entry.
+        let first = c.target(d).unwrap().admitted;
+        account(&mut c, &mut mem, &asked(&req, b), false); // ages out a
+        account(&mut c, &mut mem, &asked(&req, a), false); // ages out d
+        account(&mut c, &mut mem, &asked(&req, d), false); // ages out b
+        assert_ne!(c.target(d).unwrap().admitted, first);
+        // Watching pins; unwatching puts the address back among the ageable ones.
+        mem.set_watched(&mut c, &[VIP, a]);
+        for i in 0..50u8 {
+            account(
+                &mut c,
+                &mut mem,
+                &asked(&req, Ipv4Addr::new(10, 2, 0, i)),
+                false,
+            );
+        }
+        assert!(c.target(a).is_some());
+        assert_eq!(mem.watched().len(), 2);
+        mem.set_watched(&mut c, &[VIP]);
+        assert!(c.target(a).is_none(), "a is the oldest once unwatched");
+        assert_eq!(c.targets.len(), 2);
+    }
+
+    #[test]
+    fn a_zero_cap_counts_unwatched_frames_as_overflow() {
+        let req = decode_arp_frame(&unhex(REQUEST)).unwrap();
+        let mut c = ArpCounters::new(2, "eth0");
+        let mut mem = TargetMemory::new(0);
+        mem.set_watched(&mut c, &[VIP]);
+        account(
+            &mut c,
+            &mut mem,
+            &asked(&req, Ipv4Addr::new(10, 1, 0, 1)),
+            false,
+        );
+        account(&mut c, &mut mem, &req, false);
+        assert_eq!(c.overflow, 1);
+        assert_eq!(c.targets.len(), 1);
+        assert_eq!(c.target(VIP).unwrap().requests_received, 1);
     }
 
     #[test]

@@ -8,40 +8,84 @@
 //!   each snapshot drains it and keeps the cumulative counters with their time, so the window's
 //!   counters are the difference between now and the oldest sample inside the configured window.
 //!   Taps are opened and closed as targets come and go; a vanished interface closes its tap.
+//!   A target that became this node's to answer inside the window (an HA failover: the VIP was
+//!   assigned here a moment ago) is counted only from the first sample after that, so the
+//!   requests it rightly left unanswered as a standby are not held against it.
 
 use crate::config::Config;
+use crate::detect::arp_unanswered::{ownership, ArpInputs};
 use crate::detect::arp_watch_list;
-use crate::model::l2::{ArpCounters, ResponderMap, TargetCounts};
+use crate::model::l2::{ArpCounters, ArpTarget, ResponderMap, TargetCounts, WatchedInterface};
 use crate::model::snapshot::{NodeSnapshot, SourceStatus};
-use crate::observe::arp::{observe_window, ArpMonitor};
+use crate::observe::arp::{observe_window_watching, ArpMonitor};
 use crate::observe::bpf::read_responder_map;
 use crate::observe::links::read_links;
 use std::collections::{BTreeMap, VecDeque};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// One target's counts `now - before`; all of `now` when `before` is another entry (none, or
+/// one that was aged out since and admitted again from zero).
+pub fn target_delta(now: &TargetCounts, before: Option<&TargetCounts>) -> TargetCounts {
+    match before.filter(|before| before.admitted == now.admitted) {
+        None => now.clone(),
+        Some(before) => TargetCounts {
+            requests_received: now
+                .requests_received
+                .saturating_sub(before.requests_received),
+            replies_sent: now.replies_sent.saturating_sub(before.replies_sent),
+            replies_received: now.replies_received.saturating_sub(before.replies_received),
+            requests_sent: now.requests_sent.saturating_sub(before.requests_sent),
+            requesters: now.requesters.clone(),
+            requesters_dropped: now
+                .requesters_dropped
+                .saturating_sub(before.requesters_dropped),
+            admitted: now.admitted,
+            last_seen: now.last_seen,
+        },
+    }
+}
+
+/// Restricts `window` (the counters of one tap over the window) to what happened since each
+/// target became owned: for a target owned since after the oldest sample, its counts are taken
+/// from the first sample at or after that moment. `samples` are oldest first, `total` the newest.
+pub fn since_owned(
+    window: &mut ArpCounters,
+    total: &ArpCounters,
+    samples: &VecDeque<(Instant, ArpCounters)>,
+    owned_since: &BTreeMap<Ipv4Addr, Instant>,
+) {
+    let Some((oldest, _)) = samples.front() else {
+        return;
+    };
+    for (ip, since) in owned_since {
+        if since <= oldest {
+            continue;
+        }
+        let Some(now) = total.targets.get(ip) else {
+            continue;
+        };
+        let base = samples
+            .iter()
+            .find(|(at, _)| at >= since)
+            .map_or(total, |(_, c)| c);
+        window
+            .targets
+            .insert(*ip, target_delta(now, base.targets.get(ip)));
+    }
+}
 
 /// Counters `later - earlier` per target (requesters as seen by `later`).
 pub fn counters_delta(later: &ArpCounters, earlier: &ArpCounters) -> ArpCounters {
     let mut out = later.clone();
     for (ip, now) in out.targets.iter_mut() {
-        if let Some(before) = earlier.targets.get(ip) {
-            *now = TargetCounts {
-                requests_received: now
-                    .requests_received
-                    .saturating_sub(before.requests_received),
-                replies_sent: now.replies_sent.saturating_sub(before.replies_sent),
-                replies_received: now.replies_received.saturating_sub(before.replies_received),
-                requests_sent: now.requests_sent.saturating_sub(before.requests_sent),
-                requesters: now.requesters.clone(),
-                requesters_dropped: now
-                    .requesters_dropped
-                    .saturating_sub(before.requesters_dropped),
-            };
-        }
+        *now = target_delta(now, earlier.targets.get(ip));
     }
     out.frames = later.frames.saturating_sub(earlier.frames);
     out.malformed = later.malformed.saturating_sub(earlier.malformed);
     out.overflow = later.overflow.saturating_sub(earlier.overflow);
+    out.evicted = later.evicted.saturating_sub(earlier.evicted);
     out.kernel_drops = later.kernel_drops.saturating_sub(earlier.kernel_drops);
     out.window_ms = later.window_ms.saturating_sub(earlier.window_ms);
     out
@@ -62,6 +106,8 @@ pub struct L2Watch {
     config: Option<Config>,
     taps: BTreeMap<u32, Tap>,
     responder_samples: VecDeque<(Instant, ResponderMap)>,
+    /// Since when each watched (ifindex, address) has been this node's to answer.
+    owned_since: BTreeMap<(u32, Ipv4Addr), Instant>,
     /// Result of the last one-shot window, handed to the next snapshot.
     window_result: Option<(Vec<ArpCounters>, Option<ResponderMap>)>,
 }
@@ -81,6 +127,7 @@ impl L2Watch {
             config: None,
             taps: BTreeMap::new(),
             responder_samples: VecDeque::new(),
+            owned_since: BTreeMap::new(),
             window_result: None,
         }
     }
@@ -151,7 +198,7 @@ impl L2Watch {
             self.window_result = None;
             return;
         }
-        match observe_window(&watch, window) {
+        match observe_window_watching(&watch, window) {
             Ok(counters) => self.window_result = Some((counters, probe.responder)),
             Err(e) => {
                 tracing::warn!(error = %e, "ARP accounting failed");
@@ -164,11 +211,17 @@ impl L2Watch {
     pub fn fill_once(&mut self, snapshot: &mut NodeSnapshot) {
         Self::read_links(snapshot);
         let now = self.read_responder(snapshot);
+        let watch = match (&self.config, self.arp_enabled) {
+            (Some(config), true) => arp_watch_list(snapshot, config),
+            _ => Vec::new(),
+        };
+        let standby = self.track_ownership(snapshot, now.as_ref(), &watch, Instant::now());
         match self.window_result.take() {
             Some((counters, before)) => {
-                snapshot
-                    .sources
-                    .insert("arp".into(), arp_status(&counters, Duration::ZERO));
+                snapshot.sources.insert(
+                    "arp".into(),
+                    arp_status(&counters, &standby, Duration::ZERO),
+                );
                 snapshot.arp_cumulative = Some(counters.clone());
                 snapshot.arp = Some(counters);
                 snapshot.responder = before;
@@ -192,14 +245,17 @@ impl L2Watch {
             _ => Vec::new(),
         };
         self.taps.retain(|ifindex, tap| {
-            watch.iter().any(|(i, _)| i == ifindex) && !tap.monitor.is_gone()
+            watch.iter().any(|w| w.ifindex == *ifindex) && !tap.monitor.is_gone()
         });
-        for (ifindex, name) in &watch {
-            if self.taps.contains_key(ifindex) {
+        for w in &watch {
+            if let Some(tap) = self.taps.get_mut(&w.ifindex) {
+                tap.monitor.set_watched(&w.targets);
                 continue;
             }
+            let (ifindex, name) = (&w.ifindex, &w.interface);
             match ArpMonitor::open(*ifindex, name) {
-                Ok(monitor) => {
+                Ok(mut monitor) => {
+                    monitor.set_watched(&w.targets);
                     self.taps.insert(
                         *ifindex,
                         Tap {
@@ -211,6 +267,7 @@ impl L2Watch {
                 Err(e) => tracing::warn!(interface = %name, error = %e, "cannot watch ARP"),
             }
         }
+        let standby = self.track_ownership(snapshot, current.as_ref(), &watch, now);
         if self.taps.is_empty() {
             return;
         }
@@ -229,11 +286,18 @@ impl L2Watch {
                 tap.samples.pop_front();
             }
             let oldest = &tap.samples.front().expect("just pushed").1;
-            let delta = if tap.samples.len() > 1 {
+            let mut delta = if tap.samples.len() > 1 {
                 counters_delta(&total, oldest)
             } else {
                 counters_delta(&total, &ArpCounters::new(total.ifindex, &total.interface))
             };
+            let owned: BTreeMap<Ipv4Addr, Instant> = self
+                .owned_since
+                .iter()
+                .filter(|((ifindex, _), _)| *ifindex == total.ifindex)
+                .map(|((_, ip), since)| (*ip, *since))
+                .collect();
+            since_owned(&mut delta, &total, &tap.samples, &owned);
             window_counters.push(delta);
             cumulative.push(total);
         }
@@ -251,20 +315,78 @@ impl L2Watch {
         snapshot.responder_after = self.responder_samples.back().map(|(_, m)| m.clone());
         snapshot.sources.insert(
             "arp".into(),
-            arp_status(&window_counters, started.elapsed()),
+            arp_status(&window_counters, &standby, started.elapsed()),
         );
         snapshot.arp = Some(window_counters);
         snapshot.arp_cumulative = Some(cumulative);
     }
 }
 
-fn arp_status(counters: &[ArpCounters], took: Duration) -> SourceStatus {
+impl L2Watch {
+    /// Notes since when each watched target is owned (assigned here, in the responder map, or
+    /// configured always owned); a target that stops being owned is forgotten. Returns the
+    /// watched targets that are not owned (a standby's VIPs), as `IP@interface`.
+    fn track_ownership(
+        &mut self,
+        snapshot: &NodeSnapshot,
+        responder: Option<&ResponderMap>,
+        watch: &[WatchedInterface],
+        now: Instant,
+    ) -> Vec<String> {
+        let mut standby = Vec::new();
+        let links = snapshot.links.as_deref().unwrap_or_default();
+        let configured = self
+            .config
+            .as_ref()
+            .map(|c| {
+                crate::detect::arp_unanswered::settings(c)
+                    .targets
+                    .as_slice()
+            })
+            .unwrap_or_default();
+        let inputs = ArpInputs {
+            targets: &[],
+            counters: &[],
+            responder,
+            responder_after: None,
+            links,
+            addresses: snapshot.addresses.as_deref(),
+        };
+        let mut owned_now = BTreeMap::new();
+        for w in watch {
+            let Some(link) = links.iter().find(|l| l.ifindex == w.ifindex) else {
+                continue;
+            };
+            for ip in &w.targets {
+                let target = ArpTarget {
+                    interface: w.interface.clone(),
+                    ip: *ip,
+                };
+                let always = configured
+                    .iter()
+                    .any(|t| t.ip == *ip && t.interface == w.interface && t.always_owned);
+                if ownership(&inputs, &target, link, always).is_some() {
+                    let key = (w.ifindex, *ip);
+                    let since = self.owned_since.get(&key).copied().unwrap_or(now);
+                    owned_now.insert(key, since);
+                } else {
+                    standby.push(target.to_string());
+                }
+            }
+        }
+        self.owned_since = owned_now;
+        standby
+    }
+}
+
+fn arp_status(counters: &[ArpCounters], standby: &[String], took: Duration) -> SourceStatus {
     let mut status = SourceStatus::ok(took);
     let gone: Vec<String> = counters
         .iter()
         .filter_map(|c| c.gone.as_ref().map(|why| format!("{}: {why}", c.interface)))
         .collect();
     let drops: u64 = counters.iter().map(|c| c.kernel_drops + c.overflow).sum();
+    let evicted: u64 = counters.iter().map(|c| c.evicted).sum();
     let mut notes = Vec::new();
     notes.push(format!(
         "watching {}",
@@ -279,6 +401,17 @@ fn arp_status(counters: &[ArpCounters], took: Duration) -> SourceStatus {
     }
     if drops > 0 {
         notes.push(format!("{drops} frames dropped or not tracked"));
+    }
+    if evicted > 0 {
+        notes.push(format!(
+            "{evicted} least recently seen unwatched addresses aged out"
+        ));
+    }
+    if !standby.is_empty() {
+        notes.push(format!(
+            "standby, not this node's to answer (not judged): {}",
+            standby.join(", ")
+        ));
     }
     status.detail = Some(notes.join("; "));
     status
@@ -318,5 +451,81 @@ mod tests {
         assert_eq!(d.target(vip).unwrap().replies_sent, 0);
         assert_eq!(d.target(other).unwrap().requests_received, 2);
         assert_eq!(d.frames, 4);
+    }
+
+    #[test]
+    fn an_entry_admitted_again_is_all_new_in_the_window() {
+        let vip: Ipv4Addr = "10.99.0.51".parse().unwrap();
+        let mut earlier = ArpCounters::new(2, "eth0");
+        earlier.targets.insert(
+            vip,
+            TargetCounts {
+                requests_received: 9,
+                admitted: 4,
+                ..TargetCounts::default()
+            },
+        );
+        // Aged out and counted again from zero: 3 requests since, not 3 - 9.
+        let mut later = ArpCounters::new(2, "eth0");
+        later.targets.insert(
+            vip,
+            TargetCounts {
+                requests_received: 3,
+                admitted: 700,
+                ..TargetCounts::default()
+            },
+        );
+        later.evicted = 12;
+        let d = counters_delta(&later, &earlier);
+        assert_eq!(d.target(vip).unwrap().requests_received, 3);
+        assert_eq!(d.evicted, 12);
+    }
+
+    #[test]
+    fn a_target_owned_inside_the_window_counts_from_then_on() {
+        // A standby that took the VIP over at t1: the requests before (the outage, rightly
+        // unanswered here) must not count against it.
+        let vip: Ipv4Addr = "10.99.0.51".parse().unwrap();
+        let old_vip: Ipv4Addr = "10.99.0.52".parse().unwrap();
+        let sample = |vip_requests: u64, old_requests: u64| {
+            let mut c = ArpCounters::new(2, "eth0");
+            for (ip, n) in [(vip, vip_requests), (old_vip, old_requests)] {
+                c.targets.insert(
+                    ip,
+                    TargetCounts {
+                        requests_received: n,
+                        ..TargetCounts::default()
+                    },
+                );
+            }
+            c
+        };
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(10);
+        let t2 = t0 + Duration::from_secs(20);
+        let samples: VecDeque<(Instant, ArpCounters)> =
+            [(t0, sample(5, 1)), (t1, sample(9, 2)), (t2, sample(12, 4))]
+                .into_iter()
+                .collect();
+        let total = samples.back().unwrap().1.clone();
+        let mut window = counters_delta(&total, &samples.front().unwrap().1);
+        assert_eq!(window.target(vip).unwrap().requests_received, 7);
+        let owned: BTreeMap<Ipv4Addr, Instant> =
+            [(vip, t1), (old_vip, t0 - Duration::from_secs(60))]
+                .into_iter()
+                .collect();
+        since_owned(&mut window, &total, &samples, &owned);
+        assert_eq!(window.target(vip).unwrap().requests_received, 3);
+        // Owned since before the window: the whole window counts.
+        assert_eq!(window.target(old_vip).unwrap().requests_received, 3);
+        // Owned only since the newest sample: nothing counts yet.
+        let mut window = counters_delta(&total, &samples.front().unwrap().1);
+        since_owned(
+            &mut window,
+            &total,
+            &samples,
+            &[(vip, t2)].into_iter().collect(),
+        );
+        assert_eq!(window.target(vip).unwrap().requests_received, 0);
     }
 }

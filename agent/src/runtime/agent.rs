@@ -569,7 +569,7 @@ mod tests {
             Some(vec![iptables_table(
                 Backend::Nft,
                 "nat",
-                ":POSTROUTING ACCEPT\n:OLD_CILIUM_POST_nat -\n-A OLD_CILIUM_POST_nat -j ACCEPT\n",
+                ":POSTROUTING ACCEPT\n:CILIUM_POST_nat -\n:OLD_CILIUM_POST_nat -\n-A POSTROUTING -j CILIUM_POST_nat\n-A OLD_CILIUM_POST_nat -j ACCEPT\n",
             )]),
             None,
         )
@@ -778,7 +778,7 @@ mod tests {
                     vec![iptables_table(
                         backend,
                         "nat",
-                        ":POSTROUTING ACCEPT\n:OLD_CILIUM_POST_nat -\n-A OLD_CILIUM_POST_nat -j ACCEPT\n",
+                        ":POSTROUTING ACCEPT\n:CILIUM_POST_nat -\n:OLD_CILIUM_POST_nat -\n-A POSTROUTING -j CILIUM_POST_nat\n-A OLD_CILIUM_POST_nat -j ACCEPT\n",
                     )]
                 };
                 match backend {

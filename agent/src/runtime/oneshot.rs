@@ -306,6 +306,32 @@ mod tests {
     }
 
     #[test]
+    fn a_cilium_live_chain_unhooked_right_before_acting_stops_the_flush() {
+        let node = FakeNode::new(stale_node());
+        // The re-check's read (the 2nd with a 0s window) sees Cilium's feeder rule gone: the
+        // backup became the only copy, so the flush decided on the first read is not made.
+        node.0.borrow_mut().on_snapshot = Some(|s, n| {
+            if n == 2 {
+                let t = &mut std::sync::Arc::make_mut(s.nftables.as_mut().unwrap()).tables[0];
+                let post = t
+                    .chains
+                    .iter_mut()
+                    .find(|c| c.name == "POSTROUTING")
+                    .unwrap();
+                post.rules.clear();
+            }
+        });
+        let report = run(&node, &enforce(), Duration::ZERO, true);
+        let fix = report.findings[0].fix.as_ref().unwrap();
+        assert_eq!(
+            fix.state,
+            Outcome::SkippedPreconditionMoved.state(),
+            "{fix:?}"
+        );
+        assert!(node.0.borrow().applied.is_empty(), "nothing flushed");
+    }
+
+    #[test]
     fn kernel_refusals_are_reported_not_retried() {
         let node = FakeNode::new(stale_node());
         node.0.borrow_mut().fail_next = Some(ActError::StateMoved("ERESTART".into()));
