@@ -139,7 +139,7 @@ struct RawFixes {
     #[serde(rename = "flush-stale-chain", default)]
     flush_stale_chain: RawFix,
     #[serde(rename = "remove-hijack-rule", default)]
-    remove_hijack_rule: RawFix,
+    remove_hijack_rule: RawHijackFix,
     #[serde(rename = "set-promisc", default)]
     set_promisc: RawPromiscFix,
 }
@@ -151,6 +151,16 @@ struct RawFix {
     confirm_for: Option<HumanDuration>,
     cooldown: Option<HumanDuration>,
     max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawHijackFix {
+    enabled: Option<bool>,
+    confirm_for: Option<HumanDuration>,
+    cooldown: Option<HumanDuration>,
+    max_attempts: Option<u32>,
+    owners: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -193,6 +203,9 @@ pub struct HijackConfig {
     pub enabled: bool,
     pub protected_ports: Vec<u16>,
     pub protect_listening_ports: bool,
+    /// `fixes.remove-hijack-rule.owners`: rules besides CNI portmap's the fix may remove, as
+    /// `chain:NAME` or `comment:TEXT` patterns (a trailing `*` matches any rest).
+    pub fix_owners: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -397,9 +410,21 @@ impl Config {
                 "must be longer than 0s",
             ));
         }
+        let fix_owners = validate_owners(
+            "fixes.remove-hijack-rule.owners",
+            f.remove_hijack_rule.owners.clone().unwrap_or_default(),
+        )?;
         let fixes = FixesConfig {
             flush_stale_chain: fix_config("fixes.flush-stale-chain", f.flush_stale_chain)?,
-            remove_hijack_rule: fix_config("fixes.remove-hijack-rule", f.remove_hijack_rule)?,
+            remove_hijack_rule: fix_config(
+                "fixes.remove-hijack-rule",
+                RawFix {
+                    enabled: f.remove_hijack_rule.enabled,
+                    confirm_for: f.remove_hijack_rule.confirm_for,
+                    cooldown: f.remove_hijack_rule.cooldown,
+                    max_attempts: f.remove_hijack_rule.max_attempts,
+                },
+            )?,
             set_promisc: PromiscFixConfig {
                 guard: fix_config(
                     "fixes.set-promisc",
@@ -457,6 +482,7 @@ impl Config {
                         .hostport_hijack
                         .protect_listening_ports
                         .unwrap_or(true),
+                    fix_owners,
                 },
                 iptables_backend_split: c.iptables_backend_split.enabled.unwrap_or(true),
                 arp_unanswered: ArpConfig {
@@ -501,6 +527,28 @@ fn fix_config(path: &str, raw: RawFix) -> Result<FixConfig, ConfigError> {
         cooldown: duration_or(raw.cooldown, 300),
         max_attempts,
     })
+}
+
+/// Owner patterns: `chain:NAME` or `comment:TEXT`, non-empty, at most 256 bytes, `*` only last.
+fn validate_owners(path: &str, owners: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    for (i, owner) in owners.iter().enumerate() {
+        let pattern = owner
+            .strip_prefix("chain:")
+            .or_else(|| owner.strip_prefix("comment:"));
+        let reason = match pattern {
+            None => Some("must start with `chain:` or `comment:` (e.g. chain:MY-HOSTPORTS-*)"),
+            Some("") | Some("*") => Some("the pattern after the prefix must name something"),
+            Some(p) if p.len() > 256 => Some("the pattern is longer than 256 bytes"),
+            Some(p) if p.trim_end_matches('*').contains('*') => {
+                Some("`*` is allowed only at the end of the pattern")
+            }
+            Some(_) => None,
+        };
+        if let Some(reason) = reason {
+            return Err(ConfigError::new(format!("{path}[{i}]"), reason));
+        }
+    }
+    Ok(owners)
 }
 
 /// Interface names as the kernel accepts them: 1-15 bytes, no '/', no whitespace.

@@ -20,6 +20,11 @@
 //! the positions from a fresh read (the reader's rule handle is the position) and apply once.
 //! A missing binary is reported as [`LegacyWriteError::ToolMissing`] before anything runs, so the
 //! caller can report `blocked`.
+//!
+//! [`apply_restore`] is the one transactional path: it feeds `-R`/`-D`/`-F`/`-X` commands of one
+//! table to `iptables-legacy-restore --noflush`, which applies them to one copy of the table and
+//! replaces it once (all or nothing). The hostport fix uses it to narrow a jump and delete the
+//! hijacked port's rules together.
 
 use crate::model::ruleset::Family;
 use std::path::{Path, PathBuf};
@@ -129,7 +134,84 @@ pub fn tool_name(family: Family) -> &'static str {
 
 /// Finds the legacy binary for `family` on PATH, then in /usr/sbin and /sbin.
 pub fn legacy_tool_available(family: Family) -> Result<PathBuf, LegacyWriteError> {
-    let tool = tool_name(family);
+    find_tool(tool_name(family), family)
+}
+
+/// The restore binary for `family`.
+pub fn restore_tool_name(family: Family) -> &'static str {
+    if family == Family::Ip6 {
+        "ip6tables-legacy-restore"
+    } else {
+        "iptables-legacy-restore"
+    }
+}
+
+/// The input of one `iptables-legacy-restore --noflush` run: the table, the commands, COMMIT.
+pub fn restore_input(table: &str, commands: &[String]) -> String {
+    let mut text = format!("*{table}\n");
+    for c in commands {
+        text.push_str(c);
+        text.push('\n');
+    }
+    text.push_str("COMMIT\n");
+    text
+}
+
+/// Applies `commands` (iptables-restore lines without `*table`/COMMIT) to `table` in one table
+/// replacement, waiting for the xtables lock. Nothing changes when any command fails.
+pub fn apply_restore(
+    family: Family,
+    table: &str,
+    commands: &[String],
+) -> Result<(), LegacyWriteError> {
+    use std::io::Write;
+    if commands
+        .iter()
+        .any(|c| c.contains('\n') || c.trim().is_empty())
+    {
+        return Err(LegacyWriteError::Failed {
+            command: restore_tool_name(family).to_string(),
+            status: "not run".into(),
+            stderr: "a restore command is empty or spans lines".into(),
+        });
+    }
+    let tool = find_tool(restore_tool_name(family), family)?;
+    let command = format!("{} -w --noflush", restore_tool_name(family));
+    let mut child = Command::new(&tool)
+        .args(["-w", "--noflush"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|source| LegacyWriteError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(restore_input(table, commands).as_bytes())
+            .map_err(|source| LegacyWriteError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| LegacyWriteError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(LegacyWriteError::Failed {
+            command,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn find_tool(tool: &'static str, family: Family) -> Result<PathBuf, LegacyWriteError> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();

@@ -4,7 +4,7 @@
 
 use crate::act::iptables_legacy::{self, LegacyOp};
 use crate::act::link;
-use crate::act::nftables::{apply_batch, NftOp};
+use crate::act::nftables::{apply_batch, prepare_narrow, NftOp};
 use crate::model::finding::{FixAction, TableRef};
 use crate::model::ruleset::Backend;
 use crate::runtime::{ActError, ActReport, Actuator};
@@ -96,6 +96,56 @@ pub fn nft_ops(action: &FixAction) -> Vec<NftOp> {
         .collect()
 }
 
+/// The nftables batch of an action: the narrowed jumps (read and rewritten now, guarded by the
+/// generation like the rest), then the deletions.
+fn nft_batch(action: &FixAction) -> Result<Vec<NftOp>, ActError> {
+    let mut ops = Vec::new();
+    if let FixAction::RemoveRules { table, narrow, .. } = action {
+        for n in narrow {
+            ops.push(
+                prepare_narrow(
+                    table.family,
+                    &table.table,
+                    &n.rule.chain,
+                    n.rule.handle,
+                    &n.ports,
+                    &n.keep,
+                )
+                .map_err(|e| ActError::Failed(e.to_string()))?,
+            );
+        }
+    }
+    ops.extend(nft_ops(action));
+    Ok(ops)
+}
+
+/// The `iptables-legacy-restore` commands of an action with narrowed rules: the replacements
+/// (`-R CHAIN POS SPEC`), the deletions from the highest position down, the flushes and chain
+/// deletions; one table replacement.
+pub fn legacy_restore_commands(action: &FixAction) -> Vec<String> {
+    let mut out = Vec::new();
+    if let FixAction::RemoveRules { narrow, .. } = action {
+        for n in narrow {
+            out.push(format!(
+                "-R {} {} {}",
+                n.rule.chain, n.rule.handle, n.rule_spec
+            ));
+        }
+    }
+    for op in iptables_legacy::ordered(&legacy_ops(action)) {
+        out.push(match op {
+            LegacyOp::DeleteRule {
+                chain,
+                rule_spec_position,
+                ..
+            } => format!("-D {chain} {rule_spec_position}"),
+            LegacyOp::FlushChain { chain, .. } => format!("-F {chain}"),
+            LegacyOp::DeleteChain { chain, .. } => format!("-X {chain}"),
+        });
+    }
+    out
+}
+
 /// The legacy operations of a ruleset action; the legacy writer runs rule deletions from the
 /// highest position down (deleting a rule shifts the positions after it).
 pub fn legacy_ops(action: &FixAction) -> Vec<LegacyOp> {
@@ -148,9 +198,19 @@ fn describe(action: &FixAction) -> String {
             table,
             rules,
             delete_chains,
+            narrow,
             ..
         } => {
             let mut text = format!("deleted {} rule(s) in {}", rules.len(), where_(table));
+            for n in narrow {
+                let keep: Vec<String> = n.keep.iter().map(ToString::to_string).collect();
+                text.push_str(&format!(
+                    ", narrowed {} rule {} to port {}",
+                    n.rule.chain,
+                    n.rule.handle,
+                    keep.join(",")
+                ));
+            }
             if !delete_chains.is_empty() {
                 text.push_str(&format!(" and chain(s) {}", delete_chains.join(", ")));
             }
@@ -188,7 +248,7 @@ impl Actuator for KernelActuator {
         };
         match table.backend {
             Backend::Nft => {
-                apply_batch(&nft_ops(action), nft_generation).map_err(|e| {
+                apply_batch(&nft_batch(action)?, nft_generation).map_err(|e| {
                     if e.is_precondition_moved() {
                         ActError::StateMoved(e.to_string())
                     } else {
@@ -199,8 +259,19 @@ impl Actuator for KernelActuator {
             Backend::Legacy => {
                 iptables_legacy::legacy_tool_available(table.family)
                     .map_err(|e| ActError::Unavailable(e.to_string()))?;
-                iptables_legacy::apply(&legacy_ops(action))
+                let narrows =
+                    matches!(action, FixAction::RemoveRules { narrow, .. } if !narrow.is_empty());
+                if narrows {
+                    iptables_legacy::apply_restore(
+                        table.family,
+                        &table.table,
+                        &legacy_restore_commands(action),
+                    )
                     .map_err(|e| ActError::Failed(e.to_string()))?;
+                } else {
+                    iptables_legacy::apply(&legacy_ops(action))
+                        .map_err(|e| ActError::Failed(e.to_string()))?;
+                }
             }
         }
         Ok(ActReport {
@@ -234,6 +305,7 @@ mod tests {
             }],
             delete_chains: vec!["CNI-DN-1".into()],
             content_hash: 0,
+            narrow: Vec::new(),
         };
         let ops = nft_ops(&action);
         assert_eq!(ops.len(), 3);
@@ -258,6 +330,7 @@ mod tests {
             ],
             delete_chains: vec![],
             content_hash: 0,
+            narrow: Vec::new(),
         };
         let positions: Vec<u64> = iptables_legacy::ordered(&legacy_ops(&action))
             .iter()

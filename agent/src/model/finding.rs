@@ -109,7 +109,7 @@ impl FixId {
                 "flush the stale chain (and delete it when nothing references it), in one transaction"
             }
             FixId::RemoveHijackRule => {
-                "delete the hijacking rule; for a CNI-DN-* chain delete the jumps to it and the chain, in one transaction"
+                "delete a hijacking rule of CNI portmap (or of an owner listed in fixes.remove-hijack-rule.owners): only the hijacked ports' rules, narrowing the jump to the pod's other host ports, in one transaction"
             }
             FixId::SetPromisc => {
                 "set IFF_PROMISC on the interface (physical devices only unless allowed), verify replies, revert if useless"
@@ -161,15 +161,31 @@ pub enum FixAction {
         /// Hash of the chain's rendered rules: the content the decision was made on.
         content_hash: u64,
     },
-    /// Delete these rules, then flush and delete these chains, as one change.
+    /// Narrow these jumps' destination-port lists, delete these rules, then flush and delete
+    /// these chains, as one change.
     RemoveRules {
         table: TableRef,
         rules: Vec<RuleRef>,
         delete_chains: Vec<String>,
         content_hash: u64,
+        /// Rules whose `multiport --dports` list loses the hijacked ports (applied first).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        narrow: Vec<NarrowPorts>,
     },
     /// Set IFF_PROMISC on an interface.
     SetPromisc { interface: String, ifindex: u32 },
+}
+
+/// A rule whose destination-port match is rewritten to keep only `keep` (a CNI portmap jump that
+/// loses a hijacked host port and keeps the pod's other ones).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct NarrowPorts {
+    pub rule: RuleRef,
+    /// The port list the decision was made on (the writer refuses a rule that differs).
+    pub ports: Vec<crate::model::ruleset::PortRange>,
+    pub keep: Vec<crate::model::ruleset::PortRange>,
+    /// The rewritten rule in iptables-save syntax without `-A CHAIN` (the legacy writer's input).
+    pub rule_spec: String,
 }
 
 /// What a fix would do for one finding, or why it cannot act on it at all.
