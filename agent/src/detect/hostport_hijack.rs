@@ -1068,7 +1068,15 @@ fn portmap_proposal(
         .iter()
         .map(|(ci, ri)| {
             let rule = &graph.chain(*ci).rules[*ri];
-            dport_ranges(rule).and_then(|r| ranges_without(r, hijacked))
+            // Only a rule the model renders whole can be rewritten (the legacy writer's input).
+            let whole = !rule
+                .matches
+                .iter()
+                .any(|m| matches!(m, Match::Opaque { .. }))
+                && matches!(rule.action, Action::Verdict { .. });
+            dport_ranges(rule)
+                .filter(|_| whole)
+                .and_then(|r| ranges_without(r, hijacked))
         })
         .collect();
     let nothing_left = narrowed
@@ -1123,15 +1131,30 @@ fn portmap_proposal(
                 if old == keep {
                     continue;
                 }
+                // The same rule with the remaining ports, still as `-m multiport --dports`.
                 let mut rewritten = rule.clone();
                 for m in &mut rewritten.matches {
-                    if let Match::Ports {
-                        direction: Direction::Destination,
-                        ranges,
-                        negated: false,
-                    } = m
-                    {
-                        *ranges = keep.clone();
+                    if matches!(
+                        m,
+                        Match::Ports {
+                            direction: Direction::Destination,
+                            negated: false,
+                            ..
+                        }
+                    ) {
+                        let list: Vec<String> = keep
+                            .iter()
+                            .map(|r| {
+                                if r.first == r.last {
+                                    r.first.to_string()
+                                } else {
+                                    format!("{}:{}", r.first, r.last)
+                                }
+                            })
+                            .collect();
+                        *m = Match::Opaque {
+                            description: format!("-m multiport --dports {}", list.join(",")),
+                        };
                     }
                 }
                 let text = render_iptables(jump_chain, &rewritten);
@@ -1648,7 +1671,7 @@ mod tests {
         assert_eq!(narrow[0].keep, vec![PortRange::single(443)]);
         assert_eq!(
             narrow[0].rule_spec,
-            r#"-p tcp -m tcp --dport 443 -m comment --comment "dnat name: \"cbr0\" id: \"feed\"" -j CNI-DN-bbbb"#
+            r#"-p tcp -m multiport --dports 443 -m comment --comment "dnat name: \"cbr0\" id: \"feed\"" -j CNI-DN-bbbb"#
         );
         assert!(findings[0]
             .proposal
