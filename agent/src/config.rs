@@ -685,4 +685,40 @@ fixes:
         let err = Config::from_yaml("- a\n- b\n").unwrap_err();
         assert_eq!(err.path, "(document)");
     }
+
+    #[test]
+    fn hijack_fix_owners_are_validated() {
+        let c = Config::from_yaml(
+            "fixes:\n  remove-hijack-rule:\n    enabled: true\n    owners: [\"chain:MY-HOSTPORTS-*\", \"comment:managed by ops*\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.checks.hostport_hijack.fix_owners,
+            vec!["chain:MY-HOSTPORTS-*", "comment:managed by ops*"]
+        );
+        assert!(c.fixes.remove_hijack_rule.enabled);
+        assert!(Config::default()
+            .checks
+            .hostport_hijack
+            .fix_owners
+            .is_empty());
+        for (bad, why) in [
+            ("DOCKER", "must start with `chain:` or `comment:`"),
+            ("chain:", "must name something"),
+            ("chain:*", "must name something"),
+            ("chain:A*B", "only at the end"),
+        ] {
+            let err = Config::from_yaml(&format!(
+                "fixes:\n  remove-hijack-rule:\n    owners: [\"{bad}\"]\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("fixes.remove-hijack-rule.owners[0]") && err.contains(why),
+                "{bad}: {err}"
+            );
+        }
+        // The key belongs to this fix only.
+        assert!(Config::from_yaml("fixes:\n  flush-stale-chain:\n    owners: []\n").is_err());
+    }
 }

@@ -359,4 +359,50 @@ mod tests {
             "flushed 5 rules from ip nat (nft) OLD_CILIUM_POST_nat"
         );
     }
+
+    #[test]
+    fn a_narrowed_legacy_fix_is_one_restore_replacing_then_deleting_downwards() {
+        use crate::model::finding::NarrowPorts;
+        use crate::model::ruleset::PortRange;
+        let action = FixAction::RemoveRules {
+            table: table(Backend::Legacy),
+            rules: vec![
+                RuleRef {
+                    chain: "CNI-DN-b".into(),
+                    handle: 4,
+                },
+                RuleRef {
+                    chain: "CNI-DN-b".into(),
+                    handle: 6,
+                },
+            ],
+            delete_chains: vec![],
+            content_hash: 0,
+            narrow: vec![NarrowPorts {
+                rule: RuleRef {
+                    chain: "CNI-HOSTPORT-DNAT".into(),
+                    handle: 2,
+                },
+                ports: vec![PortRange::single(443), PortRange::single(6443)],
+                keep: vec![PortRange::single(443)],
+                rule_spec: "-p tcp -m multiport --dports 443 -j CNI-DN-b".into(),
+            }],
+        };
+        assert_eq!(
+            legacy_restore_commands(&action),
+            vec![
+                "-R CNI-HOSTPORT-DNAT 2 -p tcp -m multiport --dports 443 -j CNI-DN-b",
+                "-D CNI-DN-b 6",
+                "-D CNI-DN-b 4",
+            ]
+        );
+        assert_eq!(
+            describe(&action),
+            "deleted 2 rule(s) in ip nat (legacy), narrowed CNI-HOSTPORT-DNAT rule 2 to port 443"
+        );
+        assert_eq!(
+            iptables_legacy::restore_input("nat", &legacy_restore_commands(&action)[..1]),
+            "*nat\n-R CNI-HOSTPORT-DNAT 2 -p tcp -m multiport --dports 443 -j CNI-DN-b\nCOMMIT\n"
+        );
+    }
 }

@@ -101,17 +101,23 @@ pub enum NftOp {
         table: String,
         chain: String,
     },
-    /// Replaces the rule at `handle` by one made of these expressions (NFTA_RULE_EXPRESSIONS
-    /// content), compat protocol and userdata.
+    /// Replaces the rule at `handle` by `rule`.
     ReplaceRule {
         family: Family,
         table: String,
         chain: String,
         handle: u64,
-        expressions: Vec<u8>,
-        compat_proto: Option<u32>,
-        userdata: Option<Vec<u8>>,
+        rule: Box<RuleBody>,
     },
+}
+
+/// The content of a rule to write: its NFTA_RULE_EXPRESSIONS content, compat protocol and
+/// userdata (the comment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleBody {
+    pub expressions: Vec<u8>,
+    pub compat_proto: Option<u32>,
+    pub userdata: Option<Vec<u8>>,
 }
 
 impl fmt::Display for NftOp {
@@ -209,10 +215,13 @@ fn op_message(op: &NftOp, seq: u32) -> Vec<u8> {
             table,
             chain,
             handle,
-            expressions,
-            compat_proto,
-            userdata,
+            rule,
         } => {
+            let RuleBody {
+                expressions,
+                compat_proto,
+                userdata,
+            } = rule.as_ref();
             let mut m = MessageBuilder::new(kind(NFT_MSG_NEWRULE), flags | NLM_F_REPLACE, seq)
                 .raw(&nfgenmsg(family.nfproto(), 0))
                 .attr_str(NFTA_RULE_TABLE, table)
@@ -492,9 +501,11 @@ pub fn prepare_narrow(
             table: table.to_string(),
             chain: chain.to_string(),
             handle,
-            expressions: narrowed,
-            compat_proto: Some(libc::IPPROTO_TCP as u32),
-            userdata,
+            rule: Box::new(RuleBody {
+                expressions: narrowed,
+                compat_proto: Some(libc::IPPROTO_TCP as u32),
+                userdata,
+            }),
         });
     }
 }
@@ -672,5 +683,82 @@ mod tests {
         let (without_generation, _, _) = build_batch(&ops, None, 1);
         let first = split_messages(&without_generation).next().unwrap().unwrap();
         assert_eq!(first.payload.len(), 4);
+    }
+
+    /// One compat `match` expression element, as a dump returns it.
+    fn match_elem(name: &[u8], rev: u32, info: &[u8]) -> Vec<u8> {
+        let mut data = nla(NFTA_MATCH_NAME, name);
+        data.extend(nla(NFTA_MATCH_REV, &rev.to_be_bytes()));
+        data.extend(nla(NFTA_MATCH_INFO, info));
+        let mut expr = nla(NFTA_EXPR_NAME, b"match\0");
+        expr.extend(nla(NFTA_EXPR_DATA | NLA_F_NESTED, &data));
+        nla(NFTA_LIST_ELEM | NLA_F_NESTED, &expr)
+    }
+
+    fn immediate_elem() -> Vec<u8> {
+        let mut expr = nla(NFTA_EXPR_NAME, b"immediate\0");
+        expr.extend(nla(
+            NFTA_EXPR_DATA | NLA_F_NESTED,
+            &nla(1, &0u32.to_be_bytes()),
+        ));
+        nla(NFTA_LIST_ELEM | NLA_F_NESTED, &expr)
+    }
+
+    #[test]
+    fn multiport_v1_blob_round_trips_ranges() {
+        let ports = [
+            PortRange::single(443),
+            PortRange {
+                first: 8000,
+                last: 8010,
+            },
+        ];
+        let blob = multiport_blob(1, 48, &ports).unwrap();
+        assert_eq!(blob.len(), 48);
+        assert_eq!((blob[0], blob[1]), (MULTIPORT_DESTINATION, 3));
+        assert_eq!(&blob[32..35], &[0, 1, 0]);
+        assert_eq!(multiport_ranges(1, &blob).unwrap(), ports);
+        // Rev 0 has no ranges; more than 15 slots do not fit.
+        assert!(multiport_blob(0, 32, &ports).is_none());
+        let many: Vec<PortRange> = (1..=16).map(PortRange::single).collect();
+        assert!(multiport_blob(1, 48, &many).is_none());
+        assert!(multiport_blob(1, 48, &[]).is_none());
+        // A source-port or inverted list is not a destination list.
+        let mut source = blob.clone();
+        source[0] = 0;
+        assert!(multiport_ranges(1, &source).is_none());
+        let mut inverted = blob;
+        inverted[47] = 1;
+        assert!(multiport_ranges(1, &inverted).is_none());
+    }
+
+    #[test]
+    fn narrowing_rewrites_only_the_multiport_match() {
+        let both =
+            multiport_blob(1, 48, &[PortRange::single(443), PortRange::single(6443)]).unwrap();
+        let mut exprs = immediate_elem();
+        exprs.extend(match_elem(b"multiport\0", 1, &both));
+        exprs.extend(immediate_elem());
+        let keep = [PortRange::single(443)];
+        let out = narrow_expressions(
+            &exprs,
+            &[PortRange::single(443), PortRange::single(6443)],
+            &keep,
+        )
+        .unwrap();
+        let mut expected = immediate_elem();
+        expected.extend(match_elem(
+            b"multiport\0",
+            1,
+            &multiport_blob(1, 48, &keep).unwrap(),
+        ));
+        expected.extend(immediate_elem());
+        assert_eq!(out, expected);
+        // The rule moved since the decision: refused.
+        let err = narrow_expressions(&exprs, &[PortRange::single(80)], &keep).unwrap_err();
+        assert_eq!(err, "lists ports 443,6443 now, not 80 as decided");
+        // No multiport match at all: refused.
+        let err = narrow_expressions(&immediate_elem(), &keep, &keep).unwrap_err();
+        assert_eq!(err, "has 0 multiport matches, not one");
     }
 }
