@@ -106,12 +106,13 @@ enum Scope {
 }
 
 /// Protected packets still possible on a path: every port of `ports` to every address of
-/// `destinations`, protected for `why` (an index into the protections).
+/// `destinations`, protected for the protections `why` (indexes; they share one publisher and
+/// one set of destinations, so that a walk carries few groups however many listeners there are).
 #[derive(Debug, Clone)]
 struct Group {
     ports: Vec<u16>,
     destinations: Vec<IpAddr>,
-    why: usize,
+    why: Vec<usize>,
 }
 
 impl Group {
@@ -504,23 +505,37 @@ fn initial_groups(
 ) -> Vec<Group> {
     let reachable =
         |ip: &IpAddr| fits(table, *ip) && (hook == HookPoint::Output || !ip.is_loopback());
-    protections
-        .iter()
-        .enumerate()
-        .map(|(why, p)| {
-            let destinations: Vec<IpAddr> = match &p.scope {
-                Scope::Every => locals.to_vec(),
-                Scope::EveryIpv4 => locals.iter().copied().filter(IpAddr::is_ipv4).collect(),
-                Scope::Only(a) => a.clone(),
-            };
-            Group {
-                ports: p.ports.clone(),
-                destinations: destinations.into_iter().filter(reachable).collect(),
-                why,
+    let mut groups: Vec<Group> = Vec::new();
+    for (why, p) in protections.iter().enumerate() {
+        let destinations: Vec<IpAddr> = match &p.scope {
+            Scope::Every => locals.to_vec(),
+            Scope::EveryIpv4 => locals.iter().copied().filter(IpAddr::is_ipv4).collect(),
+            Scope::Only(a) => a.clone(),
+        };
+        let destinations: Vec<IpAddr> = destinations.into_iter().filter(reachable).collect();
+        if destinations.is_empty() || p.ports.is_empty() {
+            continue;
+        }
+        let same = groups.iter_mut().find(|g| {
+            g.destinations == destinations && protections[g.why[0]].publisher == p.publisher
+        });
+        match same {
+            Some(g) => {
+                for port in &p.ports {
+                    if !g.ports.contains(port) {
+                        g.ports.push(*port);
+                    }
+                }
+                g.why.push(why);
             }
-        })
-        .filter(Group::alive)
-        .collect()
+            None => groups.push(Group {
+                ports: p.ports.clone(),
+                destinations,
+                why: vec![why],
+            }),
+        }
+    }
+    groups
 }
 
 fn is_nat_base(table: &Table, chain_type: &str) -> bool {
@@ -667,15 +682,19 @@ impl Walk<'_, '_> {
         let chain = &self.graph.chain(position.0).name;
         let mut captured: Vec<(u16, usize)> = Vec::new();
         for g in &state.groups {
-            let protection = &self.protections[g.why];
-            if let Some(publisher) = &protection.publisher {
+            if let Some(publisher) = &self.protections[g.why[0]].publisher {
                 if publishes(publisher, self.graph.table, chain, rule) {
                     continue;
                 }
             }
             for p in &g.ports {
-                if !targets_node_itself(self.locals, &rule.action, *p) {
-                    captured.push((*p, g.why));
+                if targets_node_itself(self.locals, &rule.action, *p) {
+                    continue;
+                }
+                for why in &g.why {
+                    if self.protections[*why].ports.contains(p) {
+                        captured.push((*p, *why));
+                    }
                 }
             }
         }
