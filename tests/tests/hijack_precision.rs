@@ -306,8 +306,9 @@ fn a_pod_with_host_ports_443_and_6443_keeps_443_after_the_fix_legacy() {
     );
 }
 
-/// A kube-proxy IPVS node: no per-Service iptables rules, ClusterIPs on the kube-ipvs0 dummy
-/// interface; a pod's hostPort 443 through CNI portmap with `--dst-type LOCAL`.
+/// A kube-proxy IPVS node: no per-Service iptables rules, ClusterIPs on the kube-ipvs0 interface
+/// and in the KUBE-CLUSTER-IP ipset, accepted in KUBE-SERVICES; a pod's hostPort 443 through CNI
+/// portmap with `--dst-type LOCAL`, its jumps after kube-proxy's.
 const IPVS_HOSTPORT_NAT: &str = r#"*nat
 :KUBE-SERVICES - [0:0]
 :KUBE-NODE-PORT - [0:0]
@@ -318,6 +319,7 @@ const IPVS_HOSTPORT_NAT: &str = r#"*nat
 -A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
 -A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
 -A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT
+-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT
 -A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
 -A OUTPUT -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
 -A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \"k8s-pod-network\" id: \"9a8b7c6d\"" -m multiport --dports 443 -j CNI-DN-2c4e6a8b0d1f3a5c7e9b1
@@ -326,7 +328,10 @@ COMMIT
 "#;
 
 fn ipvs_api_service(restore: &str, save: &str, tag: &str) {
+    require_tool("ipset");
     let (ns, _lan) = node(tag);
+    ns.sh("ipset create KUBE-CLUSTER-IP hash:ip,port && ipset add KUBE-CLUSTER-IP 10.96.0.1,tcp:443 && ipset add KUBE-CLUSTER-IP 10.96.0.10,udp:53")
+        .unwrap();
     ns.sh("ip link add kube-ipvs0 type veth peer name ipvs-peer && ip link set kube-ipvs0 up && ip addr add 10.96.0.1/32 dev kube-ipvs0 && ip addr add 10.96.0.10/32 dev kube-ipvs0")
         .unwrap();
     ns.restore(restore, IPVS_HOSTPORT_NAT).unwrap();
@@ -338,6 +343,18 @@ fn ipvs_api_service(restore: &str, save: &str, tag: &str) {
         ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
         ("KUBERNETES_SERVICE_PORT", "443"),
     ];
+    // kube-proxy's jumps come first: its ClusterIP ACCEPT keeps the API Service address safe.
+    let report = check(&ns, &env);
+    assert_eq!(hijacks(&report), Vec::<Value>::new(), "{report:#}");
+    // Portmap re-inserts its jumps at the top (e.g. after a restart): the hostPort now captures
+    // 10.96.0.1:443.
+    let tool = restore.trim_end_matches("-restore");
+    for hook in ["PREROUTING", "OUTPUT"] {
+        ns.sh(&format!(
+            "{tool} -w -t nat -D {hook} -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT && {tool} -w -t nat -I {hook} 1 -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT"
+        ))
+        .unwrap();
+    }
     let report = check(&ns, &env);
     let found = hijacks(&report);
     assert_eq!(found.len(), 1, "{report:#}");
@@ -357,6 +374,7 @@ fn ipvs_api_service(restore: &str, save: &str, tag: &str) {
     let saved = ns.sh(&format!("{save} -t nat")).unwrap();
     assert!(!saved.contains("CNI-DN-2c4e6a8b0d1f3a5c7e9b1"), "{saved}");
     assert!(saved.contains("-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT"));
+    assert!(saved.contains("-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT"));
 }
 
 #[test]

@@ -632,19 +632,41 @@ struct Walk<'g, 'a> {
 }
 
 impl Walk<'_, '_> {
-    fn chain(&mut self, chain_index: usize, state: PathState) {
+    /// Walks one chain; returns the API-Service groups (by protection index) the chain stops for
+    /// every packet that entered it (kube-proxy's IPVS ClusterIP ACCEPT), so that the caller
+    /// stops them too after an unconditional jump.
+    fn chain(&mut self, chain_index: usize, state: PathState) -> Vec<Vec<usize>> {
         if self.on_stack[chain_index] {
-            return;
+            return Vec::new();
         }
         self.on_stack[chain_index] = true;
         let graph = self.graph;
         let chain = graph.chain(chain_index);
+        let mut current = state;
+        let mut stopped: Vec<Vec<usize>> = Vec::new();
         for (rule_index, rule) in chain.rules.iter().enumerate() {
-            if *self.budget == 0 {
+            if *self.budget == 0 || !current.alive() {
                 break;
             }
             *self.budget -= 1;
-            let mut narrowed = state.clone();
+            if is_cluster_ip_accept(graph.table, &chain.name, rule) {
+                let protections = self.protections;
+                let api = |g: &Group| {
+                    g.why
+                        .iter()
+                        .all(|w| matches!(protections[*w].reason, Reason::ApiService { .. }))
+                };
+                stopped.extend(
+                    current
+                        .groups
+                        .iter()
+                        .filter(|g| api(g))
+                        .map(|g| g.why.clone()),
+                );
+                current.groups.retain(|g| !api(g));
+                continue;
+            }
+            let mut narrowed = current.clone();
             if !rule
                 .matches
                 .iter()
@@ -661,6 +683,13 @@ impl Walk<'_, '_> {
                 Action::VerdictMap { key, .. } => Some(key.as_slice()),
                 _ => None,
             };
+            let plain_jump = rule.matches.is_empty()
+                && matches!(
+                    rule.action,
+                    Action::Verdict {
+                        verdict: Verdict::Jump(_)
+                    }
+                );
             let edges: Vec<Edge<'_>> = graph.edges(rule).collect();
             for edge in edges {
                 let mut next = narrowed.clone();
@@ -670,10 +699,15 @@ impl Walk<'_, '_> {
                     }
                     next.through_map = true;
                 }
-                self.chain(edge.target, next);
+                let below = self.chain(edge.target, next);
+                if plain_jump && !below.is_empty() {
+                    current.groups.retain(|g| !below.contains(&g.why));
+                    stopped.extend(below);
+                }
             }
         }
         self.on_stack[chain_index] = false;
+        stopped
     }
 
     /// Keeps the protected ports of `state` that the rule sends somewhere other than the node
@@ -710,6 +744,25 @@ impl Walk<'_, '_> {
             hit.paths.push(state.path.clone());
         }
     }
+}
+
+/// kube-proxy's IPVS-mode `-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT`:
+/// every ClusterIP:port (the API Service's included, by construction) leaves the nat table there.
+/// The set's name is not visible to the decoders (`-m set` stays opaque), so the shape is what is
+/// recognised: an ACCEPT in kube-proxy's KUBE-SERVICES whose only conditions are set matches.
+fn is_cluster_ip_accept(table: &Table, chain: &str, rule: &Rule) -> bool {
+    chain == "KUBE-SERVICES"
+        && owned_by_kube_proxy(table, chain)
+        && matches!(
+            rule.action,
+            Action::Verdict {
+                verdict: Verdict::Accept
+            }
+        )
+        && !rule.matches.is_empty()
+        && rule.matches.iter().all(
+            |m| matches!(m, Match::Opaque { description } if description.starts_with("-m set")),
+        )
 }
 
 /// Whether `rule` (in `chain`) is the publisher's own NAT rule for the port it holds.
@@ -1601,6 +1654,64 @@ mod tests {
         assert_eq!(rules.len(), 1);
         assert_eq!(chains, &vec!["CNI-DN-aaaa".to_string()]);
         assert!(narrow.is_empty());
+    }
+
+    /// kube-proxy IPVS's `-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT`
+    /// as the decoders give it (the set match is opaque).
+    fn with_cluster_ip_accept(table: &mut Table) {
+        let chain = table
+            .chains
+            .iter_mut()
+            .find(|c| c.name == "KUBE-SERVICES")
+            .unwrap();
+        chain.rules.push(Rule {
+            handle: chain.rules.len() as u64 + 1,
+            matches: vec![Match::Opaque {
+                description: "-m set".into(),
+            }],
+            action: Action::Verdict {
+                verdict: Verdict::Accept,
+            },
+            comment: None,
+            counters: None,
+        });
+    }
+
+    #[test]
+    fn kube_proxys_ipvs_cluster_ip_accept_shields_the_api_service_only_when_it_comes_first() {
+        let env = Some(("10.96.0.1".parse().unwrap(), 443));
+        let mut table = iptables_table(Backend::Legacy, "nat", IPVS_HOSTPORT);
+        with_cluster_ip_accept(&mut table);
+        let mut snapshot = snapshot_with(None, Some(vec![table]));
+        ipvs_node(&mut snapshot);
+        snapshot.kube_api_service = env;
+        // kube-proxy's jump first: ClusterIP traffic is accepted before the hostPort chain.
+        assert!(detect(&snapshot, &config()).is_empty());
+        // The portmap jumps first (portmap re-inserted them after kube-proxy): captured.
+        let lines: Vec<&str> = IPVS_HOSTPORT.lines().collect();
+        let first_cni: String = lines
+            .iter()
+            .filter(|l| l.starts_with(':'))
+            .chain(lines.iter().filter(|l| l.contains("-j CNI-HOSTPORT-DNAT")))
+            .chain(
+                lines
+                    .iter()
+                    .filter(|l| l.starts_with("-A") && !l.contains("-j CNI-HOSTPORT-DNAT")),
+            )
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let mut table = iptables_table(Backend::Legacy, "nat", &first_cni);
+        with_cluster_ip_accept(&mut table);
+        let mut snapshot = snapshot_with(None, Some(vec![table]));
+        ipvs_node(&mut snapshot);
+        snapshot.kube_api_service = env;
+        let findings = detect(&snapshot, &config());
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert_eq!(findings[0].subject, "ip nat CNI-DN-aaaa");
+        assert_eq!(
+            findings[0].evidence["hooks"],
+            json!(["output", "prerouting"])
+        );
     }
 
     #[test]
