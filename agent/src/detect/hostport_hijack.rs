@@ -1744,6 +1744,84 @@ mod tests {
         );
     }
 
+    #[test]
+    fn api_service_from_kube_proxys_nftables_service_map_is_protected() {
+        use crate::model::ruleset::{Cidr, Family, Set, SetDataType, TableId};
+        let element = |ip: &str, port: u16, chain: &str| SetElement {
+            key: vec![
+                KeyValue::Address(Cidr::host(ip.parse().unwrap())),
+                KeyValue::Proto(TCP),
+                KeyValue::Port(port),
+            ],
+            key_end: None,
+            verdict: Some(Verdict::Goto(chain.into())),
+        };
+        let service_ips = Set {
+            name: "service-ips".into(),
+            anonymous: false,
+            key_types: vec![
+                SetDataType::Ipv4Addr,
+                SetDataType::InetProto,
+                SetDataType::InetService,
+            ],
+            is_verdict_map: true,
+            interval: false,
+            elements: vec![
+                element(
+                    "10.96.0.10",
+                    53,
+                    "service-ERIFXISQ-kube-system/kube-dns/tcp/dns-tcp",
+                ),
+                element(
+                    "10.96.0.1",
+                    443,
+                    "service-2QRHZV4L-default/kubernetes/tcp/https",
+                ),
+            ],
+        };
+        let kube_proxy = Table {
+            id: TableId {
+                backend: Backend::Nft,
+                family: Family::Ip,
+                name: "kube-proxy".into(),
+            },
+            handle: 9,
+            chains: Vec::new(),
+            sets: [("service-ips".to_string(), service_ips)]
+                .into_iter()
+                .collect(),
+        };
+        let nat = iptables_table(
+            Backend::Nft,
+            "nat",
+            ":PREROUTING ACCEPT\n-A PREROUTING -p tcp --dport 443 -j DNAT --to-destination 10.0.0.99:443\n",
+        );
+        let mut snapshot = snapshot_with(Some(vec![kube_proxy, nat]), None);
+        node(&mut snapshot);
+        assert_eq!(
+            api_service_in_rules(&snapshot),
+            vec![("10.96.0.1".parse().unwrap(), 443)]
+        );
+        let findings = detect(&snapshot, &config());
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert_eq!(
+            findings[0].evidence["protectedBecause"],
+            json!([
+                "443 (the API server's Service address 10.96.0.1:443, from kube-proxy's rules)"
+            ])
+        );
+        // The pod environment naming the same address adds no second reason.
+        snapshot.kube_api_service = Some(("10.96.0.1".parse().unwrap(), 443));
+        let findings = detect(&snapshot, &config());
+        assert_eq!(
+            findings[0].evidence["protectedBecause"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
     /// A pod with hostPorts 443 and 6443 (portmap's own rule shapes, with hairpin SETMARK rules).
     const TWO_PORTS: &str = r#"
 :PREROUTING ACCEPT
