@@ -4,7 +4,7 @@
 
 use crate::act::iptables_legacy::{self, LegacyOp};
 use crate::act::link;
-use crate::act::nftables::{apply_batch, prepare_narrow, NftOp};
+use crate::act::nftables::{apply_batch, prepare_narrow, NarrowError, NftOp};
 use crate::model::finding::{FixAction, TableRef};
 use crate::model::ruleset::Backend;
 use crate::runtime::{ActError, ActReport, Actuator};
@@ -97,26 +97,43 @@ pub fn nft_ops(action: &FixAction) -> Vec<NftOp> {
 }
 
 /// The nftables batch of an action: the narrowed jumps (read and rewritten now, guarded by the
-/// generation like the rest), then the deletions.
-fn nft_batch(action: &FixAction) -> Result<Vec<NftOp>, ActError> {
+/// generation like the rest), then the deletions. A jump whose port list is not one plain
+/// `multiport` match (written by another tool or version) is left as it is, with a note: the
+/// hijacked port's DNAT rules still go, so the port falls through the chain to the node.
+fn nft_batch(action: &FixAction) -> Result<(Vec<NftOp>, FixAction, Vec<String>), ActError> {
     let mut ops = Vec::new();
+    let mut done = action.clone();
+    let mut notes = Vec::new();
     if let FixAction::RemoveRules { table, narrow, .. } = action {
+        let mut kept = Vec::new();
         for n in narrow {
-            ops.push(
-                prepare_narrow(
-                    table.family,
-                    &table.table,
-                    &n.rule.chain,
+            match prepare_narrow(
+                table.family,
+                &table.table,
+                &n.rule.chain,
+                n.rule.handle,
+                &n.ports,
+                &n.keep,
+            ) {
+                Ok(op) => {
+                    ops.push(op);
+                    kept.push(n.clone());
+                }
+                Err(e @ NarrowError::Shape { .. }) => notes.push(format!(
+                    "left {} rule {} as it is ({e}); the hijacked port falls through {}",
+                    n.rule.chain,
                     n.rule.handle,
-                    &n.ports,
-                    &n.keep,
-                )
-                .map_err(|e| ActError::Failed(e.to_string()))?,
-            );
+                    n.rule_spec.rsplit(' ').next().unwrap_or("the chain")
+                )),
+                Err(e) => return Err(ActError::Failed(e.to_string())),
+            }
+        }
+        if let FixAction::RemoveRules { narrow, .. } = &mut done {
+            *narrow = kept;
         }
     }
     ops.extend(nft_ops(action));
-    Ok(ops)
+    Ok((ops, done, notes))
 }
 
 /// The `iptables-legacy-restore` commands of an action with narrowed rules: the replacements
@@ -248,13 +265,23 @@ impl Actuator for KernelActuator {
         };
         match table.backend {
             Backend::Nft => {
-                apply_batch(&nft_batch(action)?, nft_generation).map_err(|e| {
+                let (ops, done, notes) = nft_batch(action)?;
+                apply_batch(&ops, nft_generation).map_err(|e| {
                     if e.is_precondition_moved() {
                         ActError::StateMoved(e.to_string())
                     } else {
                         ActError::Failed(e.to_string())
                     }
                 })?;
+                let mut detail = describe(&done);
+                for note in notes {
+                    detail.push_str("; ");
+                    detail.push_str(&note);
+                }
+                return Ok(ActReport {
+                    detail,
+                    was_promisc_before: None,
+                });
             }
             Backend::Legacy => {
                 iptables_legacy::legacy_tool_available(table.family)
