@@ -1483,6 +1483,35 @@ mod tests {
     }
 
     #[test]
+    fn a_rootless_port_driver_publishing_through_docker_is_not_a_hijack() {
+        let table = iptables_table(Backend::Nft, "nat", DOCKER);
+        let mut snapshot = snapshot_with(Some(vec![table]), None);
+        node(&mut snapshot);
+        snapshot.listeners = Some(vec![listener(
+            "::",
+            8080,
+            Some(("rootlesskit", &["rootlesskit", "--port-driver=builtin"])),
+        )]);
+        assert!(detect(&snapshot, &config()).is_empty());
+        // The same driver's port captured by a CNI hostPort is still a hijack.
+        let table = iptables_table(Backend::Nft, "nat", PORTMAP);
+        let mut snapshot = snapshot_with(Some(vec![table]), None);
+        node(&mut snapshot);
+        snapshot.listeners = Some(vec![listener(
+            "::",
+            443,
+            Some((
+                "slirp4netns",
+                &["slirp4netns", "--api-socket", "/run/user/1000/s.sock"],
+            )),
+        )]);
+        let findings = detect(&snapshot, &config());
+        assert!(findings
+            .iter()
+            .any(|f| f.subject.ends_with("traefik0000000000000")));
+    }
+
+    #[test]
     fn docker_rule_against_another_listener_is_found_and_left_to_docker() {
         let table = iptables_table(Backend::Nft, "nat", DOCKER);
         let mut snapshot = snapshot_with(Some(vec![table]), None);
