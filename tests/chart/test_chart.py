@@ -560,7 +560,12 @@ def test_daemonset_shape_defaults():
     assert mounts["config"]["mountPath"] == "/etc/netmend" and "subPath" not in mounts["config"]
     assert vols["config"]["configMap"]["name"] == "netmend"
     host_paths = {v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
-    assert host_paths == {"/var/lib/netmend", "/sys/fs/bpf", "/run/xtables.lock"}
+    assert host_paths == {"/var/lib/netmend", "/sys/fs/bpf", "/run/xtables.lock", "/proc"}
+    # the host's /proc for listener owners: read-only, no hostPID
+    assert vols["host-proc"]["hostPath"] == {"path": "/proc", "type": "Directory"}
+    assert mounts["host-proc"] == {"name": "host-proc", "mountPath": "/host/proc", "readOnly": True}
+    assert env["NETMEND_HOST_PROC"]["value"] == "/host/proc"
+    assert "hostPID" not in pod
     # live reload is the design: no restart-on-config annotation unless asked
     assert "checksum/config" not in spec["template"]["metadata"].get("annotations", {})
     sa = the(objs, "ServiceAccount")
@@ -584,6 +589,19 @@ def test_daemonset_shape_full():
     assert re.fullmatch(r"[0-9a-f]{64}", ann)
     other = the(objects(deep_merge(FULL, {"config": {"budget": {"fixesPerHour": 5}}})), "DaemonSet")
     assert other["spec"]["template"]["metadata"]["annotations"]["checksum/config"] != ann
+
+
+def test_host_proc_is_opt_out_and_movable():
+    pod = the(objects({"hostProc": {"enabled": False}}), "DaemonSet")["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    assert "host-proc" not in {v["name"] for v in pod["volumes"]}
+    assert "host-proc" not in {m["name"] for m in c["volumeMounts"]}
+    assert "NETMEND_HOST_PROC" not in {e["name"] for e in c["env"]}
+    pod = the(objects({"hostProc": {"path": "/host-root/proc"}}), "DaemonSet")["spec"]["template"]["spec"]
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["host-proc"]["hostPath"]["path"] == "/host-root/proc"
+    with pytest.raises(helm.HelmValuesError):
+        render({"hostProc": {"path": "proc"}})
 
 
 def test_rbac_is_minimal_and_opt_in():
@@ -635,6 +653,8 @@ def _non_default(path: list[str], schema: dict, default):
             return [8080, 8443]
         if path[-2:] == ["arp-unanswered", "targets"]:
             return ["10.1.2.3@eth1"]
+        if path[-1] == "owners":
+            return ["chain:MY-HOSTPORTS-*", "comment:managed by ops*"]
         assert path[-1] == "interfaces", path
         return ["eth9", "wlan0"]
     if t == "string":

@@ -133,6 +133,10 @@ fn agent(tag: &str, port: u16, config: &str) -> Agent {
         require_tool(tool);
     }
     let ns = NetNs::new(tag);
+    // A node address besides loopback: traffic from outside (the prerouting hook) reaches the
+    // node there; loopback is reachable only from the node itself.
+    ns.sh("ip link add eth0 type veth peer name eth0-peer && ip addr add 192.168.1.233/24 dev eth0 && ip link set eth0 up")
+        .unwrap();
     ns.restore("iptables-nft-restore", &kube_proxy_ruleset(200, 2))
         .unwrap();
     let dir = std::env::temp_dir().join(format!("netmend-agent-{}", ns.name));

@@ -345,6 +345,7 @@ fn decide(
             .collect(),
         delete_chains: delete_chains.iter().map(|c| c.to_string()).collect(),
         content_hash: 0,
+        narrow: Vec::new(),
     };
     let hash = action_fingerprint(t, &action);
     if let FixAction::RemoveRules { content_hash, .. } = &mut action {

@@ -30,7 +30,7 @@
 //! - A restore killed or timed out after it started may or may not have committed:
 //!   [`LegacyWriteError::CommitUnknown`]; the caller settles it with a re-read.
 
-use crate::model::finding::FixAction;
+use crate::model::finding::{FixAction, NarrowPorts, RuleRef};
 use crate::model::render::{action_fingerprint, rule_spec};
 use crate::model::ruleset::{Family, Table};
 use crate::observe::iptables_legacy::{self, LegacyError};
@@ -53,6 +53,14 @@ pub const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum ScriptOp {
     /// `-D CHAIN SPEC`: deletes the first rule of CHAIN equal to SPEC, or fails the batch.
     DeleteRule { chain: String, spec: String },
+    /// `-R CHAIN POSITION SPEC`: replaces the rule at POSITION, a position taken from the read
+    /// made under the xtables lock and checked there to hold the rule the decision was made on
+    /// (no lock-respecting writer can move it before the restore commits).
+    ReplaceRule {
+        chain: String,
+        position: usize,
+        spec: String,
+    },
     /// `-F CHAIN`.
     FlushChain(String),
     /// `-X CHAIN` (fails the batch if the chain is referenced or not empty).
@@ -298,6 +306,20 @@ pub fn restore_script(table: &str, ops: &[ScriptOp]) -> Result<String, LegacyWri
                 }
                 out.push_str(&format!("-D {chain} {spec}\n"));
             }
+            ScriptOp::ReplaceRule {
+                chain,
+                position,
+                spec,
+            } => {
+                check_word("chain", chain)?;
+                let spec = spec.trim();
+                if spec.is_empty() || spec.contains(['\n', '\r', '\0']) || *position == 0 {
+                    return Err(LegacyWriteError::BadInput(format!(
+                        "replacement {spec:?} of {chain} rule {position} is empty, spans lines or has no position"
+                    )));
+                }
+                out.push_str(&format!("-R {chain} {position} {spec}\n"));
+            }
             ScriptOp::FlushChain(chain) => {
                 check_word("chain", chain)?;
                 out.push_str(&format!("-F {chain}\n"));
@@ -518,7 +540,7 @@ pub fn plan(
     save: &str,
     action: &FixAction,
 ) -> Result<Vec<ScriptOp>, LegacyWriteError> {
-    let (rules, chains, delete): (&[_], Vec<&String>, bool) = match action {
+    let (rules, narrow, chains, delete): (&[_], &[NarrowPorts], Vec<&String>, bool) = match action {
         FixAction::FlushChain {
             chain,
             delete_chain,
@@ -526,16 +548,22 @@ pub fn plan(
             ..
         } => {
             check_fingerprint(table, action, *content_hash)?;
-            (&[], vec![chain], *delete_chain)
+            (&[], &[], vec![chain], *delete_chain)
         }
         FixAction::RemoveRules {
             rules,
             delete_chains,
             content_hash,
+            narrow,
             ..
         } => {
             check_fingerprint(table, action, *content_hash)?;
-            (rules.as_slice(), delete_chains.iter().collect(), true)
+            (
+                rules.as_slice(),
+                narrow.as_slice(),
+                delete_chains.iter().collect(),
+                true,
+            )
         }
         FixAction::SetPromisc { .. } | FixAction::ClearPromisc { .. } => {
             return Err(LegacyWriteError::BadInput(
@@ -547,7 +575,46 @@ pub fn plan(
     // How many rules of each (chain, spec) the earlier refs already claimed: identical rules are
     // claimed in order, so two refs to two identical rules need two of them.
     let mut claimed: Vec<(&str, &str, usize)> = Vec::new();
+    // Narrowed jumps first: their positions are those of this read, before any deletion.
+    for n in narrow {
+        let r = &n.rule;
+        let (index, _) = locate(table, save, r, &claimed)?;
+        claimed.push((&r.chain, &r.spec, index));
+        ops.push(ScriptOp::ReplaceRule {
+            chain: r.chain.clone(),
+            position: index + 1,
+            spec: n.rule_spec.clone(),
+        });
+    }
     for r in rules {
+        let (index, spec) = locate(table, save, r, &claimed)?;
+        claimed.push((&r.chain, &r.spec, index));
+        ops.push(ScriptOp::DeleteRule {
+            chain: r.chain.clone(),
+            spec,
+        });
+    }
+    for chain in &chains {
+        ops.push(ScriptOp::FlushChain((*chain).clone()));
+    }
+    if delete {
+        for chain in &chains {
+            ops.push(ScriptOp::DeleteChain((*chain).clone()));
+        }
+    }
+    Ok(ops)
+}
+
+/// Finds `r` in `table` by its spec (skipping the identical rules `claimed` already took) and
+/// checks it against what iptables-save prints for it: its index in the chain and the exact spec
+/// to send.
+fn locate(
+    table: &Table,
+    save: &str,
+    r: &RuleRef,
+    claimed: &[(&str, &str, usize)],
+) -> Result<(usize, String), LegacyWriteError> {
+    {
         let chain = table.chain(&r.chain).ok_or_else(|| {
             LegacyWriteError::Moved(format!("chain {} of {} is gone", r.chain, table.id))
         })?;
@@ -568,7 +635,6 @@ pub fn plan(
                     r.chain, r.spec, table.id
                 ))
             })?;
-        claimed.push((&r.chain, &r.spec, index));
         let saved = saved_chain_rules(save, &chain.name);
         if saved.len() != chain.rules.len() {
             return Err(LegacyWriteError::Moved(format!(
@@ -587,20 +653,8 @@ pub fn plan(
             saved: saved[index].to_string(),
             rendered: r.spec.clone(),
         })?;
-        ops.push(ScriptOp::DeleteRule {
-            chain: r.chain.clone(),
-            spec,
-        });
+        Ok((index, spec))
     }
-    for chain in &chains {
-        ops.push(ScriptOp::FlushChain((*chain).clone()));
-    }
-    if delete {
-        for chain in &chains {
-            ops.push(ScriptOp::DeleteChain((*chain).clone()));
-        }
-    }
-    Ok(ops)
 }
 
 fn check_fingerprint(
@@ -775,6 +829,64 @@ COMMIT
     }
 
     #[test]
+    fn a_narrowed_jump_is_replaced_at_its_position_of_this_read_before_the_deletions() {
+        use crate::model::finding::{NarrowPorts, RuleRef, TableRef};
+        use crate::model::ruleset::PortRange;
+        let table = captured(Family::Ip, "ipv4-nat");
+        let hostport = table.chain("CNI-HOSTPORT-DNAT").unwrap();
+        let dn = table.chain("CNI-DN-1a2b3c4d5e6f7a8b9c0d1").unwrap();
+        let narrowed = "-p tcp -m comment --comment \"dnat name: \\\"cbr0\\\" id: \\\"0f3c9a\\\"\" -m multiport --dports 443 -j CNI-DN-1a2b3c4d5e6f7a8b9c0d1";
+        let mut action = FixAction::RemoveRules {
+            table: TableRef {
+                backend: crate::model::ruleset::Backend::Legacy,
+                family: Family::Ip,
+                table: "nat".into(),
+            },
+            rules: vec![RuleRef {
+                chain: dn.name.clone(),
+                handle: 1,
+                spec: rule_spec(&table, &dn.name, &dn.rules[0]),
+            }],
+            delete_chains: Vec::new(),
+            content_hash: 0,
+            narrow: vec![NarrowPorts {
+                rule: RuleRef {
+                    chain: hostport.name.clone(),
+                    // A stale position: the writer finds the rule by its spec, not by this.
+                    handle: 9,
+                    spec: rule_spec(&table, &hostport.name, &hostport.rules[0]),
+                },
+                ports: vec![PortRange::single(6443)],
+                keep: vec![PortRange::single(443)],
+                rule_spec: narrowed.into(),
+            }],
+        };
+        let hash = action_fingerprint(&table, &action);
+        if let FixAction::RemoveRules { content_hash, .. } = &mut action {
+            *content_hash = hash;
+        }
+        let ops = plan(&table, SAVED_V4_NAT, &action).unwrap();
+        assert_eq!(
+            restore_script("nat", &ops).unwrap(),
+            format!(
+                "*nat\n-R CNI-HOSTPORT-DNAT 1 {narrowed}\n-D CNI-DN-1a2b3c4d5e6f7a8b9c0d1 -p tcp -m tcp --dport 6443 -j DNAT --to-destination 10.42.0.244:6443\nCOMMIT\n"
+            )
+        );
+        // The jump changed since the decision: moved, no script.
+        let mut changed = table.clone();
+        changed
+            .chains
+            .iter_mut()
+            .find(|c| c.name == "CNI-HOSTPORT-DNAT")
+            .unwrap()
+            .rules[0]
+            .comment = Some("someone else's".into());
+        assert!(plan(&changed, SAVED_V4_NAT, &action)
+            .unwrap_err()
+            .is_moved());
+    }
+
+    #[test]
     fn the_hijack_plan_of_captured_rules_is_one_exact_script() {
         let table = captured(Family::Ip, "ipv4-nat");
         let hostport = table.chain("CNI-HOSTPORT-DNAT").unwrap();
@@ -791,6 +903,7 @@ COMMIT
             }],
             delete_chains: vec!["CNI-DN-1a2b3c4d5e6f7a8b9c0d1".into()],
             content_hash: 0,
+            narrow: Vec::new(),
         };
         let hash = action_fingerprint(&table, &action);
         if let FixAction::RemoveRules { content_hash, .. } = &mut action {

@@ -5,7 +5,7 @@
 
 use crate::act::iptables_legacy::{self, LegacyWriteError};
 use crate::act::link;
-use crate::act::nftables::{apply_batch, NftOp, NftWriteError};
+use crate::act::nftables::{apply_batch, prepare_narrow, NarrowError, NftOp, NftWriteError};
 use crate::model::finding::{FixAction, TableRef};
 use crate::model::ruleset::Backend;
 use crate::runtime::{ActError, ActReport, Actuator};
@@ -97,6 +97,46 @@ pub fn nft_ops(action: &FixAction) -> Vec<NftOp> {
         .collect()
 }
 
+/// The nftables batch of an action: the narrowed jumps (read and rewritten now, guarded by the
+/// generation like the rest), then the deletions. A jump whose port list is not one plain
+/// `multiport` match (written by another tool or version) is left as it is, with a note: the
+/// hijacked port's DNAT rules still go, so the port falls through the chain to the node.
+fn nft_batch(action: &FixAction) -> Result<(Vec<NftOp>, FixAction, Vec<String>), ActError> {
+    let mut ops = Vec::new();
+    let mut done = action.clone();
+    let mut notes = Vec::new();
+    if let FixAction::RemoveRules { table, narrow, .. } = action {
+        let mut kept = Vec::new();
+        for n in narrow {
+            match prepare_narrow(
+                table.family,
+                &table.table,
+                &n.rule.chain,
+                n.rule.handle,
+                &n.ports,
+                &n.keep,
+            ) {
+                Ok(op) => {
+                    ops.push(op);
+                    kept.push(n.clone());
+                }
+                Err(e @ NarrowError::Shape { .. }) => notes.push(format!(
+                    "left {} rule {} as it is ({e}); the hijacked port falls through {}",
+                    n.rule.chain,
+                    n.rule.handle,
+                    n.rule_spec.rsplit(' ').next().unwrap_or("the chain")
+                )),
+                Err(e) => return Err(ActError::Failed(e.to_string())),
+            }
+        }
+        if let FixAction::RemoveRules { narrow, .. } = &mut done {
+            *narrow = kept;
+        }
+    }
+    ops.extend(nft_ops(action));
+    Ok((ops, done, notes))
+}
+
 fn describe(action: &FixAction) -> String {
     match action {
         FixAction::FlushChain {
@@ -119,9 +159,19 @@ fn describe(action: &FixAction) -> String {
             table,
             rules,
             delete_chains,
+            narrow,
             ..
         } => {
             let mut text = format!("deleted {} rule(s) in {}", rules.len(), where_(table));
+            for n in narrow {
+                let keep: Vec<String> = n.keep.iter().map(ToString::to_string).collect();
+                text.push_str(&format!(
+                    ", narrowed {} rule {} to port {}",
+                    n.rule.chain,
+                    n.rule.handle,
+                    keep.join(",")
+                ));
+            }
             if !delete_chains.is_empty() {
                 text.push_str(&format!(" and chain(s) {}", delete_chains.join(", ")));
             }
@@ -187,7 +237,17 @@ impl Actuator for KernelActuator {
         };
         match table.backend {
             Backend::Nft => {
-                apply_batch(&nft_ops(action), nft_generation).map_err(nft_error)?;
+                let (ops, done, notes) = nft_batch(action)?;
+                apply_batch(&ops, nft_generation).map_err(nft_error)?;
+                let mut detail = describe(&done);
+                for note in notes {
+                    detail.push_str("; ");
+                    detail.push_str(&note);
+                }
+                return Ok(ActReport {
+                    detail,
+                    was_promisc_before: None,
+                });
             }
             Backend::Legacy => {
                 iptables_legacy::apply_action(action).map_err(legacy_error)?;
@@ -225,6 +285,7 @@ mod tests {
             }],
             delete_chains: vec!["CNI-DN-1".into()],
             content_hash: 0,
+            narrow: Vec::new(),
         };
         let ops = nft_ops(&action);
         assert_eq!(ops.len(), 3);

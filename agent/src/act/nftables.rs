@@ -13,11 +13,18 @@
 //! - Once the batch is sent, a missing answer (ack timeout, a receive error) or a malformed one
 //!   says nothing about the commit: the batch may have applied. That is
 //!   [`NftWriteError::CommitUnknown`], never "nothing applied"; the caller re-reads to settle it.
+//! - NEWRULE with NLM_F_REPLACE and a handle swaps one rule in place (same handle position). A rule
+//!   with an x_tables compat match must carry NFTA_RULE_COMPAT (its layer-4 protocol) or
+//!   `xt_multiport`'s checkentry refuses it; a rule dump does not return that attribute.
+//!
+//! [`prepare_narrow`] reads one rule written by iptables-nft (GETRULE by handle) and rewrites the
+//! port list of its `multiport` compat match, keeping every other expression and the comment
+//! (rule userdata) byte for byte: the pod's remaining host ports, in a rule otherwise identical.
 
-use crate::model::ruleset::Family;
+use crate::model::ruleset::{Family, PortRange};
 use crate::observe::netlink::{
-    errno_name, error_code, split_messages, MessageBuilder, NetlinkError, NetlinkSocket,
-    NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST,
+    errno_name, error_code, split_messages, Attrs, MessageBuilder, NetlinkError, NetlinkSocket,
+    NLA_F_NESTED, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST,
 };
 use std::fmt;
 
@@ -27,6 +34,23 @@ const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFNL_BATCH_GENID: u16 = 1;
 const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_DELRULE: u16 = 8;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_GETRULE: u16 = 7;
+const NLM_F_REPLACE: u16 = 0x100;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_RULE_COMPAT: u16 = 5;
+const NFTA_RULE_USERDATA: u16 = 7;
+const NFTA_RULE_COMPAT_PROTO: u16 = 1;
+const NFTA_RULE_COMPAT_FLAGS: u16 = 2;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_MATCH_NAME: u16 = 1;
+const NFTA_MATCH_REV: u16 = 2;
+const NFTA_MATCH_INFO: u16 = 3;
+/// `XT_MULTIPORT_DESTINATION`.
+const MULTIPORT_DESTINATION: u8 = 1;
+const MULTIPORT_SLOTS: usize = 15;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_RULE_TABLE: u16 = 1;
@@ -80,6 +104,23 @@ pub enum NftOp {
         table: String,
         chain: String,
     },
+    /// Replaces the rule at `handle` by `rule`.
+    ReplaceRule {
+        family: Family,
+        table: String,
+        chain: String,
+        handle: u64,
+        rule: Box<RuleBody>,
+    },
+}
+
+/// The content of a rule to write: its NFTA_RULE_EXPRESSIONS content, compat protocol and
+/// userdata (the comment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleBody {
+    pub expressions: Vec<u8>,
+    pub compat_proto: Option<u32>,
+    pub userdata: Option<Vec<u8>>,
 }
 
 impl fmt::Display for NftOp {
@@ -101,6 +142,13 @@ impl fmt::Display for NftOp {
                 table,
                 chain,
             } => write!(f, "delete chain {family}/{table}/{chain}"),
+            NftOp::ReplaceRule {
+                family,
+                table,
+                chain,
+                handle,
+                ..
+            } => write!(f, "replace rule {family}/{table}/{chain} handle {handle}"),
         }
     }
 }
@@ -186,6 +234,303 @@ fn op_message(op: &NftOp, seq: u32) -> Vec<u8> {
             .attr_str(NFTA_CHAIN_TABLE, table)
             .attr_str(NFTA_CHAIN_NAME, chain)
             .finish(),
+        NftOp::ReplaceRule {
+            family,
+            table,
+            chain,
+            handle,
+            rule,
+        } => {
+            let RuleBody {
+                expressions,
+                compat_proto,
+                userdata,
+            } = rule.as_ref();
+            let mut m = MessageBuilder::new(kind(NFT_MSG_NEWRULE), flags | NLM_F_REPLACE, seq)
+                .raw(&nfgenmsg(family.nfproto(), 0))
+                .attr_str(NFTA_RULE_TABLE, table)
+                .attr_str(NFTA_RULE_CHAIN, chain)
+                .attr_u64_be(NFTA_RULE_HANDLE, *handle)
+                .begin_nested(NFTA_RULE_EXPRESSIONS)
+                .raw(expressions)
+                .end_nested();
+            if let Some(proto) = compat_proto {
+                m = m
+                    .begin_nested(NFTA_RULE_COMPAT)
+                    .attr_u32_be(NFTA_RULE_COMPAT_PROTO, *proto)
+                    .attr_u32_be(NFTA_RULE_COMPAT_FLAGS, 0)
+                    .end_nested();
+            }
+            if let Some(data) = userdata {
+                m = m.attr(NFTA_RULE_USERDATA, data);
+            }
+            m.finish()
+        }
+    }
+}
+
+/// Why a rule cannot be narrowed; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum NarrowError {
+    #[error("nothing applied: reading rule {family}/{table}/{chain} handle {handle}: {source}")]
+    Read {
+        family: Family,
+        table: String,
+        chain: String,
+        handle: u64,
+        source: NetlinkError,
+    },
+    #[error("nothing applied: rule {chain} handle {handle} {reason}")]
+    Shape {
+        chain: String,
+        handle: u64,
+        reason: String,
+    },
+}
+
+/// One netlink attribute, padded.
+fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
+    let len = 4 + value.len();
+    let mut out = Vec::with_capacity(len + 3);
+    out.extend_from_slice(&(len as u16).to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(value);
+    while out.len() % 4 != 0 {
+        out.push(0);
+    }
+    out
+}
+
+/// The port ranges of an `xt_multiport` (rev 0) or `xt_multiport_v1` (rev 1) blob, when it
+/// matches destination ports without inversion.
+pub fn multiport_ranges(rev: u32, info: &[u8]) -> Option<Vec<PortRange>> {
+    let (flags, count) = (*info.first()?, usize::from(*info.get(1)?));
+    if flags != MULTIPORT_DESTINATION || count > MULTIPORT_SLOTS {
+        return None;
+    }
+    let port = |i: usize| -> Option<u16> {
+        Some(u16::from_ne_bytes(
+            info.get(2 + 2 * i..4 + 2 * i)?.try_into().ok()?,
+        ))
+    };
+    let mut out = Vec::new();
+    match rev {
+        0 => {
+            for i in 0..count {
+                out.push(PortRange::single(port(i)?));
+            }
+        }
+        1 => {
+            let pflag = |i: usize| info.get(32 + i).copied();
+            if info.get(47).copied()? != 0 {
+                return None;
+            }
+            let mut i = 0;
+            while i < count {
+                if pflag(i)? != 0 {
+                    out.push(PortRange {
+                        first: port(i)?,
+                        last: port(i + 1)?,
+                    });
+                    i += 2;
+                } else {
+                    out.push(PortRange::single(port(i)?));
+                    i += 1;
+                }
+            }
+        }
+        _ => return None,
+    }
+    Some(out)
+}
+
+/// A multiport blob of `len` bytes (the kernel's padded size) for destination `ports`.
+pub fn multiport_blob(rev: u32, len: usize, ports: &[PortRange]) -> Option<Vec<u8>> {
+    let mut slots: Vec<(u16, u8)> = Vec::new();
+    for r in ports {
+        if r.first == r.last {
+            slots.push((r.first, 0));
+        } else if rev == 1 {
+            slots.push((r.first, 1));
+            slots.push((r.last, 0));
+        } else {
+            return None;
+        }
+    }
+    if slots.is_empty() || slots.len() > MULTIPORT_SLOTS {
+        return None;
+    }
+    let mut out = vec![0u8; len.max(if rev == 1 { 48 } else { 32 })];
+    out[0] = MULTIPORT_DESTINATION;
+    out[1] = slots.len() as u8;
+    for (i, (port, pflag)) in slots.iter().enumerate() {
+        out[2 + 2 * i..4 + 2 * i].copy_from_slice(&port.to_ne_bytes());
+        if rev == 1 {
+            out[32 + i] = *pflag;
+        }
+    }
+    Some(out)
+}
+
+/// Rewrites the expressions of a rule (the content of its NFTA_RULE_EXPRESSIONS) so that its one
+/// destination `multiport` match lists `keep` instead of `expected`. Pure.
+pub fn narrow_expressions(
+    expressions: &[u8],
+    expected: &[PortRange],
+    keep: &[PortRange],
+) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(expressions.len());
+    let mut rewritten = 0;
+    for elem in Attrs::new(expressions) {
+        let mut name = "";
+        let mut data: Option<&[u8]> = None;
+        for a in elem.nested_attrs() {
+            match a.kind {
+                NFTA_EXPR_NAME => name = a.str(),
+                NFTA_EXPR_DATA => data = Some(a.value),
+                _ => {}
+            }
+        }
+        let multiport = name == "match"
+            && data.is_some_and(|d| {
+                Attrs::new(d).any(|a| a.kind == NFTA_MATCH_NAME && a.str() == "multiport")
+            });
+        if !multiport {
+            out.extend(nla(elem.kind | NLA_F_NESTED, elem.value));
+            continue;
+        }
+        let data = data.unwrap_or_default();
+        let rev = Attrs::new(data)
+            .find(|a| a.kind == NFTA_MATCH_REV)
+            .and_then(|a| a.u32_be())
+            .ok_or("has a multiport match without a revision")?;
+        let info = Attrs::new(data)
+            .find(|a| a.kind == NFTA_MATCH_INFO)
+            .map(|a| a.value)
+            .ok_or("has a multiport match without its data")?;
+        let current = multiport_ranges(rev, info)
+            .ok_or("has a multiport match that is not a plain destination-port list")?;
+        if current != expected {
+            return Err(format!(
+                "lists ports {} now, not {} as decided",
+                ports_text(&current),
+                ports_text(expected)
+            ));
+        }
+        let blob = multiport_blob(rev, info.len(), keep)
+            .ok_or("cannot hold the remaining ports in one multiport match")?;
+        let mut match_data = Vec::new();
+        match_data.extend(nla(NFTA_MATCH_NAME, b"multiport\0"));
+        match_data.extend(nla(NFTA_MATCH_REV, &rev.to_be_bytes()));
+        match_data.extend(nla(NFTA_MATCH_INFO, &blob));
+        let mut expr = nla(NFTA_EXPR_NAME, b"match\0");
+        expr.extend(nla(NFTA_EXPR_DATA | NLA_F_NESTED, &match_data));
+        out.extend(nla(NFTA_LIST_ELEM | NLA_F_NESTED, &expr));
+        rewritten += 1;
+    }
+    if rewritten != 1 {
+        return Err(format!("has {rewritten} multiport matches, not one"));
+    }
+    Ok(out)
+}
+
+fn ports_text(ports: &[PortRange]) -> String {
+    ports
+        .iter()
+        .map(PortRange::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Reads rule `handle` of `chain` and returns the op that replaces it by the same rule with its
+/// destination `multiport` list narrowed from `expected` to `keep`. Nothing is written.
+pub fn prepare_narrow(
+    family: Family,
+    table: &str,
+    chain: &str,
+    handle: u64,
+    expected: &[PortRange],
+    keep: &[PortRange],
+) -> Result<NftOp, NarrowError> {
+    let read_error = |source| NarrowError::Read {
+        family,
+        table: table.to_string(),
+        chain: chain.to_string(),
+        handle,
+        source,
+    };
+    let shape = |reason: String| NarrowError::Shape {
+        chain: chain.to_string(),
+        handle,
+        reason,
+    };
+    let mut socket = NetlinkSocket::open(libc::NETLINK_NETFILTER).map_err(read_error)?;
+    set_receive_timeout(&socket, ACK_TIMEOUT);
+    let seq = socket.next_seq();
+    let request = MessageBuilder::new(
+        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE,
+        NLM_F_REQUEST,
+        seq,
+    )
+    .raw(&nfgenmsg(family.nfproto(), 0))
+    .attr_str(NFTA_RULE_TABLE, table)
+    .attr_str(NFTA_RULE_CHAIN, chain)
+    .attr_u64_be(NFTA_RULE_HANDLE, handle)
+    .finish();
+    socket
+        .send(&request, "read the rule to narrow")
+        .map_err(read_error)?;
+    loop {
+        let len = socket.recv("read the rule to narrow").map_err(read_error)?;
+        let mut payload: Option<Vec<u8>> = None;
+        for msg in split_messages(socket.received(len)) {
+            let msg = msg.map_err(|detail| {
+                read_error(NetlinkError::Malformed {
+                    what: "GETRULE reply".into(),
+                    detail,
+                })
+            })?;
+            if msg.seq != seq {
+                continue;
+            }
+            if msg.msg_type == NLMSG_ERROR {
+                let errno = -error_code(msg.payload);
+                if errno != 0 {
+                    return Err(read_error(NetlinkError::Kernel {
+                        what: "GETRULE".into(),
+                        errno,
+                    }));
+                }
+                continue;
+            }
+            if msg.msg_type == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE {
+                payload = Some(msg.payload.to_vec());
+            }
+        }
+        let Some(payload) = payload else { continue };
+        let attrs = Attrs::new(payload.get(4..).unwrap_or_default());
+        let mut expressions: Option<&[u8]> = None;
+        let mut userdata: Option<Vec<u8>> = None;
+        for a in attrs {
+            match a.kind {
+                NFTA_RULE_EXPRESSIONS => expressions = Some(a.value),
+                NFTA_RULE_USERDATA => userdata = Some(a.value.to_vec()),
+                _ => {}
+            }
+        }
+        let expressions = expressions.ok_or_else(|| shape("has no expressions".into()))?;
+        let narrowed = narrow_expressions(expressions, expected, keep).map_err(shape)?;
+        return Ok(NftOp::ReplaceRule {
+            family,
+            table: table.to_string(),
+            chain: chain.to_string(),
+            handle,
+            rule: Box::new(RuleBody {
+                expressions: narrowed,
+                compat_proto: Some(libc::IPPROTO_TCP as u32),
+                userdata,
+            }),
+        });
     }
 }
 
@@ -488,5 +833,82 @@ mod tests {
         let (without_generation, _, _) = build_batch(&ops, None, 1);
         let first = split_messages(&without_generation).next().unwrap().unwrap();
         assert_eq!(first.payload.len(), 4);
+    }
+
+    /// One compat `match` expression element, as a dump returns it.
+    fn match_elem(name: &[u8], rev: u32, info: &[u8]) -> Vec<u8> {
+        let mut data = nla(NFTA_MATCH_NAME, name);
+        data.extend(nla(NFTA_MATCH_REV, &rev.to_be_bytes()));
+        data.extend(nla(NFTA_MATCH_INFO, info));
+        let mut expr = nla(NFTA_EXPR_NAME, b"match\0");
+        expr.extend(nla(NFTA_EXPR_DATA | NLA_F_NESTED, &data));
+        nla(NFTA_LIST_ELEM | NLA_F_NESTED, &expr)
+    }
+
+    fn immediate_elem() -> Vec<u8> {
+        let mut expr = nla(NFTA_EXPR_NAME, b"immediate\0");
+        expr.extend(nla(
+            NFTA_EXPR_DATA | NLA_F_NESTED,
+            &nla(1, &0u32.to_be_bytes()),
+        ));
+        nla(NFTA_LIST_ELEM | NLA_F_NESTED, &expr)
+    }
+
+    #[test]
+    fn multiport_v1_blob_round_trips_ranges() {
+        let ports = [
+            PortRange::single(443),
+            PortRange {
+                first: 8000,
+                last: 8010,
+            },
+        ];
+        let blob = multiport_blob(1, 48, &ports).unwrap();
+        assert_eq!(blob.len(), 48);
+        assert_eq!((blob[0], blob[1]), (MULTIPORT_DESTINATION, 3));
+        assert_eq!(&blob[32..35], &[0, 1, 0]);
+        assert_eq!(multiport_ranges(1, &blob).unwrap(), ports);
+        // Rev 0 has no ranges; more than 15 slots do not fit.
+        assert!(multiport_blob(0, 32, &ports).is_none());
+        let many: Vec<PortRange> = (1..=16).map(PortRange::single).collect();
+        assert!(multiport_blob(1, 48, &many).is_none());
+        assert!(multiport_blob(1, 48, &[]).is_none());
+        // A source-port or inverted list is not a destination list.
+        let mut source = blob.clone();
+        source[0] = 0;
+        assert!(multiport_ranges(1, &source).is_none());
+        let mut inverted = blob;
+        inverted[47] = 1;
+        assert!(multiport_ranges(1, &inverted).is_none());
+    }
+
+    #[test]
+    fn narrowing_rewrites_only_the_multiport_match() {
+        let both =
+            multiport_blob(1, 48, &[PortRange::single(443), PortRange::single(6443)]).unwrap();
+        let mut exprs = immediate_elem();
+        exprs.extend(match_elem(b"multiport\0", 1, &both));
+        exprs.extend(immediate_elem());
+        let keep = [PortRange::single(443)];
+        let out = narrow_expressions(
+            &exprs,
+            &[PortRange::single(443), PortRange::single(6443)],
+            &keep,
+        )
+        .unwrap();
+        let mut expected = immediate_elem();
+        expected.extend(match_elem(
+            b"multiport\0",
+            1,
+            &multiport_blob(1, 48, &keep).unwrap(),
+        ));
+        expected.extend(immediate_elem());
+        assert_eq!(out, expected);
+        // The rule moved since the decision: refused.
+        let err = narrow_expressions(&exprs, &[PortRange::single(80)], &keep).unwrap_err();
+        assert_eq!(err, "lists ports 443,6443 now, not 80 as decided");
+        // No multiport match at all: refused.
+        let err = narrow_expressions(&immediate_elem(), &keep, &keep).unwrap_err();
+        assert_eq!(err, "has 0 multiport matches, not one");
     }
 }

@@ -101,12 +101,16 @@ pub enum FixAction {
         /// Hash of the chain's rendered rules: the content the decision was made on.
         content_hash: u64,
     },
-    /// Delete these rules, then flush and delete these chains, as one change.
+    /// Narrow these jumps' destination-port lists, delete these rules, then flush and delete
+    /// these chains, as one change.
     RemoveRules {
         table: TableRef,
         rules: Vec<RuleRef>,
         delete_chains: Vec<String>,
         content_hash: u64,
+        /// Rules whose `multiport --dports` list loses the hijacked ports (applied first).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        narrow: Vec<NarrowPorts>,
     },
     /// Set IFF_PROMISC on an interface.
     SetPromisc { interface: String, ifindex: u32 },
@@ -126,26 +130,44 @@ impl FixAction {
                     rules,
                     delete_chains,
                     content_hash,
+                    narrow,
                 },
                 FixAction::RemoveRules {
                     table: table2,
                     rules: rules2,
                     delete_chains: delete_chains2,
                     content_hash: content_hash2,
+                    narrow: narrow2,
                 },
             ) if table.backend == Backend::Legacy => {
+                let same_rule = |a: &RuleRef, b: &RuleRef| a.chain == b.chain && a.spec == b.spec;
                 table == table2
                     && delete_chains == delete_chains2
                     && content_hash == content_hash2
                     && rules.len() == rules2.len()
-                    && rules
-                        .iter()
-                        .zip(rules2)
-                        .all(|(a, b)| a.chain == b.chain && a.spec == b.spec)
+                    && rules.iter().zip(rules2).all(|(a, b)| same_rule(a, b))
+                    && narrow.len() == narrow2.len()
+                    && narrow.iter().zip(narrow2).all(|(a, b)| {
+                        same_rule(&a.rule, &b.rule)
+                            && a.keep == b.keep
+                            && a.rule_spec == b.rule_spec
+                    })
             }
             _ => self == other,
         }
     }
+}
+
+/// A rule whose destination-port match is rewritten to keep only `keep` (a CNI portmap jump that
+/// loses a hijacked host port and keeps the pod's other ones).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct NarrowPorts {
+    pub rule: RuleRef,
+    /// The port list the decision was made on (the writer refuses a rule that differs).
+    pub ports: Vec<crate::model::ruleset::PortRange>,
+    pub keep: Vec<crate::model::ruleset::PortRange>,
+    /// The rewritten rule in iptables-save syntax without `-A CHAIN` (the legacy writer's input).
+    pub rule_spec: String,
 }
 
 /// What a fix would do for one finding, or why it cannot act on it at all.

@@ -426,6 +426,7 @@ pub fn action_fingerprint(table: &Table, action: &FixAction) -> u64 {
         FixAction::RemoveRules {
             rules,
             delete_chains,
+            narrow,
             ..
         } => {
             lines.extend(
@@ -433,6 +434,12 @@ pub fn action_fingerprint(table: &Table, action: &FixAction) -> u64 {
                     .iter()
                     .map(|r| format!("rule {}: {}", r.chain, r.spec)),
             );
+            lines.extend(narrow.iter().map(|n| {
+                format!(
+                    "narrow {}: {} -> {}",
+                    n.rule.chain, n.rule.spec, n.rule_spec
+                )
+            }));
             delete_chains.iter().map(String::as_str).collect()
         }
         FixAction::SetPromisc { .. } | FixAction::ClearPromisc { .. } => Vec::new(),

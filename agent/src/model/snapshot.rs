@@ -14,6 +14,37 @@ use std::time::Duration;
 pub struct ListeningSocket {
     pub address: IpAddr,
     pub port: u16,
+    /// The socket's inode (sock_diag `idiag_inode`); 0 when unknown.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub inode: u64,
+    /// The process holding the socket, when it was resolved (only for the ports a NAT rule of
+    /// the node matches; needs the host's /proc).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<ProcessInfo>,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+impl ListeningSocket {
+    /// A listener with no inode and no resolved owner.
+    pub fn new(address: IpAddr, port: u16) -> ListeningSocket {
+        ListeningSocket {
+            address,
+            port,
+            inode: 0,
+            owner: None,
+        }
+    }
+}
+
+/// A process as /proc shows it: pid, `comm` and the command line split at NULs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub comm: String,
+    pub args: Vec<String>,
 }
 
 /// An address configured on one of the node's interfaces.
@@ -89,6 +120,9 @@ pub struct NodeSnapshot {
     /// Cilium's L2 responder map at the start and at the end of the window.
     pub responder: Option<ResponderMap>,
     pub responder_after: Option<ResponderMap>,
+    /// The API server's Service address and port as the pod environment names it
+    /// (`KUBERNETES_SERVICE_HOST`/`_PORT`: the `default/kubernetes` ClusterIP), when known.
+    pub kube_api_service: Option<(IpAddr, u16)>,
     /// Per-source status keyed by the source names of docs/interface.md (`nftables`,
     /// `iptables-legacy`, `sockets`, `addresses`, `links`, `arp`, `bpf`).
     pub sources: BTreeMap<String, SourceStatus>,

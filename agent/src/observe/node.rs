@@ -10,9 +10,12 @@
 //! notification it cannot apply, on a generation mismatch and on [`NodeProbe::resync`].
 
 use crate::model::ruleset::Ruleset;
-use crate::model::snapshot::{NodeSnapshot, SourceStatus};
+use crate::model::snapshot::{ListeningSocket, NodeSnapshot, ProcessInfo, SourceStatus};
 use crate::observe::{addresses, iptables_legacy, nftables, sockets};
 use crate::runtime::{NodeProbe, ProbeFatal};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +39,29 @@ pub struct KernelProbe {
     l2: crate::observe::l2_watch::L2Watch,
     /// The legacy tables, decoded only when they changed (cached view), or read fresh.
     legacy: Option<crate::observe::legacy_cache::LegacyCache>,
+    /// Listener owners resolved so far, by socket inode (None: held by no visible process).
+    socket_owners: BTreeMap<u64, Option<ProcessInfo>>,
+}
+
+/// Where the host's /proc is: `NETMEND_HOST_PROC` (a hostPath mount) or `/proc` (with hostPID).
+fn proc_root() -> PathBuf {
+    std::env::var_os("NETMEND_HOST_PROC")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/proc"))
+}
+
+/// The API server's Service address from the pod environment every pod gets.
+fn kube_api_service() -> Option<(IpAddr, u16)> {
+    let host: IpAddr = std::env::var("KUBERNETES_SERVICE_HOST")
+        .ok()?
+        .parse()
+        .ok()?;
+    let port: u16 = std::env::var("KUBERNETES_SERVICE_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(443);
+    Some((host, port))
 }
 
 impl KernelProbe {
@@ -47,6 +73,36 @@ impl KernelProbe {
             events_applied: 0,
             l2: crate::observe::l2_watch::L2Watch::new(),
             legacy: (view == NftView::Cached).then(crate::observe::legacy_cache::LegacyCache::new),
+            socket_owners: BTreeMap::new(),
+        }
+    }
+
+    /// Fills the owner of every listener on a port some NAT rule matches, scanning /proc only for
+    /// sockets not seen before (an inode keeps its owner for the socket's life).
+    fn resolve_owners(&mut self, snapshot: &NodeSnapshot, listeners: &mut [ListeningSocket]) {
+        let ports = sockets::nat_matched_ports(
+            [snapshot.nftables.as_deref(), snapshot.legacy.as_deref()]
+                .into_iter()
+                .flatten(),
+        );
+        let live: BTreeSet<u64> = listeners.iter().map(|l| l.inode).collect();
+        self.socket_owners.retain(|inode, _| live.contains(inode));
+        let wanted: BTreeSet<u64> = listeners
+            .iter()
+            .filter(|l| l.inode != 0 && ports.contains(&l.port))
+            .map(|l| l.inode)
+            .filter(|inode| !self.socket_owners.contains_key(inode))
+            .collect();
+        if !wanted.is_empty() {
+            let mut found = sockets::socket_owners(&proc_root(), &wanted);
+            for inode in wanted {
+                self.socket_owners.insert(inode, found.remove(&inode));
+            }
+        }
+        for l in listeners.iter_mut() {
+            if ports.contains(&l.port) {
+                l.owner = self.socket_owners.get(&l.inode).cloned().flatten();
+            }
         }
     }
 
@@ -165,7 +221,8 @@ impl NodeProbe for KernelProbe {
 
         let started = Instant::now();
         match sockets::read_listeners() {
-            Ok(listeners) => {
+            Ok(mut listeners) => {
+                self.resolve_owners(&snapshot, &mut listeners);
                 snapshot.listeners = Some(listeners);
                 snapshot
                     .sources
@@ -194,6 +251,7 @@ impl NodeProbe for KernelProbe {
                 );
             }
         }
+        snapshot.kube_api_service = kube_api_service();
         match self.view {
             NftView::Fresh => self.l2.fill_once(&mut snapshot),
             NftView::Cached => self.l2.fill(&mut snapshot),

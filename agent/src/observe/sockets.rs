@@ -5,19 +5,34 @@
 //! Wire facts: `inet_diag_msg` is 72 bytes (family, state, timer, retrans, then the 48-byte
 //! `inet_diag_sockid` whose ports and addresses are network order; an IPv4 address fills only the
 //! first 4 of the 16 address bytes). An IPv6 socket bound to `::` that also accepts IPv4 is
-//! reported once, as `::`.
+//! reported once, as `::`. `idiag_inode` (bytes 68..72) names the socket for owner resolution.
+//!
+//! Owner resolution ([`socket_owners`]) maps socket inodes to the process holding them by reading
+//! the `socket:[inode]` links under `<proc>/<pid>/fd`. It runs only for the inodes asked for (the
+//! listeners on ports some NAT rule matches), stops as soon as all are found, and is bounded in
+//! processes and descriptors visited. Without the host's /proc (no hostPID, no host /proc mount)
+//! owners stay unknown and a listener counts as an ordinary host service.
 
-use crate::model::snapshot::ListeningSocket;
+use crate::model::ruleset::{Action, Backend, Direction, KeyValue, Match, Ruleset};
+use crate::model::snapshot::{ListeningSocket, ProcessInfo};
 use crate::observe::netlink::{
     Message, MessageBuilder, NetlinkError, NetlinkSocket, NLM_F_DUMP, NLM_F_REQUEST,
 };
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
 
 const NETLINK_SOCK_DIAG: i32 = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const TCP_LISTEN: u32 = 10;
 const INET_DIAG_MSG_LEN: usize = 72;
 const DUMP_RETRIES: usize = 3;
+/// Processes one owner scan visits at most.
+const MAX_PROCESSES: usize = 65_536;
+/// Descriptors of one process an owner scan visits at most.
+const MAX_FDS_PER_PROCESS: usize = 65_536;
+/// Bytes of a command line kept.
+const MAX_CMDLINE: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketsError {
@@ -56,7 +71,13 @@ pub fn decode_inet_diag_msg(payload: &[u8]) -> Option<ListeningSocket> {
         }
         _ => return None,
     };
-    Some(ListeningSocket { address, port })
+    let inode = u32::from_ne_bytes(payload[68..72].try_into().ok()?);
+    Some(ListeningSocket {
+        address,
+        port,
+        inode: u64::from(inode),
+        owner: None,
+    })
 }
 
 /// Reads the TCP listeners (IPv4 and IPv6) of the calling thread's network namespace, sorted.
@@ -103,9 +124,139 @@ pub fn read_listeners() -> Result<Vec<ListeningSocket>, SocketsError> {
             }
         }
     }
-    out.sort_by_key(|l| (l.address, l.port));
+    out.sort_by_key(|l| (l.address, l.port, l.inode));
     out.dedup();
     Ok(out)
+}
+
+/// The destination ports the NAT rules of these rulesets match on (port matches of rules in nat
+/// tables, and port components of set elements in tables that have a nat base chain): the only
+/// listeners whose owner matters to `hostport-hijack`.
+pub fn nat_matched_ports<'a>(rulesets: impl IntoIterator<Item = &'a Ruleset>) -> BTreeSet<u16> {
+    let mut out = BTreeSet::new();
+    for ruleset in rulesets {
+        for table in &ruleset.tables {
+            let nat = table
+                .chains
+                .iter()
+                .filter_map(|c| c.base.as_ref())
+                .any(|b| b.chain_type == "nat")
+                || (table.id.backend == Backend::Legacy && table.id.name == "nat");
+            if !nat {
+                continue;
+            }
+            for rule in table.chains.iter().flat_map(|c| &c.rules) {
+                for m in &rule.matches {
+                    if let Match::Ports {
+                        direction: Direction::Destination,
+                        ranges,
+                        negated: false,
+                    } = m
+                    {
+                        for r in ranges.iter().filter(|r| r.last - r.first < 1024) {
+                            out.extend(r.first..=r.last);
+                        }
+                    }
+                }
+                if let Action::Dnat { range } | Action::Snat { range } = &rule.action {
+                    if let Some(p) = range.ports {
+                        out.insert(p.first);
+                    }
+                }
+            }
+            for set in table.sets.values() {
+                for element in &set.elements {
+                    for k in &element.key {
+                        if let KeyValue::Port(p) = k {
+                            out.insert(*p);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The inode of a `socket:[12345]` descriptor link target.
+pub fn parse_socket_link(target: &str) -> Option<u64> {
+    target
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Splits a `/proc/<pid>/cmdline` blob at its NULs (a trailing NUL ends the last argument).
+pub fn split_cmdline(bytes: &[u8]) -> Vec<String> {
+    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    bytes
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Reads pid, comm and command line of one process under `proc_root`.
+pub fn read_process(proc_root: &Path, pid: u32) -> Option<ProcessInfo> {
+    let dir = proc_root.join(pid.to_string());
+    let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+    let mut cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+    cmdline.truncate(MAX_CMDLINE);
+    Some(ProcessInfo {
+        pid,
+        comm: comm.trim_end_matches('\n').to_string(),
+        args: split_cmdline(&cmdline),
+    })
+}
+
+/// Finds the process holding each socket inode of `inodes` by walking `<proc_root>/*/fd`. Stops
+/// when every inode is found; inodes held by no visible process are absent from the answer.
+pub fn socket_owners(proc_root: &Path, inodes: &BTreeSet<u64>) -> BTreeMap<u64, ProcessInfo> {
+    let mut found = BTreeMap::new();
+    if inodes.is_empty() {
+        return found;
+    }
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return found;
+    };
+    for entry in entries.flatten().take(MAX_PROCESSES) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let mut holds: Vec<u64> = Vec::new();
+        for fd in fds.flatten().take(MAX_FDS_PER_PROCESS) {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            if let Some(inode) = target.to_str().and_then(parse_socket_link) {
+                if inodes.contains(&inode) && !found.contains_key(&inode) {
+                    holds.push(inode);
+                }
+            }
+        }
+        if holds.is_empty() {
+            continue;
+        }
+        if let Some(process) = read_process(proc_root, pid) {
+            for inode in holds {
+                found.insert(inode, process.clone());
+            }
+        }
+        if found.len() == inodes.len() {
+            break;
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -125,14 +276,18 @@ mod tests {
             decode_inet_diag_msg(&unhex(V4)),
             Some(ListeningSocket {
                 address: "127.0.0.1".parse().unwrap(),
-                port: 9999
+                port: 9999,
+                inode: 0x74ea,
+                owner: None,
             })
         );
         assert_eq!(
             decode_inet_diag_msg(&unhex(V6)),
             Some(ListeningSocket {
                 address: "::".parse().unwrap(),
-                port: 6443
+                port: 6443,
+                inode: 0x71e6,
+                owner: None,
             })
         );
     }
@@ -146,6 +301,39 @@ mod tests {
         let mut unix = v4.clone();
         unix[0] = libc::AF_UNIX as u8;
         assert_eq!(decode_inet_diag_msg(&unix), None);
+    }
+
+    #[test]
+    fn socket_links_and_command_lines_parse() {
+        assert_eq!(parse_socket_link("socket:[123456]"), Some(123456));
+        assert_eq!(parse_socket_link("pipe:[123456]"), None);
+        assert_eq!(parse_socket_link("socket:[12x]"), None);
+        assert_eq!(
+            split_cmdline(b"/usr/bin/docker-proxy\0-proto\0tcp\0"),
+            vec!["/usr/bin/docker-proxy", "-proto", "tcp"]
+        );
+        assert!(split_cmdline(b"").is_empty());
+    }
+
+    #[test]
+    fn nat_ports_come_from_nat_tables_only() {
+        use crate::detect::test_support::iptables_table;
+        let nat = iptables_table(
+            Backend::Legacy,
+            "nat",
+            ":PREROUTING ACCEPT\n:DOCKER -\n-A PREROUTING -j DOCKER\n-A DOCKER -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80\n-A DOCKER -p tcp -m multiport --dports 80,443 -j RETURN\n",
+        );
+        let filter = iptables_table(
+            Backend::Legacy,
+            "filter",
+            ":INPUT ACCEPT\n-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT\n",
+        );
+        let ruleset = Ruleset {
+            tables: vec![nat, filter],
+            generation: None,
+        };
+        let ports: Vec<u16> = nat_matched_ports([&ruleset]).into_iter().collect();
+        assert_eq!(ports, vec![80, 443, 8080]);
     }
 
     #[test]
