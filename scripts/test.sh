@@ -14,7 +14,7 @@ fi
 missing=()
 for pair in nft:nftables iptables-legacy:iptables iptables-nft:iptables ip:iproute2 ss:iproute2 \
             arping:arping bpftool:bpftool nsenter:util-linux setpriv:util-linux python3:python3 \
-            pip3:python3-pip; do
+            pip3:python3-pip ipset:ipset; do
   bin=${pair%%:*}; pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || [ -x "/sbin/$bin" ] || missing+=("$pkg")
 done

@@ -30,7 +30,7 @@ pub fn require_tool(tool: &str) {
             .any(|d| std::path::Path::new(d).join(tool).is_file());
     assert!(
         found,
-        "this test needs `{tool}`; the README's test command installs it (apt-get install nftables iptables iproute2 arping bpftool)"
+        "this test needs `{tool}`; the README's test command installs it (apt-get install nftables iptables iproute2 arping bpftool ipset)"
     );
 }
 
