@@ -399,7 +399,11 @@ impl<'c> RuleDecoder<'c> {
                 verdict: Verdict::Queue,
             }),
             "notrack" => self.statements.push("notrack".into()),
-            "limit" | "quota" | "connlimit" => self.opaque_match(name),
+            "limit" => {
+                let text = limit_text(&attrs);
+                self.opaque_match(text);
+            }
+            "quota" | "connlimit" => self.opaque_match(name),
             "last" => {}
             other => {
                 self.forget_registers();
@@ -425,6 +429,8 @@ impl<'c> RuleDecoder<'c> {
             BASE_TRANSPORT => match (offset, len) {
                 (0, 2) => (Field::Port(Direction::Source), None),
                 (2, 2) => (Field::Port(Direction::Destination), None),
+                // iptables-nft writes `--tcp-flags` as a load of this byte.
+                (13, 1) => (Field::Other("tcp flags".into()), None),
                 _ => (Field::Other(format!("payload th {offset} {len}")), None),
             },
             _ => (
@@ -811,6 +817,9 @@ impl<'c> RuleDecoder<'c> {
             DecodedMatch::Comment(text) => {
                 if self.comment.is_none() {
                     self.comment = Some(text);
+                } else {
+                    // A second comment stays where it is, as iptables-save prints it.
+                    self.matches.push(crate::observe::xt::extra_comment(&text));
                 }
             }
         }
@@ -836,6 +845,36 @@ impl<'c> RuleDecoder<'c> {
         self.statements
             .push(format!("{op} @{set} {{ {} }}", keys_text(&key)));
     }
+}
+
+/// `limit rate [over] 5/minute burst 7 packets` from NFTA_LIMIT_RATE (1), _UNIT (2, seconds),
+/// _BURST (3), _TYPE (4: 0 packets, 1 bytes) and _FLAGS (5: 1 inverts).
+fn limit_text(a: &ExprAttrs<'_>) -> String {
+    let (Some(rate), Some(unit)) = (a.u64(1), a.u64(2)) else {
+        return "limit".into();
+    };
+    let unit = match unit {
+        1 => "second".to_string(),
+        60 => "minute".to_string(),
+        3600 => "hour".to_string(),
+        86400 => "day".to_string(),
+        604800 => "week".to_string(),
+        other => format!("{other} seconds"),
+    };
+    let over = if a.u32(5).unwrap_or(0) & 1 != 0 {
+        "over "
+    } else {
+        ""
+    };
+    let kind = if a.u32(4) == Some(1) {
+        "bytes"
+    } else {
+        "packets"
+    };
+    format!(
+        "limit rate {over}{rate}/{unit} burst {} {kind}",
+        a.u32(3).unwrap_or(0)
+    )
 }
 
 /// `meta nfproto ipv4` / `meta protocol ip` tell which family later payload loads of an inet
