@@ -309,6 +309,8 @@ pub fn render_iptables(chain: &str, rule: &Rule) -> String {
                 missing.push(what.to_string());
             } else if description.starts_with("-j ") {
                 let _ = write!(out, " {description}");
+            } else if let Some(text) = nflog_of_nft(description) {
+                let _ = write!(out, " {text}");
             } else {
                 missing.push(description.clone());
             }
@@ -322,6 +324,62 @@ pub fn render_iptables(chain: &str, rule: &Rule) -> String {
             missing.join("; ")
         )
     }
+}
+
+/// `-j NFLOG ...` for the `log ... group N` statement iptables-nft writes for it natively.
+fn nflog_of_nft(text: &str) -> Option<String> {
+    let rest = text.strip_prefix("log")?;
+    let mut words = Vec::new();
+    let mut chars = rest.trim_start().chars().peekable();
+    while chars.peek().is_some() {
+        let mut word = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => word.extend(chars.next()),
+                    '"' => break,
+                    _ => word.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != ' ') {
+                word.push(c);
+            }
+        }
+        chars.next_if(|c| *c == ' ');
+        words.push(word);
+    }
+    let mut prefix = None;
+    let mut group = None;
+    let mut snaplen = None;
+    let mut threshold = None;
+    for pair in words.chunks(2) {
+        match pair {
+            [key, value] if key == "prefix" => prefix = Some(value.clone()),
+            [key, value] if key == "group" => group = Some(value.parse::<u16>().ok()?),
+            [key, value] if key == "snaplen" => snaplen = Some(value.parse::<u32>().ok()?),
+            [key, value] if key == "queue-threshold" => {
+                threshold = Some(value.parse::<u16>().ok()?)
+            }
+            _ => return None,
+        }
+    }
+    let group = group?;
+    let mut out = String::from("-j NFLOG");
+    if let Some(prefix) = prefix.filter(|p| !p.is_empty()) {
+        let _ = write!(out, " --nflog-prefix {}", save_string(&prefix));
+    }
+    if group != 0 {
+        let _ = write!(out, " --nflog-group {group}");
+    }
+    if let Some(snaplen) = snaplen {
+        let _ = write!(out, " --nflog-size {snaplen}");
+    }
+    if let Some(threshold) = threshold.filter(|t| *t != 1) {
+        let _ = write!(out, " --nflog-threshold {threshold}");
+    }
+    Some(out)
 }
 
 /// The iptables-save text of an nft expression that iptables-nft writes natively for a classic

@@ -82,6 +82,7 @@ pub fn decode_match(name: &str, revision: u8, info: &[u8], family: Family) -> De
         ("conntrack", 1..=3) => decode_conntrack(revision, info, v6),
         ("state", 0) => decode_state(info),
         ("rpfilter", 0) => decode_rpfilter(info),
+        ("owner", 1) => decode_owner(info),
         ("socket", 0) => Some(text_match("-m socket".into())),
         ("socket", 1..=3) => decode_socket(info),
         ("set", 1..=4) => decode_set_match(revision, info),
@@ -486,6 +487,39 @@ fn decode_state(info: &[u8]) -> Option<DecodedMatch> {
     )))
 }
 
+/// `xt_owner_match_info`: `u32 uid_min, uid_max, gid_min, gid_max; u8 match, invert` (UID 1,
+/// GID 2, SOCKET 4, SUPPL_GROUPS 8).
+fn decode_owner(info: &[u8]) -> Option<DecodedMatch> {
+    let (uid_min, uid_max) = (u32_at(info, 0)?, u32_at(info, 4)?);
+    let (gid_min, gid_max) = (u32_at(info, 8)?, u32_at(info, 12)?);
+    let (flags, invert) = (*info.get(16)?, *info.get(17)?);
+    let range = |min: u32, max: u32| {
+        if min == max {
+            min.to_string()
+        } else {
+            format!("{min}-{max}")
+        }
+    };
+    let mut text = String::from("-m owner");
+    for (bit, option, value) in [
+        (4u8, "--socket-exists", None),
+        (1, "--uid-owner", Some(range(uid_min, uid_max))),
+        (2, "--gid-owner", Some(range(gid_min, gid_max))),
+        (8, "--suppl-groups", None),
+    ] {
+        if flags & bit == 0 {
+            continue;
+        }
+        text.push_str(if invert & bit != 0 { " ! " } else { " " });
+        text.push_str(option);
+        if let Some(value) = value {
+            text.push(' ');
+            text.push_str(&value);
+        }
+    }
+    Some(text_match(text))
+}
+
 /// `xt_rpfilter_info`: `u8 flags` (LOOSE 1, VALID_MARK 2, ACCEPT_LOCAL 4, INVERT 8).
 fn decode_rpfilter(info: &[u8]) -> Option<DecodedMatch> {
     let flags = *info.first()?;
@@ -776,6 +810,13 @@ pub fn decode_target(name: &str, revision: u8, info: &[u8], family: Family) -> A
         "REJECT" => decode_reject(info, v6),
         "CT" | "NOTRACK" => decode_ct(name, revision, info),
         "LOG" => decode_log(info),
+        "TCPMSS" => u16_at(info, 0).map(|mss| Action::Opaque {
+            description: if mss == u16::MAX {
+                "-j TCPMSS --clamp-mss-to-pmtu".into()
+            } else {
+                format!("-j TCPMSS --set-mss {mss}")
+            },
+        }),
         "NFLOG" => decode_nflog(info),
         _ => None,
     };
@@ -957,6 +998,8 @@ fn decode_nflog(info: &[u8]) -> Option<Action> {
     }
     if flags & 1 != 0 {
         text.push_str(&format!(" --nflog-size {len}"));
+    } else if len != 0 {
+        text.push_str(&format!(" --nflog-range {len}"));
     }
     if threshold != 1 {
         text.push_str(&format!(" --nflog-threshold {threshold}"));

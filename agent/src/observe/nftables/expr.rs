@@ -385,13 +385,7 @@ impl<'c> RuleDecoder<'c> {
                 let name = attrs.str(2).unwrap_or("?");
                 self.statements.push(format!("objref {name}"));
             }
-            "log" => {
-                let text = match attrs.str(2) {
-                    Some(prefix) => format!("log prefix \"{prefix}\""),
-                    None => "log".to_string(),
-                };
-                self.statements.push(text);
-            }
+            "log" => self.statements.push(log_text(&attrs)),
             "reject" => self.set_action(Action::Opaque {
                 description: "reject".into(),
             }),
@@ -845,6 +839,45 @@ impl<'c> RuleDecoder<'c> {
         self.statements
             .push(format!("{op} @{set} {{ {} }}", keys_text(&key)));
     }
+}
+
+/// `log prefix "x" group 1 snaplen 64 queue-threshold 2 level info` (as nft lists it) from NFTA_LOG_GROUP (1, be16),
+/// _PREFIX (2), _SNAPLEN (3), _QTHRESHOLD (4, be16), _LEVEL (5).
+fn log_text(a: &ExprAttrs<'_>) -> String {
+    let mut text = String::from("log");
+    if let Some(prefix) = a.str(2) {
+        let _ = write!(text, " prefix \"{}\"", prefix.replace('"', "\\\""));
+    }
+    let be16 = |kind: u16| {
+        a.get(kind)
+            .and_then(|attr| attr.value.get(..2))
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    if let Some(group) = be16(1) {
+        let _ = write!(text, " group {group}");
+    }
+    if let Some(snaplen) = a.u32(3) {
+        let _ = write!(text, " snaplen {snaplen}");
+    }
+    if let Some(threshold) = be16(4) {
+        let _ = write!(text, " queue-threshold {threshold}");
+    }
+    // Level 4 (warn) is the default nft does not print.
+    const LEVELS: [&str; 9] = [
+        "emerg", "alert", "crit", "err", "warn", "notice", "info", "debug", "audit",
+    ];
+    match a.u32(5) {
+        None | Some(4) => {}
+        Some(level) => match LEVELS.get(level as usize) {
+            Some(name) => {
+                let _ = write!(text, " level {name}");
+            }
+            None => {
+                let _ = write!(text, " level {level}");
+            }
+        },
+    }
+    text
 }
 
 /// `limit rate [over] 5/minute burst 7 packets` from NFTA_LIMIT_RATE (1), _UNIT (2, seconds),
