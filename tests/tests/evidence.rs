@@ -486,3 +486,69 @@ fn captured_tables_render_as_iptables_save_text_that_restores_to_the_same_rules(
     }
     report(&outcomes);
 }
+
+/// Writes the xt blobs of the round-trip fixtures that `agent/testdata/xt/` does not have yet
+/// (the first blob of each name and revision), as loaded by `iptables-legacy-restore` /
+/// `ip6tables-legacy-restore`. Run by hand: `cargo test -p netmend-e2e --test evidence --
+/// --ignored capture_xt_testdata`.
+#[test]
+#[ignore = "writes agent/testdata/xt; run by hand when the decoders learn new blobs"]
+fn capture_xt_testdata() {
+    use netmend::observe::iptables_legacy::{read_table_raw, table_names, xt_blobs};
+    let out = manifest("../agent/testdata/xt");
+    for (file, family, tag) in [
+        (
+            "fixtures/roundtrip/cni-plugins-and-proxies.rules",
+            Family::Ip,
+            "ipv4",
+        ),
+        ("fixtures/healthy/cilium-kpr.rules", Family::Ip, "ipv4"),
+        (
+            "fixtures/healthy/kube-proxy-iptables.rules",
+            Family::Ip,
+            "ipv4",
+        ),
+        ("fixtures/healthy/calico.rules", Family::Ip, "ipv4"),
+        (
+            "fixtures/roundtrip/dual-stack-ipv6.rules6",
+            Family::Ip6,
+            "ipv6",
+        ),
+    ] {
+        let ns = NetNs::new("ev-capture");
+        if file.contains("calico") {
+            let sets: String = std::fs::read_to_string(manifest("fixtures/healthy/calico.ipset"))
+                .unwrap()
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let path = std::env::temp_dir().join(format!("netmend-ipset-{}", ns.name));
+            std::fs::write(&path, sets).unwrap();
+            ns.sh(&format!("ipset restore < {}", path.display()))
+                .unwrap();
+        }
+        let rules = std::fs::read_to_string(manifest(file)).unwrap();
+        ns.restore(restore_binary(Backend::Legacy, family), &rules)
+            .unwrap();
+        let blobs = ns.run(move || {
+            let mut all = Vec::new();
+            for name in table_names(family).unwrap() {
+                let (_, blob) = read_table_raw(family, &name).unwrap();
+                all.extend(xt_blobs(family, &blob));
+            }
+            all
+        });
+        for b in blobs {
+            if b.name.is_empty() || b.name == "ERROR" {
+                continue;
+            }
+            let kind = if b.is_target { "target" } else { "match" };
+            let path = out.join(format!("{tag}-{kind}-{}-r{}.bin", b.name, b.revision));
+            if !path.exists() {
+                eprintln!("new blob {}", path.display());
+                std::fs::write(path, &b.data).unwrap();
+            }
+        }
+    }
+}

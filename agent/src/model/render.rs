@@ -376,7 +376,7 @@ fn nflog_of_nft(text: &str) -> Option<String> {
     if let Some(snaplen) = snaplen {
         let _ = write!(out, " --nflog-size {snaplen}");
     }
-    if let Some(threshold) = threshold.filter(|t| *t != 1) {
+    if let Some(threshold) = threshold.filter(|t| *t != 0) {
         let _ = write!(out, " --nflog-threshold {threshold}");
     }
     Some(out)
@@ -759,6 +759,151 @@ mod tests {
         assert_eq!(
             render_iptables("PREROUTING", &jump),
             "-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT"
+        );
+    }
+
+    fn rule(matches: Vec<Match>, action: Action, comment: Option<&str>) -> Rule {
+        Rule {
+            handle: 1,
+            matches,
+            action,
+            comment: comment.map(str::to_string),
+            counters: None,
+        }
+    }
+
+    fn opaque(text: &str) -> Match {
+        Match::Opaque {
+            description: text.into(),
+        }
+    }
+
+    #[test]
+    fn iptables_nft_native_expressions_are_written_as_their_matches() {
+        let tcp = Match::L4Proto {
+            proto: 6,
+            negated: false,
+        };
+        let port = Match::Ports {
+            direction: Direction::Destination,
+            ranges: vec![PortRange::single(80)],
+            negated: false,
+        };
+        let r = rule(
+            vec![
+                tcp.clone(),
+                port,
+                opaque("tcp flags & 0x6 == 0x02"),
+                opaque("meta mark & 0xf00 != 0x200"),
+                opaque("limit rate 5/minute burst 7 packets"),
+            ],
+            Action::Opaque {
+                description: "log prefix \"API0|x\" group 1".into(),
+            },
+            Some("cali:abc"),
+        );
+        assert_eq!(
+            render_iptables("C", &r),
+            "-A C -p tcp -m tcp --dport 80 --tcp-flags SYN,RST SYN -m mark ! --mark 0x200/0xf00 -m limit --limit 5/min --limit-burst 7 -m comment --comment cali:abc -j NFLOG --nflog-prefix \"API0|x\" --nflog-group 1"
+        );
+        // Flags without a port open their own `-m tcp`; an all-ones mark mask is not printed.
+        let r = rule(
+            vec![
+                tcp,
+                opaque("tcp flags & 0x17 == 0x02"),
+                opaque("meta mark == 0x1"),
+            ],
+            Action::None,
+            None,
+        );
+        assert_eq!(
+            render_iptables("C", &r),
+            "-A C -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m mark --mark 0x1"
+        );
+    }
+
+    #[test]
+    fn what_iptables_cannot_say_is_a_comment_naming_it() {
+        let cases = [
+            (
+                rule(
+                    vec![opaque("ct status & 0x20 == 0x20")],
+                    Action::Verdict {
+                        verdict: Verdict::Accept,
+                    },
+                    None,
+                ),
+                "# not expressible in iptables syntax (ct status & 0x20 == 0x20): -A C -j ACCEPT",
+            ),
+            (
+                rule(
+                    vec![opaque("?xt match \"u32\" revision 0")],
+                    Action::None,
+                    None,
+                ),
+                "# not expressible in iptables syntax (xt match \"u32\" revision 0): -A C",
+            ),
+            (
+                rule(
+                    vec![Match::SetLookup {
+                        set: "ipset#4".into(),
+                        key: vec![Field::Other("dst".into())],
+                        negated: false,
+                    }],
+                    Action::None,
+                    None,
+                ),
+                "# not expressible in iptables syntax (ipset with kernel index 4 (its name could not be read)): -A C",
+            ),
+            (
+                rule(
+                    vec![],
+                    Action::VerdictMap {
+                        set: "service-ips".into(),
+                        key: vec![Field::Address(Direction::Destination)],
+                    },
+                    None,
+                ),
+                "# not expressible in iptables syntax (ip daddr vmap @service-ips): -A C",
+            ),
+            (
+                rule(
+                    vec![Match::Ports {
+                        direction: Direction::Destination,
+                        ranges: vec![PortRange::single(53)],
+                        negated: false,
+                    }],
+                    Action::None,
+                    None,
+                ),
+                "# not expressible in iptables syntax (a port match without a transport protocol): -A C",
+            ),
+        ];
+        for (r, want) in cases {
+            assert_eq!(render_iptables("C", &r), want);
+        }
+    }
+
+    #[test]
+    fn resolved_sets_and_second_comments_keep_their_place() {
+        let r = rule(
+            vec![
+                Match::SetLookup {
+                    set: "KUBE-CLUSTER-IP".into(),
+                    key: vec![Field::Other("dst".into()), Field::Other("dst".into())],
+                    negated: true,
+                },
+                opaque("--return-nomatch"),
+                opaque("-m comment --comment \"Unknown interface\""),
+            ],
+            Action::Verdict {
+                verdict: Verdict::Drop,
+            },
+            Some("cali:xyz"),
+        );
+        assert_eq!(
+            render_iptables("C", &r),
+            "-A C -m set ! --match-set KUBE-CLUSTER-IP dst,dst --return-nomatch -m comment --comment cali:xyz -m comment --comment \"Unknown interface\" -j DROP"
         );
     }
 

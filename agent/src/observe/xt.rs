@@ -1001,7 +1001,7 @@ fn decode_nflog(info: &[u8]) -> Option<Action> {
     } else if len != 0 {
         text.push_str(&format!(" --nflog-range {len}"));
     }
-    if threshold != 1 {
+    if threshold != 0 {
         text.push_str(&format!(" --nflog-threshold {threshold}"));
     }
     Some(Action::Opaque { description: text })
@@ -1114,6 +1114,146 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// The text of a captured blob's decoding (match or target).
+    fn captured_text(stem: &str) -> String {
+        let (tag, rest) = stem.split_once('-').unwrap();
+        let (kind, rest) = rest.split_once('-').unwrap();
+        let (name, rev) = rest.rsplit_once("-r").unwrap();
+        let family = if tag == "ipv6" {
+            Family::Ip6
+        } else {
+            Family::Ip
+        };
+        let rev: u8 = rev.parse().unwrap();
+        if kind == "target" {
+            match decode_target(name, rev, &blob(stem), family) {
+                Action::Opaque { description } => description,
+                other => panic!("{stem}: {other:?}"),
+            }
+        } else {
+            match conditions(decode_match(name, rev, &blob(stem), family)).as_slice() {
+                [Match::Opaque { description }] => description.clone(),
+                other => panic!("{stem}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn kernel_blobs_render_as_iptables_save_prints_them() {
+        for (stem, want) in [
+            ("ipv4-match-connmark-r1", "-m connmark ! --mark 0x1/0xff"),
+            ("ipv4-match-conntrack-r3", "-m conntrack --ctstate NEW"),
+            ("ipv6-match-conntrack-r3", "-m conntrack --ctstate NEW"),
+            ("ipv4-match-icmp-r0", "-m icmp --icmp-type 8"),
+            ("ipv6-match-icmp6-r0", "-m icmp6 --icmpv6-type 135"),
+            ("ipv4-match-limit-r0", "-m limit --limit 10/sec --limit-burst 20"),
+            ("ipv6-match-mark-r1", "-m mark --mark 0x83920200"),
+            ("ipv4-match-owner-r1", "-m owner --uid-owner 1337"),
+            ("ipv4-match-physdev-r0", "-m physdev --physdev-is-bridged"),
+            (
+                "ipv4-match-recent-r1",
+                "-m recent --update --seconds 60 --hitcount 4 --name SSH --mask 255.255.255.255 --rsource",
+            ),
+            ("ipv4-match-rpfilter-r0", "-m rpfilter --validmark --invert"),
+            ("ipv4-match-socket-r3", "-m socket"),
+            (
+                "ipv4-target-CONNMARK-r2",
+                "-j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff",
+            ),
+            ("ipv4-target-CT-r2", "-j CT --notrack"),
+            ("ipv4-target-MARK-r2", "-j MARK --set-xmark 0x539/0xffffffff"),
+            (
+                "ipv4-target-NFLOG-r0",
+                "-j NFLOG --nflog-prefix \"API0|default.allow\" --nflog-group 1",
+            ),
+            ("ipv4-target-REDIRECT-r0", "-j REDIRECT --to-ports 53 --random"),
+            ("ipv4-target-REJECT-r0", "-j REJECT --reject-with tcp-reset"),
+            (
+                "ipv6-target-REJECT-r0",
+                "-j REJECT --reject-with icmp6-port-unreachable",
+            ),
+            ("ipv4-target-TCPMSS-r0", "-j TCPMSS --clamp-mss-to-pmtu"),
+            (
+                "ipv4-target-TPROXY-r1",
+                "-j TPROXY --on-port 15006 --on-ip 0.0.0.0 --tproxy-mark 0x539/0xffffffff",
+            ),
+            (
+                "ipv6-target-TPROXY-r1",
+                "-j TPROXY --on-port 37379 --on-ip ::1 --tproxy-mark 0x200/0xffffffff",
+            ),
+        ] {
+            assert_eq!(captured_text(stem), want, "{stem}");
+        }
+        // `-m set --match-set cali40all-hosts-net src`: the kernel's set index, resolved later.
+        assert_eq!(
+            conditions(decode_match(
+                "set",
+                4,
+                &blob("ipv4-match-set-r4"),
+                Family::Ip
+            )),
+            vec![Match::SetLookup {
+                set: format!("{SET_INDEX_PREFIX}2"),
+                key: vec![Field::Other("src".into())],
+                negated: false,
+            }]
+        );
+    }
+
+    #[test]
+    fn flags_the_first_captured_blob_lacks() {
+        // socket --transparent --nowildcard (Cilium), conntrack DNAT (kubelet's KUBE-FIREWALL).
+        assert_eq!(
+            conditions(decode_match(
+                "socket",
+                3,
+                &[3, 0, 0, 0, 0, 0, 0, 0],
+                Family::Ip
+            )),
+            vec![Match::Opaque {
+                description: "-m socket --transparent --nowildcard".into()
+            }]
+        );
+        let mut ct = blob("ipv4-match-conntrack-r3");
+        // state RELATED|ESTABLISHED|DNAT, inverted.
+        ct[150..152].copy_from_slice(&(4u16 | 2 | 128).to_ne_bytes());
+        ct[148..150].copy_from_slice(&1u16.to_ne_bytes());
+        assert_eq!(
+            conditions(decode_match("conntrack", 3, &ct, Family::Ip)),
+            vec![Match::Opaque {
+                description: "-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT".into()
+            }]
+        );
+        // tcp with flags after a port: one `-m tcp`, the flags continue it.
+        let mut tcp = Vec::new();
+        for v in [0u16, 65535, 80, 80] {
+            tcp.extend_from_slice(&v.to_ne_bytes());
+        }
+        tcp.extend_from_slice(&[0, 0x17, 0x02, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            conditions(decode_match("tcp", 0, &tcp, Family::Ip)),
+            vec![
+                Match::Ports {
+                    direction: Direction::Destination,
+                    ranges: vec![PortRange::single(80)],
+                    negated: false,
+                },
+                Match::Opaque {
+                    description: "--tcp-flags FIN,SYN,RST,ACK SYN".into()
+                }
+            ]
+        );
+        // MASQUERADE --random-fully cannot be the plain Masquerade action.
+        let mut masq = blob("ipv4-target-MASQUERADE-r0");
+        masq[4..8].copy_from_slice(&(1u32 << 4).to_ne_bytes());
+        assert_eq!(
+            decode_target("MASQUERADE", 0, &masq, Family::Ip),
+            Action::Opaque {
+                description: "-j MASQUERADE --random-fully".into()
+            }
+        );
     }
 
     #[test]
