@@ -56,6 +56,14 @@ impl Node {
         self
     }
 
+    /// Loads the rules with `iptables-legacy-restore` instead (x_tables).
+    fn legacy_rules(&self, name: &str) -> &Node {
+        self.ns
+            .restore("iptables-legacy-restore", &fixture(name))
+            .unwrap();
+        self
+    }
+
     fn ipsets(&self, name: &str) -> &Node {
         let text: String = fixture(name)
             .lines()
@@ -237,6 +245,42 @@ fn k3s_flannel_with_traefik_servicelb() {
     node.listen(&KUBELET_AND_APISERVER)
         .listen(&[("127.0.0.1", 6444)]);
     assert_healthy("k3s flannel + svclb", &node.check(&[]));
+}
+
+/// The same iptables shapes written by `iptables-legacy` (nodes whose tools default to x_tables).
+#[test]
+fn iptables_shapes_through_the_legacy_backend() {
+    require_tool("iptables-legacy-restore");
+    for (case, ipsets, setup) in [
+        ("kube-proxy-iptables.rules", None, ""),
+        (
+            "kube-proxy-ipvs.rules",
+            Some("kube-proxy-ipvs.ipset"),
+            "(ip link add kube-ipvs0 type dummy 2>/dev/null || ip link add kube-ipvs0 type bridge) && ip addr add 10.96.0.1/32 dev kube-ipvs0",
+        ),
+        ("calico.rules", Some("calico.ipset"), ""),
+        (
+            "cilium-kpr.rules",
+            None,
+            "ip link add cilium_host type veth peer name cilium_net && ip addr add 10.0.0.84/32 dev cilium_host",
+        ),
+        (
+            "k3s-flannel-svclb.rules",
+            None,
+            "ip link add cni0 type bridge && ip addr add 10.42.0.1/24 dev cni0",
+        ),
+    ] {
+        let mut node = Node::new("hl-legacy");
+        if !setup.is_empty() {
+            node.sh(setup);
+        }
+        if let Some(sets) = ipsets {
+            node.ipsets(sets);
+        }
+        node.legacy_rules(case);
+        node.listen(&KUBELET_AND_APISERVER);
+        assert_healthy(&format!("{case} via iptables-legacy"), &node.check(&[]));
+    }
 }
 
 #[test]
