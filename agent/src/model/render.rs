@@ -271,7 +271,8 @@ pub fn render_iptables(chain: &str, rule: &Rule) -> String {
                 Verdict::Accept => Some("-j ACCEPT".to_string()),
                 Verdict::Drop => Some("-j DROP".to_string()),
                 Verdict::Return => Some("-j RETURN".to_string()),
-                Verdict::Queue => Some("-j NFQUEUE".to_string()),
+                // x_tables' standard QUEUE verdict (NFQUEUE is a target of its own).
+                Verdict::Queue => Some("-j QUEUE".to_string()),
                 Verdict::Continue => None,
                 Verdict::Jump(c) => Some(format!("-j {c}")),
                 Verdict::Goto(c) => Some(format!("-g {c}")),

@@ -196,7 +196,16 @@ fn multiport_match(flags: u8, ranges: Vec<PortRange>, negated: bool) -> Match {
         XT_MULTIPORT_SOURCE => Direction::Source,
         XT_MULTIPORT_DESTINATION => Direction::Destination,
         _ => {
-            let list: Vec<String> = ranges.iter().map(|r| r.to_string()).collect();
+            let list: Vec<String> = ranges
+                .iter()
+                .map(|r| {
+                    if r.first == r.last {
+                        r.first.to_string()
+                    } else {
+                        format!("{}:{}", r.first, r.last)
+                    }
+                })
+                .collect();
             let bang = if negated { "! " } else { "" };
             return Match::Opaque {
                 description: format!("-m multiport {bang}--ports {}", list.join(",")),
@@ -818,6 +827,7 @@ pub fn decode_target(name: &str, revision: u8, info: &[u8], family: Family) -> A
             },
         }),
         "NFLOG" => decode_nflog(info),
+        "NFQUEUE" => decode_nfqueue(revision, info),
         _ => None,
     };
     decoded.unwrap_or_else(|| Action::Opaque {
@@ -977,6 +987,32 @@ fn decode_log(info: &[u8]) -> Option<Action> {
     ] {
         if flags & bit != 0 {
             text.push_str(option);
+        }
+    }
+    Some(Action::Opaque { description: text })
+}
+
+/// `xt_NFQ_info` (rev 0: `u16 queuenum`), `_v1` (`+ u16 queues_total`), `_v2` (`+ u16 bypass`),
+/// `_v3` (`+ u16 flags`: BYPASS 1, CPU_FANOUT 2).
+fn decode_nfqueue(revision: u8, info: &[u8]) -> Option<Action> {
+    let num = u16_at(info, 0)?;
+    let mut text = String::from("-j NFQUEUE");
+    let total = if revision >= 1 { u16_at(info, 2)? } else { 1 };
+    if total > 1 {
+        text.push_str(&format!(
+            " --queue-balance {num}:{}",
+            u32::from(num) + u32::from(total) - 1
+        ));
+    } else {
+        text.push_str(&format!(" --queue-num {num}"));
+    }
+    if revision >= 2 {
+        let flags = u16_at(info, 4)?;
+        if flags & 1 != 0 {
+            text.push_str(" --queue-bypass");
+        }
+        if revision >= 3 && flags & 2 != 0 {
+            text.push_str(" --queue-cpu-fanout");
         }
     }
     Some(Action::Opaque { description: text })
