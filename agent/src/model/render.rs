@@ -646,7 +646,11 @@ pub fn render_nft(rule: &Rule) -> String {
             Match::SetLookup { set, key, negated } => {
                 format!("{} {}@{set}", key_text(key), neq(*negated))
             }
-            Match::Opaque { description } => description.clone(),
+            // An undecoded xt blob reads as nft lists it (`xt match "u32"`).
+            Match::Opaque { description } => description
+                .strip_prefix(NOT_EXPRESSIBLE_MARK)
+                .unwrap_or(description)
+                .to_string(),
         });
     }
     match &rule.action {
@@ -663,7 +667,12 @@ pub fn render_nft(rule: &Rule) -> String {
             Some(p) => format!("redirect to :{p}"),
             None => "redirect".into(),
         }),
-        Action::Opaque { description } => parts.push(description.clone()),
+        Action::Opaque { description } => parts.push(
+            description
+                .strip_prefix(NOT_EXPRESSIBLE_MARK)
+                .unwrap_or(description)
+                .to_string(),
+        ),
     }
     if let Some(comment) = &rule.comment {
         parts.push(format!("comment \"{comment}\""));
@@ -883,6 +892,21 @@ mod tests {
         for (r, want) in cases {
             assert_eq!(render_iptables("C", &r), want);
         }
+    }
+
+    #[test]
+    fn undecoded_xt_blobs_read_in_nft_syntax_as_nft_lists_them() {
+        let r = rule(
+            vec![opaque("?xt match \"u32\" revision 0")],
+            Action::Opaque {
+                description: "?xt target \"IDLETIMER\" revision 1".into(),
+            },
+            None,
+        );
+        assert_eq!(
+            render_nft(&r),
+            "xt match \"u32\" revision 0 xt target \"IDLETIMER\" revision 1"
+        );
     }
 
     #[test]
