@@ -481,7 +481,11 @@ pub fn decode_table(family: Family, info: &TableInfo, blob: &[u8]) -> Result<Tab
                 None => return Err(malformed(format!("standard target at {off} too short"))),
             },
             "ERROR" => Target::Error(xt::c_string(t_data)),
-            _ => Target::Other(xt::decode_target(&t_name, t_rev, t_data, family)),
+            _ => {
+                let (action, note) = xt::decode_target_with_notes(&t_name, t_rev, t_data, family);
+                matches.extend(note);
+                Target::Other(action)
+            }
         };
         entries.push(Entry {
             offset: off,

@@ -761,18 +761,13 @@ pub fn decode_target(name: &str, revision: u8, info: &[u8], family: Family) -> A
             .map(|verdict| Action::Verdict { verdict }),
         "DNAT" | "SNAT" => decode_nat(revision, info, v6).and_then(|(range, flags)| {
             let extra = nat_flags_text(flags);
-            if !extra.is_empty() {
-                let option = if name == "DNAT" {
-                    "--to-destination"
-                } else {
-                    "--to-source"
-                };
+            if name == "SNAT" && !extra.is_empty() {
                 let to = if range.addresses.is_some() || range.ports.is_some() {
-                    format!(" {option} {range}")
+                    format!(" --to-source {range}")
                 } else {
                     String::new()
                 };
-                return text(format!("-j {name}{to}{extra}"));
+                return text(format!("-j SNAT{to}{extra}"));
             }
             Some(if name == "DNAT" {
                 Action::Dnat { range }
@@ -788,7 +783,7 @@ pub fn decode_target(name: &str, revision: u8, info: &[u8], family: Family) -> A
             };
             range.and_then(|(r, flags)| {
                 let extra = nat_flags_text(flags);
-                if !extra.is_empty() {
+                if name == "MASQUERADE" && !extra.is_empty() {
                     let ports = r
                         .ports
                         .map(|p| format!(" --to-ports {p}"))
@@ -833,6 +828,39 @@ pub fn decode_target(name: &str, revision: u8, info: &[u8], family: Family) -> A
     decoded.unwrap_or_else(|| Action::Opaque {
         description: format!("{NOT_EXPRESSIBLE_MARK}xt target \"{name}\" revision {revision}"),
     })
+}
+
+/// [`decode_target`] plus, for a DNAT or REDIRECT with `--random`, `--random-fully` or
+/// `--persistent`, a match saying netmend cannot express those flags: the action stays a
+/// [`Action::Dnat`] / [`Action::Redirect`] (the checks must see the redirection) and the renderer
+/// says the rule is not expressible instead of printing it without its flags.
+pub fn decode_target_with_notes(
+    name: &str,
+    revision: u8,
+    info: &[u8],
+    family: Family,
+) -> (Action, Option<Match>) {
+    let action = decode_target(name, revision, info, family);
+    let v6 = family == Family::Ip6;
+    let flags = match (name, &action) {
+        ("DNAT", Action::Dnat { .. }) => decode_nat(revision, info, v6).map(|(_, f)| f),
+        ("REDIRECT", Action::Redirect { .. }) => if v6 {
+            decode_nat_range(info, true, false)
+        } else {
+            decode_nat_compat(info)
+        }
+        .map(|(_, f)| f),
+        _ => None,
+    };
+    let note = flags
+        .map(nat_flags_text)
+        .filter(|extra| !extra.is_empty())
+        .map(|extra| Match::Opaque {
+            description: format!(
+                "{NOT_EXPRESSIBLE_MARK}-j {name} flags{extra} (netmend keeps the redirection, not its flags)"
+            ),
+        });
+    (action, note)
 }
 
 /// ` --random --random-fully --persistent` for the `nf_nat_range` flags iptables-save prints.
@@ -1204,7 +1232,6 @@ mod tests {
                 "ipv4-target-NFLOG-r0",
                 "-j NFLOG --nflog-prefix \"API0|default.allow\" --nflog-group 1",
             ),
-            ("ipv4-target-REDIRECT-r0", "-j REDIRECT --to-ports 53 --random"),
             ("ipv4-target-REJECT-r0", "-j REJECT --reject-with tcp-reset"),
             (
                 "ipv6-target-REJECT-r0",
@@ -1280,6 +1307,21 @@ mod tests {
                     description: "--tcp-flags FIN,SYN,RST,ACK SYN".into()
                 }
             ]
+        );
+        // REDIRECT --random stays a redirection for the checks, with a note that its flag is not
+        // expressible (the renderer then says so instead of dropping `--random`).
+        assert_eq!(
+            decode_target_with_notes("REDIRECT", 0, &blob("ipv4-target-REDIRECT-r0"), Family::Ip),
+            (
+                Action::Redirect {
+                    ports: Some(PortRange::single(53))
+                },
+                Some(Match::Opaque {
+                    description: format!(
+                        "{NOT_EXPRESSIBLE_MARK}-j REDIRECT flags --random (netmend keeps the redirection, not its flags)"
+                    )
+                })
+            )
         );
         // MASQUERADE --random-fully cannot be the plain Masquerade action.
         let mut masq = blob("ipv4-target-MASQUERADE-r0");

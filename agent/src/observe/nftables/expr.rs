@@ -22,7 +22,7 @@ use crate::model::ruleset::{
     Action, Cidr, Direction, Family, Field, Match, NatRange, PortRange, Rule, Set, Verdict,
 };
 use crate::observe::netlink::{Attr, Attrs};
-use crate::observe::xt::{decode_match, decode_target, DecodedMatch};
+use crate::observe::xt::{decode_match, decode_target_with_notes, DecodedMatch};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -823,7 +823,8 @@ impl<'c> RuleDecoder<'c> {
         let name = a.str(1).unwrap_or("?");
         let revision = a.u32(2).unwrap_or(0).min(255) as u8;
         let info = a.get(3).map(|i| i.value).unwrap_or(&[]);
-        let action = decode_target(name, revision, info, self.ctx.family);
+        let (action, note) = decode_target_with_notes(name, revision, info, self.ctx.family);
+        self.matches.extend(note);
         self.set_action(action);
     }
 
