@@ -1,6 +1,8 @@
 //! Decoders of x_tables match and target blobs (`xt_tcp`, `xt_multiport`, `xt_comment`,
-//! `xt_addrtype`, `nf_nat_range2`, ...). Shared by the iptables-legacy reader and the nftables
-//! decoder (iptables-nft stores the same blobs in `match`/`target` expressions). Pure functions.
+//! `xt_addrtype`, `xt_conntrack`, `xt_socket`, `xt_set`, `xt_TPROXY`, `nf_nat_range2`, ...). Shared
+//! by the iptables-legacy reader and the nftables decoder (iptables-nft stores the same blobs in
+//! `match`/`target` expressions). Pure functions. What the model has no variant for is kept as the
+//! exact text `iptables-save` prints for it, so that evidence pastes back into `iptables-restore`.
 //!
 //! Layouts are the kernel's structs from `linux/netfilter/*.h` in host byte order, except NAT
 //! addresses and `nf_conntrack_man_proto` ports, which are network order. The kernel pads every
@@ -11,7 +13,13 @@
 //! - a `tcp`/`udp` port range of 0-65535 is iptables' "no port given": it is not a condition;
 //! - `multiport` with `--ports` (either direction) has no single direction in the model, so it is
 //!   kept as [`Match::Opaque`] describing the ports;
-//! - `addrtype` types are the kernel's bit mask (`1 << RTN_*`: UNSPEC 1, UNICAST 2, LOCAL 4, ...).
+//! - `addrtype` types are the kernel's bit mask (`1 << RTN_*`: UNSPEC 1, UNICAST 2, LOCAL 4, ...);
+//! - conntrack states: SNAT is `1 << 6`, DNAT `1 << 7`, UNTRACKED `1 << 8` (the old `state` match
+//!   has UNTRACKED at `1 << 6`);
+//! - `-m set` carries the kernel's set index, not the name: the readers resolve it
+//!   (`observe::ipset`);
+//! - a DNAT/REDIRECT with `--random`/`--persistent` stays a redirection for the checks with a note
+//!   that its flags are not expressible; SNAT/MASQUERADE with flags keep their exact text.
 
 use crate::model::render::{
     limit_rate_text, mark_text, save_string, tcp_flag_names, NOT_EXPRESSIBLE_MARK, SET_INDEX_PREFIX,
