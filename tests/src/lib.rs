@@ -32,7 +32,7 @@ pub fn require_tool(tool: &str) {
             .any(|d| std::path::Path::new(d).join(tool).is_file());
     assert!(
         found,
-        "this test needs `{tool}`; the README's test command installs it (apt-get install nftables iptables iproute2 arping bpftool)"
+        "this test needs `{tool}`; the README's test command installs it (apt-get install nftables iptables iproute2 arping bpftool ipset)"
     );
 }
 
@@ -304,4 +304,53 @@ pub fn kube_proxy_nft_fixture() -> String {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/kube-proxy-nftables-mode.nft");
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Waits until something listens on TCP `port` in `ns`.
+pub fn wait_listening(ns: &NetNs, port: u16) {
+    wait_for(std::time::Duration::from_secs(5), || {
+        let out = ns.sh("ss -Htln").unwrap_or_default();
+        out.contains(&format!(":{port} ")).then_some(())
+    })
+    .unwrap_or_else(|| panic!("nothing listens on {port} in {}", ns.name));
+}
+
+/// A stand-in for docker-proxy: a python script named `docker-proxy` (so its comm is
+/// `docker-proxy`) that takes docker-proxy's arguments and listens on `-host-ip:-host-port`.
+fn docker_proxy_program() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("netmend-docker-proxy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("docker-proxy");
+    // A direct interpreter line to the real binary: through `env` or a wrapper (pyenv shims)
+    // the comm would be the interpreter's.
+    let python = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("find python3");
+    let python = String::from_utf8_lossy(&python.stdout).trim().to_string();
+    std::fs::write(
+        &path,
+        format!("#!{python}\nimport socket, sys, time\na = dict(zip(sys.argv[1::2], sys.argv[2::2]))\ns = socket.socket(socket.AF_INET6 if ':' in a['-host-ip'] else socket.AF_INET)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind((a['-host-ip'], int(a['-host-port'])))\ns.listen()\ntime.sleep(600)\n"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Runs a docker-proxy stand-in publishing `host_ip:host_port` for `container_ip:container_port`
+/// (docker-proxy's own argument shape), and waits until it listens.
+pub fn docker_proxy(
+    ns: &NetNs,
+    host_ip: &str,
+    host_port: u16,
+    container_ip: &str,
+    container_port: u16,
+) -> Background {
+    let guard = ns.spawn(&format!(
+        "{} -proto tcp -host-ip {host_ip} -host-port {host_port} -container-ip {container_ip} -container-port {container_port}",
+        docker_proxy_program().display()
+    ));
+    wait_listening(ns, host_port);
+    guard
 }

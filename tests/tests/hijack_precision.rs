@@ -4,11 +4,9 @@
 //! 6443 to the fix (443 still DNATs real traffic), and on an IPVS node a hostPort 443 capturing the
 //! API server's Service address (local on kube-ipvs0) is found.
 
-use netmend_e2e::{require_tool, veth_pair, wait_for, Background, NetNs};
+use netmend_e2e::{docker_proxy, require_tool, veth_pair, wait_listening, Background, NetNs};
 use serde_json::Value;
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 /// A namespace with the node address 192.168.1.233 on eth0, and a LAN peer at 192.168.1.1.
 fn node(tag: &str) -> (NetNs, NetNs) {
@@ -100,46 +98,6 @@ fn check_and_apply(ns: &NetNs, env: &[(&str, &str)]) -> Value {
     ))
 }
 
-fn wait_listening(ns: &NetNs, port: u16) {
-    wait_for(Duration::from_secs(5), || {
-        let out = ns.sh("ss -Htln").unwrap_or_default();
-        out.contains(&format!(":{port} ")).then_some(())
-    })
-    .unwrap_or_else(|| panic!("nothing listens on {port} in {}", ns.name));
-}
-
-/// A stand-in for docker-proxy: a python script named `docker-proxy` (so its comm is
-/// `docker-proxy`) that takes docker-proxy's arguments and listens on `-host-ip:-host-port`.
-fn docker_proxy_program() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("netmend-docker-proxy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("docker-proxy");
-    // A direct interpreter line to the real binary: through `env` or a wrapper (pyenv shims)
-    // the comm would be the interpreter's.
-    let python = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("find python3");
-    let python = String::from_utf8_lossy(&python.stdout).trim().to_string();
-    std::fs::write(
-        &path,
-        format!("#!{python}\nimport socket, sys, time\na = dict(zip(sys.argv[1::2], sys.argv[2::2]))\ns = socket.socket(socket.AF_INET6 if ':' in a['-host-ip'] else socket.AF_INET)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind((a['-host-ip'], int(a['-host-port'])))\ns.listen()\ntime.sleep(600)\n"),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
-fn docker_proxy(ns: &NetNs, host_ip: &str, host_port: u16, container_ip: &str) -> Background {
-    let guard = ns.spawn(&format!(
-        "{} -proto tcp -host-ip {host_ip} -host-port {host_port} -container-ip {container_ip} -container-port 80",
-        docker_proxy_program().display()
-    ));
-    wait_listening(ns, host_port);
-    guard
-}
-
 /// The nat rules `docker run -p 8080:80` and `docker run -p 127.0.0.1:8081:80` leave on a Docker
 /// host (as iptables-save prints them).
 const DOCKER_NAT: &str = r#"*nat
@@ -157,8 +115,8 @@ fn docker_published_ports(backend_restore: &str, tag: &str) {
     let (ns, _lan) = node(tag);
     ns.restore(backend_restore, DOCKER_NAT).unwrap();
     {
-        let _a = docker_proxy(&ns, "0.0.0.0", 8080, "172.17.0.2");
-        let _b = docker_proxy(&ns, "127.0.0.1", 8081, "172.17.0.3");
+        let _a = docker_proxy(&ns, "0.0.0.0", 8080, "172.17.0.2", 80);
+        let _b = docker_proxy(&ns, "127.0.0.1", 8081, "172.17.0.3", 80);
         let report = check(&ns, &[]);
         assert_eq!(hijacks(&report), Vec::<Value>::new(), "{report:#}");
     }

@@ -575,8 +575,9 @@ fn a_batch_whose_rule_changed_under_it_has_no_effect() {
 fn a_rule_netmend_cannot_render_exactly_blocks_the_fix() {
     require_tool("iptables-legacy-save");
     let ns = loaded_namespace();
-    // Two comment matches: the model joins them, iptables-save prints both.
-    ns.sh(r#"iptables-legacy -w -t nat -A CNI-HOSTPORT-DNAT -p tcp -m comment --comment one -m comment --comment two -m tcp --dport 10250 -j DNAT --to-destination 10.42.0.9:10250"#)
+    // A REDIRECT with --random: the model keeps the redirect but not the flag, so its rendering
+    // is not what iptables-save prints.
+    ns.sh(r#"iptables-legacy -w -t nat -A CNI-HOSTPORT-DNAT -p tcp -m tcp --dport 10250 -j REDIRECT --to-ports 10251 --random"#)
         .unwrap();
     let action = decide(&ns, Family::Ip, "nat", &[("CNI-HOSTPORT-DNAT", 1)], &[]);
     let before = save(&ns, Family::Ip, "nat");
@@ -584,9 +585,7 @@ fn a_rule_netmend_cannot_render_exactly_blocks_the_fix() {
     assert!(err.is_blocking(), "{err}");
     assert!(
         err.to_string().contains("refusing to delete by position")
-            && err
-                .to_string()
-                .contains("--comment one -m comment --comment two"),
+            && err.to_string().contains("--to-ports 10251 --random"),
         "{err}"
     );
     assert_eq!(save(&ns, Family::Ip, "nat"), before);

@@ -761,9 +761,16 @@ fn is_cluster_ip_accept(table: &Table, chain: &str, rule: &Rule) -> bool {
             }
         )
         && !rule.matches.is_empty()
-        && rule.matches.iter().all(
-            |m| matches!(m, Match::Opaque { description } if description.starts_with("-m set")),
-        )
+        && rule.matches.iter().all(|m| match m {
+            // An ipset match (`-m set --match-set KUBE-CLUSTER-IP dst,dst`): its key names the
+            // packet's sides, not nft fields.
+            Match::SetLookup { key, .. } => key
+                .iter()
+                .all(|f| matches!(f, Field::Other(side) if side == "src" || side == "dst")),
+            // A set whose name could not be resolved.
+            Match::Opaque { description } => description.contains("-m set"),
+            _ => false,
+        })
 }
 
 /// Whether `rule` (in `chain`) is the publisher's own NAT rule for the port it holds.

@@ -109,8 +109,14 @@ pub fn save_string(value: &str) -> String {
 }
 
 /// `-A CHAIN -s 10.0.0.0/8 -p tcp -m tcp --dport 6443 -j DNAT --to-destination 10.42.0.244:6443`
+///
+/// The text is what `iptables-save` prints for the rule, so that it can be pasted back into
+/// `iptables-restore`. A rule with anything iptables cannot say (an nft expression, an xt blob
+/// netmend does not decode, a set whose name is unknown) is rendered as a comment line:
+/// `# not expressible in iptables syntax (<what>): -A ...`, which `iptables-restore` ignores.
 pub fn render_iptables(chain: &str, rule: &Rule) -> String {
     let mut out = format!("-A {chain}");
+    let mut missing: Vec<String> = Vec::new();
     let proto = rule.matches.iter().find_map(|m| match m {
         Match::L4Proto { proto, .. } => Some(*proto),
         _ => None,
@@ -132,6 +138,16 @@ pub fn render_iptables(chain: &str, rule: &Rule) -> String {
     };
     let mut ordered: Vec<&Match> = rule.matches.iter().collect();
     ordered.sort_by_key(|m| fixed_rank(m));
+    // The module of the last `-m` written, which a continuation (`--tcp-flags ...`) extends.
+    let mut module: Option<String> = None;
+    // The rule's first comment precedes any further `-m comment` kept among the matches.
+    let mut comment_written = false;
+    let mut write_comment = |out: &mut String| {
+        if let (Some(comment), false) = (&rule.comment, comment_written) {
+            let _ = write!(out, " -m comment --comment {}", save_string(comment));
+        }
+        comment_written = true;
+    };
     for m in ordered {
         match m {
             Match::Address {
@@ -145,6 +161,7 @@ pub fn render_iptables(chain: &str, rule: &Rule) -> String {
                     "-d"
                 };
                 let _ = write!(out, " {}{flag} {cidr}", bang(*negated));
+                module = None;
             }
             Match::Interface {
                 direction,
@@ -157,40 +174,41 @@ pub fn render_iptables(chain: &str, rule: &Rule) -> String {
                     "-o"
                 };
                 let _ = write!(out, " {}{flag} {name}", bang(*negated));
+                module = None;
             }
             Match::L4Proto { proto, negated } => {
                 let _ = write!(out, " {}-p {}", bang(*negated), proto_name(*proto));
+                module = None;
             }
             Match::Ports {
                 direction,
                 ranges,
                 negated,
             } => {
-                let module = proto.map(proto_name).unwrap_or_else(|| "tcp".into());
+                let Some(name) = proto.filter(|p| matches!(p, 6 | 17 | 132 | 33 | 136)) else {
+                    missing.push("a port match without a transport protocol".into());
+                    continue;
+                };
+                let name = proto_name(name);
+                let source = *direction == Direction::Source;
                 if ranges.len() == 1 {
-                    let flag = if *direction == Direction::Source {
-                        "--sport"
-                    } else {
-                        "--dport"
-                    };
+                    let flag = if source { "--sport" } else { "--dport" };
                     let _ = write!(
                         out,
-                        " -m {module} {}{flag} {}",
+                        " -m {name} {}{flag} {}",
                         bang(*negated),
                         ports_text(ranges, ",", ":")
                     );
+                    module = Some(name);
                 } else {
-                    let flag = if *direction == Direction::Source {
-                        "--sports"
-                    } else {
-                        "--dports"
-                    };
+                    let flag = if source { "--sports" } else { "--dports" };
                     let _ = write!(
                         out,
                         " -m multiport {}{flag} {}",
                         bang(*negated),
                         ports_text(ranges, ",", ":")
                     );
+                    module = Some("multiport".into());
                 }
             }
             Match::AddrType {
@@ -209,35 +227,89 @@ pub fn render_iptables(chain: &str, rule: &Rule) -> String {
                     bang(*negated),
                     addrtype_names(*types)
                 );
+                module = Some("addrtype".into());
             }
-            Match::SetLookup { set, negated, .. } => {
-                let _ = write!(out, " -m set {}--match-set {set}", bang(*negated));
+            Match::SetLookup { set, key, negated } => {
+                let dirs: Option<Vec<&str>> = key
+                    .iter()
+                    .map(|f| match f {
+                        Field::Other(d) if d == "src" || d == "dst" => Some(d.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                match dirs {
+                    Some(dirs) if !dirs.is_empty() && !set.starts_with(SET_INDEX_PREFIX) => {
+                        let _ = write!(
+                            out,
+                            " -m set {}--match-set {set} {}",
+                            bang(*negated),
+                            dirs.join(",")
+                        );
+                        module = Some("set".into());
+                    }
+                    Some(_) => missing.push(format!(
+                        "ipset with kernel index {} (its name could not be read)",
+                        set.trim_start_matches(SET_INDEX_PREFIX)
+                    )),
+                    None => missing.push(render_nft(&Rule {
+                        handle: 0,
+                        matches: vec![m.clone()],
+                        action: Action::None,
+                        comment: None,
+                        counters: None,
+                    })),
+                }
             }
             Match::Opaque { description } => {
-                let _ = write!(out, " {description}");
+                let text = description.as_str();
+                if let Some(what) = text.strip_prefix(NOT_EXPRESSIBLE_MARK) {
+                    missing.push(what.to_string());
+                } else if let Some(rest) = text.strip_prefix("-m ") {
+                    if rest.starts_with("comment ") {
+                        write_comment(&mut out);
+                    }
+                    let _ = write!(out, " {text}");
+                    module = rest.split_whitespace().next().map(str::to_string);
+                } else if text.starts_with("--") || text.starts_with("! --") {
+                    if module.is_some() {
+                        let _ = write!(out, " {text}");
+                    } else {
+                        missing.push(text.to_string());
+                    }
+                } else if let Some((piece, piece_module)) = iptables_of_nft(text, module.as_deref())
+                {
+                    let _ = write!(out, " {piece}");
+                    module = Some(piece_module);
+                } else {
+                    missing.push(text.to_string());
+                }
             }
         }
     }
-    if let Some(comment) = &rule.comment {
-        let _ = write!(out, " -m comment --comment {}", save_string(comment));
-    }
+    write_comment(&mut out);
     match &rule.action {
         Action::None => {}
         Action::Verdict { verdict } => {
             use crate::model::ruleset::Verdict;
             let text = match verdict {
-                Verdict::Accept => "-j ACCEPT".to_string(),
-                Verdict::Drop => "-j DROP".to_string(),
-                Verdict::Return => "-j RETURN".to_string(),
-                Verdict::Queue => "-j NFQUEUE".to_string(),
-                Verdict::Continue => "-j CONTINUE".to_string(),
-                Verdict::Jump(c) => format!("-j {c}"),
-                Verdict::Goto(c) => format!("-g {c}"),
+                Verdict::Accept => Some("-j ACCEPT".to_string()),
+                Verdict::Drop => Some("-j DROP".to_string()),
+                Verdict::Return => Some("-j RETURN".to_string()),
+                // x_tables' standard QUEUE verdict (NFQUEUE is a target of its own).
+                Verdict::Queue => Some("-j QUEUE".to_string()),
+                Verdict::Continue => None,
+                Verdict::Jump(c) => Some(format!("-j {c}")),
+                Verdict::Goto(c) => Some(format!("-g {c}")),
             };
-            let _ = write!(out, " {text}");
+            match text {
+                Some(text) => {
+                    let _ = write!(out, " {text}");
+                }
+                None => missing.push(format!("verdict {verdict}")),
+            }
         }
-        Action::VerdictMap { set, .. } => {
-            let _ = write!(out, " vmap @{set}");
+        Action::VerdictMap { set, key } => {
+            missing.push(format!("{} vmap @{set}", key_text(key)));
         }
         Action::Dnat { range } => {
             let _ = write!(out, " -j DNAT --to-destination {range}");
@@ -258,10 +330,221 @@ pub fn render_iptables(chain: &str, rule: &Rule) -> String {
             }
         }
         Action::Opaque { description } => {
-            let _ = write!(out, " {description}");
+            if let Some(what) = description.strip_prefix(NOT_EXPRESSIBLE_MARK) {
+                missing.push(what.to_string());
+            } else if description.starts_with("-j ") {
+                let _ = write!(out, " {description}");
+            } else if let Some(text) = nflog_of_nft(description) {
+                let _ = write!(out, " {text}");
+            } else {
+                missing.push(description.clone());
+            }
         }
     }
-    out
+    if missing.is_empty() {
+        out
+    } else {
+        format!(
+            "# not expressible in iptables syntax ({}): {out}",
+            missing.join("; ")
+        )
+    }
+}
+
+/// `-j NFLOG ...` for the `log ... group N` statement iptables-nft writes for it natively.
+fn nflog_of_nft(text: &str) -> Option<String> {
+    let rest = text.strip_prefix("log")?;
+    let mut words = Vec::new();
+    let mut chars = rest.trim_start().chars().peekable();
+    while chars.peek().is_some() {
+        let mut word = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => word.extend(chars.next()),
+                    '"' => break,
+                    _ => word.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != ' ') {
+                word.push(c);
+            }
+        }
+        chars.next_if(|c| *c == ' ');
+        words.push(word);
+    }
+    let mut prefix = None;
+    let mut group = None;
+    let mut snaplen = None;
+    let mut threshold = None;
+    for pair in words.chunks(2) {
+        match pair {
+            [key, value] if key == "prefix" => prefix = Some(value.clone()),
+            [key, value] if key == "group" => group = Some(value.parse::<u16>().ok()?),
+            [key, value] if key == "snaplen" => snaplen = Some(value.parse::<u32>().ok()?),
+            [key, value] if key == "queue-threshold" => {
+                threshold = Some(value.parse::<u16>().ok()?)
+            }
+            _ => return None,
+        }
+    }
+    let group = group?;
+    let mut out = String::from("-j NFLOG");
+    if let Some(prefix) = prefix.filter(|p| !p.is_empty()) {
+        let _ = write!(out, " --nflog-prefix {}", save_string(&prefix));
+    }
+    if group != 0 {
+        let _ = write!(out, " --nflog-group {group}");
+    }
+    if let Some(snaplen) = snaplen {
+        let _ = write!(out, " --nflog-size {snaplen}");
+    }
+    if let Some(threshold) = threshold.filter(|t| *t != 0) {
+        let _ = write!(out, " --nflog-threshold {threshold}");
+    }
+    Some(out)
+}
+
+/// The iptables-save text of an nft expression that iptables-nft writes natively for a classic
+/// match (`meta mark & 0xf00 == 0x200` is `-m mark --mark 0x200/0xf00`), with the module it
+/// opens; None for anything iptables has no words for.
+fn iptables_of_nft(text: &str, module: Option<&str>) -> Option<(String, String)> {
+    let number = |t: &str| -> Option<u32> {
+        match t.strip_prefix("0x") {
+            Some(hex) => u32::from_str_radix(hex, 16).ok(),
+            None => t.parse().ok(),
+        }
+    };
+    // `<field> [& MASK] ==|!= VALUE`
+    let compare = |rest: &str| -> Option<(Option<u32>, bool, u32)> {
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        let (mask, words) = match words.as_slice() {
+            ["&", mask, tail @ ..] => (Some(number(mask)?), tail.to_vec()),
+            _ => (None, words),
+        };
+        match words.as_slice() {
+            ["==", value] => Some((mask, false, number(value)?)),
+            ["!=", value] => Some((mask, true, number(value)?)),
+            _ => None,
+        }
+    };
+    if let Some(rest) = text.strip_prefix("meta mark ") {
+        let (mask, negated, value) = compare(rest)?;
+        let text = format!(
+            "-m mark {}--mark {}",
+            bang(negated),
+            mark_text(value, mask.unwrap_or(u32::MAX))
+        );
+        return Some((text, "mark".into()));
+    }
+    if let Some(rest) = text.strip_prefix("tcp flags ") {
+        let (mask, negated, value) = compare(rest)?;
+        let mask = u8::try_from(mask?).ok()?;
+        let value = u8::try_from(value).ok()?;
+        let option = format!(
+            "{}--tcp-flags {} {}",
+            bang(negated),
+            tcp_flag_names(mask),
+            tcp_flag_names(value)
+        );
+        let text = if module == Some("tcp") {
+            option
+        } else {
+            format!("-m tcp {option}")
+        };
+        return Some((text, "tcp".into()));
+    }
+    if let Some(rest) = text.strip_prefix("limit rate ") {
+        // `limit rate 5/minute burst 7 packets` (iptables-nft writes `-m limit` natively).
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        let ([rate_unit, "burst", burst, "packets"] | [rate_unit, "burst", burst, "packets", ..]) =
+            words.as_slice()
+        else {
+            return None;
+        };
+        let (rate, unit) = rate_unit.split_once('/')?;
+        let rate: u64 = rate.parse().ok()?;
+        let seconds: u64 = match unit {
+            "second" => 1,
+            "minute" => 60,
+            "hour" => 3600,
+            "day" => 86400,
+            _ => return None,
+        };
+        let avg = u32::try_from(10_000 * seconds / rate.max(1)).ok()?;
+        let burst: u32 = burst.parse().ok()?;
+        let mut text = format!("-m limit --limit {}", limit_rate_text(avg)?);
+        if burst != 5 {
+            let _ = write!(text, " --limit-burst {burst}");
+        }
+        return Some((text, "limit".into()));
+    }
+    None
+}
+
+/// Prefix of an opaque description netmend cannot render in any syntax (an xt blob it does not
+/// decode). The renderers show such a rule as not expressible.
+pub const NOT_EXPRESSIBLE_MARK: &str = "?";
+
+/// Prefix of the set name of an `-m set` match until the reader resolved the kernel's set index to
+/// the set's name (`ipset#3`).
+pub const SET_INDEX_PREFIX: &str = "ipset#";
+
+/// `--mark 0x4000/0x4000`, or `--mark 0x1` when the mask is all ones (as iptables-save prints).
+pub fn mark_text(mark: u32, mask: u32) -> String {
+    if mask == u32::MAX {
+        format!("{mark:#x}")
+    } else {
+        format!("{mark:#x}/{mask:#x}")
+    }
+}
+
+/// TCP flag bits as iptables names them (`FIN,SYN,RST,ACK`; `NONE` for none).
+pub fn tcp_flag_names(flags: u8) -> String {
+    const NAMES: [(u8, &str); 6] = [
+        (0x01, "FIN"),
+        (0x02, "SYN"),
+        (0x04, "RST"),
+        (0x08, "PSH"),
+        (0x10, "ACK"),
+        (0x20, "URG"),
+    ];
+    let names: Vec<&str> = NAMES
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    if names.is_empty() {
+        "NONE".into()
+    } else {
+        names.join(",")
+    }
+}
+
+/// The `--limit` value iptables prints for an `avg` (libxt_limit's print_rate).
+pub fn limit_rate_text(avg: u32) -> Option<String> {
+    const SCALE: u32 = 10_000;
+    const RATES: [(&str, u32); 4] = [
+        ("day", SCALE * 24 * 60 * 60),
+        ("hour", SCALE * 60 * 60),
+        ("min", SCALE * 60),
+        ("sec", SCALE),
+    ];
+    if avg == 0 {
+        return None;
+    }
+    let mut i = 1;
+    while i < RATES.len() {
+        let mult = RATES[i].1;
+        if avg > mult || mult / avg < mult % avg {
+            break;
+        }
+        i += 1;
+    }
+    let (name, mult) = RATES[i - 1];
+    Some(format!("{}/{name}", mult / avg))
 }
 
 /// How people write a field in nft syntax.
@@ -373,7 +656,11 @@ pub fn render_nft(rule: &Rule) -> String {
             Match::SetLookup { set, key, negated } => {
                 format!("{} {}@{set}", key_text(key), neq(*negated))
             }
-            Match::Opaque { description } => description.clone(),
+            // An undecoded xt blob reads as nft lists it (`xt match "u32"`).
+            Match::Opaque { description } => description
+                .strip_prefix(NOT_EXPRESSIBLE_MARK)
+                .unwrap_or(description)
+                .to_string(),
         });
     }
     match &rule.action {
@@ -390,7 +677,12 @@ pub fn render_nft(rule: &Rule) -> String {
             Some(p) => format!("redirect to :{p}"),
             None => "redirect".into(),
         }),
-        Action::Opaque { description } => parts.push(description.clone()),
+        Action::Opaque { description } => parts.push(
+            description
+                .strip_prefix(NOT_EXPRESSIBLE_MARK)
+                .unwrap_or(description)
+                .to_string(),
+        ),
     }
     if let Some(comment) = &rule.comment {
         parts.push(format!("comment \"{comment}\""));
@@ -557,6 +849,166 @@ mod tests {
         assert_eq!(
             render_iptables("PREROUTING", &jump),
             "-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT"
+        );
+    }
+
+    fn rule(matches: Vec<Match>, action: Action, comment: Option<&str>) -> Rule {
+        Rule {
+            handle: 1,
+            matches,
+            action,
+            comment: comment.map(str::to_string),
+            counters: None,
+        }
+    }
+
+    fn opaque(text: &str) -> Match {
+        Match::Opaque {
+            description: text.into(),
+        }
+    }
+
+    #[test]
+    fn iptables_nft_native_expressions_are_written_as_their_matches() {
+        let tcp = Match::L4Proto {
+            proto: 6,
+            negated: false,
+        };
+        let port = Match::Ports {
+            direction: Direction::Destination,
+            ranges: vec![PortRange::single(80)],
+            negated: false,
+        };
+        let r = rule(
+            vec![
+                tcp.clone(),
+                port,
+                opaque("tcp flags & 0x6 == 0x02"),
+                opaque("meta mark & 0xf00 != 0x200"),
+                opaque("limit rate 5/minute burst 7 packets"),
+            ],
+            Action::Opaque {
+                description: "log prefix \"API0|x\" group 1".into(),
+            },
+            Some("cali:abc"),
+        );
+        assert_eq!(
+            render_iptables("C", &r),
+            "-A C -p tcp -m tcp --dport 80 --tcp-flags SYN,RST SYN -m mark ! --mark 0x200/0xf00 -m limit --limit 5/min --limit-burst 7 -m comment --comment \"cali:abc\" -j NFLOG --nflog-prefix \"API0|x\" --nflog-group 1"
+        );
+        // Flags without a port open their own `-m tcp`; an all-ones mark mask is not printed.
+        let r = rule(
+            vec![
+                tcp,
+                opaque("tcp flags & 0x17 == 0x02"),
+                opaque("meta mark == 0x1"),
+            ],
+            Action::None,
+            None,
+        );
+        assert_eq!(
+            render_iptables("C", &r),
+            "-A C -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m mark --mark 0x1"
+        );
+    }
+
+    #[test]
+    fn what_iptables_cannot_say_is_a_comment_naming_it() {
+        let cases = [
+            (
+                rule(
+                    vec![opaque("ct status & 0x20 == 0x20")],
+                    Action::Verdict {
+                        verdict: Verdict::Accept,
+                    },
+                    None,
+                ),
+                "# not expressible in iptables syntax (ct status & 0x20 == 0x20): -A C -j ACCEPT",
+            ),
+            (
+                rule(
+                    vec![opaque("?xt match \"u32\" revision 0")],
+                    Action::None,
+                    None,
+                ),
+                "# not expressible in iptables syntax (xt match \"u32\" revision 0): -A C",
+            ),
+            (
+                rule(
+                    vec![Match::SetLookup {
+                        set: "ipset#4".into(),
+                        key: vec![Field::Other("dst".into())],
+                        negated: false,
+                    }],
+                    Action::None,
+                    None,
+                ),
+                "# not expressible in iptables syntax (ipset with kernel index 4 (its name could not be read)): -A C",
+            ),
+            (
+                rule(
+                    vec![],
+                    Action::VerdictMap {
+                        set: "service-ips".into(),
+                        key: vec![Field::Address(Direction::Destination)],
+                    },
+                    None,
+                ),
+                "# not expressible in iptables syntax (ip daddr vmap @service-ips): -A C",
+            ),
+            (
+                rule(
+                    vec![Match::Ports {
+                        direction: Direction::Destination,
+                        ranges: vec![PortRange::single(53)],
+                        negated: false,
+                    }],
+                    Action::None,
+                    None,
+                ),
+                "# not expressible in iptables syntax (a port match without a transport protocol): -A C",
+            ),
+        ];
+        for (r, want) in cases {
+            assert_eq!(render_iptables("C", &r), want);
+        }
+    }
+
+    #[test]
+    fn undecoded_xt_blobs_read_in_nft_syntax_as_nft_lists_them() {
+        let r = rule(
+            vec![opaque("?xt match \"u32\" revision 0")],
+            Action::Opaque {
+                description: "?xt target \"IDLETIMER\" revision 1".into(),
+            },
+            None,
+        );
+        assert_eq!(
+            render_nft(&r),
+            "xt match \"u32\" revision 0 xt target \"IDLETIMER\" revision 1"
+        );
+    }
+
+    #[test]
+    fn resolved_sets_and_second_comments_keep_their_place() {
+        let r = rule(
+            vec![
+                Match::SetLookup {
+                    set: "KUBE-CLUSTER-IP".into(),
+                    key: vec![Field::Other("dst".into()), Field::Other("dst".into())],
+                    negated: true,
+                },
+                opaque("--return-nomatch"),
+                opaque("-m comment --comment \"Unknown interface\""),
+            ],
+            Action::Verdict {
+                verdict: Verdict::Drop,
+            },
+            Some("cali:xyz"),
+        );
+        assert_eq!(
+            render_iptables("C", &r),
+            "-A C -m set ! --match-set KUBE-CLUSTER-IP dst,dst --return-nomatch -m comment --comment \"cali:xyz\" -m comment --comment \"Unknown interface\" -j DROP"
         );
     }
 

@@ -346,7 +346,11 @@ pub enum Match {
         key: Vec<Field>,
         negated: bool,
     },
-    /// Anything else (xt matches not decoded, ct, mark, ...), with a short description.
+    /// Anything else, described. From an x_tables blob the description is the exact
+    /// `iptables-save` text (`-m socket --transparent`; one starting with `--` continues the match
+    /// before it); from an nft expression it is nft syntax (`ct status & 0x20 == 0x20`); one
+    /// starting with [`crate::model::render::NOT_EXPRESSIBLE_MARK`] names what netmend could not
+    /// decode. [`crate::model::render`] turns each into text or says the rule is not expressible.
     Opaque {
         description: String,
     },
@@ -404,7 +408,9 @@ pub enum Action {
     Redirect {
         ports: Option<PortRange>,
     },
-    /// Targets not interpreted (MARK, LOG, REJECT, ...), named.
+    /// Targets the model does not interpret (MARK, LOG, REJECT, TPROXY, ...): the exact
+    /// `iptables-save` text (`-j TPROXY --on-port ...`), nft syntax for nft statements, or a
+    /// description behind [`crate::model::render::NOT_EXPRESSIBLE_MARK`].
     Opaque {
         description: String,
     },

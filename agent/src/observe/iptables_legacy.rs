@@ -119,10 +119,12 @@ pub fn read_ruleset() -> Result<Ruleset, LegacyError> {
             tables.push(decode_table(family, &info, &entries)?);
         }
     }
-    Ok(Ruleset {
+    let mut ruleset = Ruleset {
         tables,
         generation: None,
-    })
+    };
+    crate::observe::ipset::resolve_set_names(&mut ruleset);
+    Ok(ruleset)
 }
 
 /// Names of the legacy tables that exist for `family` (empty when x_tables is not loaded).
@@ -507,7 +509,7 @@ pub fn decode_table(family: Family, info: &TableInfo, blob: &[u8]) -> Result<Tab
         }
         let e = &rest[..next_offset];
         let (mut matches, goto) = ip_part(family, e);
-        let mut comments = Vec::new();
+        let mut comment = None;
         let mut m_off = layout.entry_len;
         while m_off + XT_HEADER <= target_offset {
             let size = usize::from(read_u16(e, m_off));
@@ -520,7 +522,9 @@ pub fn decode_table(family: Family, info: &TableInfo, blob: &[u8]) -> Result<Tab
             let name = xt::c_string(&e[m_off + 2..m_off + 31]);
             let rev = e[m_off + 31];
             match xt::decode_match(&name, rev, &e[m_off + XT_HEADER..m_off + size], family) {
-                DecodedMatch::Comment(c) => comments.push(c),
+                DecodedMatch::Comment(c) if comment.is_none() => comment = Some(c),
+                // A second comment stays where it is, as iptables-save prints it.
+                DecodedMatch::Comment(c) => matches.push(xt::extra_comment(&c)),
                 DecodedMatch::Conditions(c) => matches.extend(c),
             }
             m_off += size;
@@ -536,17 +540,17 @@ pub fn decode_table(family: Family, info: &TableInfo, blob: &[u8]) -> Result<Tab
                 None => return Err(malformed(format!("standard target at {off} too short"))),
             },
             "ERROR" => Target::Error(xt::c_string(t_data)),
-            _ => Target::Other(xt::decode_target(&t_name, t_rev, t_data, family)),
+            _ => {
+                let (action, note) = xt::decode_target_with_notes(&t_name, t_rev, t_data, family);
+                matches.extend(note);
+                Target::Other(action)
+            }
         };
         entries.push(Entry {
             offset: off,
             size: next_offset,
             matches,
-            comment: if comments.is_empty() {
-                None
-            } else {
-                Some(comments.join("; "))
-            },
+            comment,
             goto,
             counters: (
                 read_u64(e, layout.counters),
@@ -942,7 +946,7 @@ mod tests {
         assert_eq!(
             fw.rules[2].matches,
             vec![Match::Opaque {
-                description: "-m statistic".into()
+                description: "-m statistic --mode random --probability 0.50000000000".into()
             }]
         );
         assert!(fw.rules.iter().all(|r| r.counters == Some((0, 0))));

@@ -4,6 +4,7 @@
 pub mod addresses;
 pub mod arp;
 pub mod bpf;
+pub mod ipset;
 pub mod iptables_legacy;
 pub mod l2_watch;
 pub mod legacy_cache;

@@ -22,7 +22,7 @@ use crate::model::ruleset::{
     Action, Cidr, Direction, Family, Field, Match, NatRange, PortRange, Rule, Set, Verdict,
 };
 use crate::observe::netlink::{Attr, Attrs};
-use crate::observe::xt::{decode_match, decode_target, DecodedMatch};
+use crate::observe::xt::{decode_match, decode_target_with_notes, DecodedMatch};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -385,13 +385,7 @@ impl<'c> RuleDecoder<'c> {
                 let name = attrs.str(2).unwrap_or("?");
                 self.statements.push(format!("objref {name}"));
             }
-            "log" => {
-                let text = match attrs.str(2) {
-                    Some(prefix) => format!("log prefix \"{prefix}\""),
-                    None => "log".to_string(),
-                };
-                self.statements.push(text);
-            }
+            "log" => self.statements.push(log_text(&attrs)),
             "reject" => self.set_action(Action::Opaque {
                 description: "reject".into(),
             }),
@@ -399,7 +393,11 @@ impl<'c> RuleDecoder<'c> {
                 verdict: Verdict::Queue,
             }),
             "notrack" => self.statements.push("notrack".into()),
-            "limit" | "quota" | "connlimit" => self.opaque_match(name),
+            "limit" => {
+                let text = limit_text(&attrs);
+                self.opaque_match(text);
+            }
+            "quota" | "connlimit" => self.opaque_match(name),
             "last" => {}
             other => {
                 self.forget_registers();
@@ -425,6 +423,8 @@ impl<'c> RuleDecoder<'c> {
             BASE_TRANSPORT => match (offset, len) {
                 (0, 2) => (Field::Port(Direction::Source), None),
                 (2, 2) => (Field::Port(Direction::Destination), None),
+                // iptables-nft writes `--tcp-flags` as a load of this byte.
+                (13, 1) => (Field::Other("tcp flags".into()), None),
                 _ => (Field::Other(format!("payload th {offset} {len}")), None),
             },
             _ => (
@@ -811,6 +811,9 @@ impl<'c> RuleDecoder<'c> {
             DecodedMatch::Comment(text) => {
                 if self.comment.is_none() {
                     self.comment = Some(text);
+                } else {
+                    // A second comment stays where it is, as iptables-save prints it.
+                    self.matches.push(crate::observe::xt::extra_comment(&text));
                 }
             }
         }
@@ -820,7 +823,8 @@ impl<'c> RuleDecoder<'c> {
         let name = a.str(1).unwrap_or("?");
         let revision = a.u32(2).unwrap_or(0).min(255) as u8;
         let info = a.get(3).map(|i| i.value).unwrap_or(&[]);
-        let action = decode_target(name, revision, info, self.ctx.family);
+        let (action, note) = decode_target_with_notes(name, revision, info, self.ctx.family);
+        self.matches.extend(note);
         self.set_action(action);
     }
 
@@ -836,6 +840,75 @@ impl<'c> RuleDecoder<'c> {
         self.statements
             .push(format!("{op} @{set} {{ {} }}", keys_text(&key)));
     }
+}
+
+/// `log prefix "x" group 1 snaplen 64 queue-threshold 2 level info` (as nft lists it) from NFTA_LOG_GROUP (1, be16),
+/// _PREFIX (2), _SNAPLEN (3), _QTHRESHOLD (4, be16), _LEVEL (5).
+fn log_text(a: &ExprAttrs<'_>) -> String {
+    let mut text = String::from("log");
+    if let Some(prefix) = a.str(2) {
+        let _ = write!(text, " prefix \"{}\"", prefix.replace('"', "\\\""));
+    }
+    let be16 = |kind: u16| {
+        a.get(kind)
+            .and_then(|attr| attr.value.get(..2))
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    if let Some(group) = be16(1) {
+        let _ = write!(text, " group {group}");
+    }
+    if let Some(snaplen) = a.u32(3) {
+        let _ = write!(text, " snaplen {snaplen}");
+    }
+    if let Some(threshold) = be16(4) {
+        let _ = write!(text, " queue-threshold {threshold}");
+    }
+    // Level 4 (warn) is the default nft does not print.
+    const LEVELS: [&str; 9] = [
+        "emerg", "alert", "crit", "err", "warn", "notice", "info", "debug", "audit",
+    ];
+    match a.u32(5) {
+        None | Some(4) => {}
+        Some(level) => match LEVELS.get(level as usize) {
+            Some(name) => {
+                let _ = write!(text, " level {name}");
+            }
+            None => {
+                let _ = write!(text, " level {level}");
+            }
+        },
+    }
+    text
+}
+
+/// `limit rate [over] 5/minute burst 7 packets` from NFTA_LIMIT_RATE (1), _UNIT (2, seconds),
+/// _BURST (3), _TYPE (4: 0 packets, 1 bytes) and _FLAGS (5: 1 inverts).
+fn limit_text(a: &ExprAttrs<'_>) -> String {
+    let (Some(rate), Some(unit)) = (a.u64(1), a.u64(2)) else {
+        return "limit".into();
+    };
+    let unit = match unit {
+        1 => "second".to_string(),
+        60 => "minute".to_string(),
+        3600 => "hour".to_string(),
+        86400 => "day".to_string(),
+        604800 => "week".to_string(),
+        other => format!("{other} seconds"),
+    };
+    let over = if a.u32(5).unwrap_or(0) & 1 != 0 {
+        "over "
+    } else {
+        ""
+    };
+    let kind = if a.u32(4) == Some(1) {
+        "bytes"
+    } else {
+        "packets"
+    };
+    format!(
+        "limit rate {over}{rate}/{unit} burst {} {kind}",
+        a.u32(3).unwrap_or(0)
+    )
 }
 
 /// `meta nfproto ipv4` / `meta protocol ip` tell which family later payload loads of an inet

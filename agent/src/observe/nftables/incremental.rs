@@ -471,7 +471,7 @@ impl NftCache {
         };
         let t = self.table_for(family, table)?;
         let c = self.chain_for(t, chain)?;
-        let rule: Rule = {
+        let mut rule: Rule = {
             let ctx = RuleContext {
                 family,
                 sets: &self.ruleset.tables[t].sets,
@@ -480,6 +480,10 @@ impl NftCache {
                 .ok_or_else(|| NeedResync("NEWRULE without handle".into()))?
                 .rule
         };
+        crate::observe::ipset::resolve_with(
+            &mut std::iter::once(&mut rule),
+            &mut crate::observe::ipset::set_name,
+        );
         let handle = rule.handle;
         let state = &mut self.tables[t];
         let replacing = handle <= state.max_handle;

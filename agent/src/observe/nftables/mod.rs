@@ -758,14 +758,20 @@ fn read_with_retries(
 /// Reads every nftables table of the calling thread's network namespace, consistent with one
 /// generation (returned in [`Ruleset::generation`]).
 pub fn read_ruleset() -> Result<(Ruleset, NftDumpStats), NftablesError> {
-    read_with_retries(RULE_DUMP_THREADS, None).map(|(ruleset, stats, _)| (ruleset, stats))
+    read_with_retries(RULE_DUMP_THREADS, None).map(|(mut ruleset, stats, _)| {
+        crate::observe::ipset::resolve_set_names(&mut ruleset);
+        (ruleset, stats)
+    })
 }
 
 /// [`read_ruleset`] plus the decoded set headers (the incremental cache decodes later element
 /// notifications with them).
 pub(crate) fn read_ruleset_with_sets() -> Result<(Ruleset, NftDumpStats, SetHeaders), NftablesError>
 {
-    read_with_retries(RULE_DUMP_THREADS, None)
+    read_with_retries(RULE_DUMP_THREADS, None).map(|(mut ruleset, stats, sets)| {
+        crate::observe::ipset::resolve_set_names(&mut ruleset);
+        (ruleset, stats, sets)
+    })
 }
 
 /// Reads the ruleset like [`read_ruleset`] on one socket and also returns the raw netlink messages
