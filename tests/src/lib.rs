@@ -5,6 +5,8 @@
 //! Every test builds and removes its own namespaces and never touches the host's ruleset or links.
 //! Without root the tests fail with a message saying so; they never pass silently.
 
+#![deny(unsafe_code)]
+
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -12,8 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Fails the test unless it runs as root, saying why.
 pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
+    let euid = netmend::sys::process::effective_uid();
     assert_eq!(
         euid, 0,
         "this end-to-end test needs root (network namespaces, nftables, x_tables): run the suite as root"
@@ -231,10 +232,9 @@ impl Drop for NetNs {
 /// Moves the calling thread into the network namespace at `path`.
 pub fn enter_netns(path: &std::path::Path) {
     let file = std::fs::File::open(path).expect("open netns file");
-    use std::os::fd::AsRawFd;
-    // SAFETY: setns on a valid namespace descriptor; affects only the calling thread.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+    if let Err(err) = netmend::sys::process::enter_network_namespace(&file) {
+        panic!("setns into {}: {err}", path.display());
+    }
 }
 
 /// A process started in a namespace, killed on drop.
