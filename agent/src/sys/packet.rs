@@ -105,3 +105,47 @@ pub fn statistics(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
     let drops = u32::from_ne_bytes([raw[4], raw[5], raw[6], raw[7]]);
     Ok((packets, drops))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::socket::{attach_filter, socket};
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_packet_socket_binds_reports_its_ifindex_and_fails_cleanly_on_a_down_link() {
+        assert_eq!(
+            crate::sys::process::effective_uid(),
+            0,
+            "this test needs root (AF_PACKET in a fresh network namespace)"
+        );
+        // A scratch thread in a new network namespace whose only link, lo (ifindex 1), is down.
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            let fd = socket(libc::AF_PACKET, libc::SOCK_RAW, 0).expect("packet socket");
+            let accept_nothing = [libc::sock_filter {
+                code: 0x06, // BPF_RET | BPF_K
+                jt: 0,
+                jf: 0,
+                k: 0,
+            }];
+            attach_filter(fd.as_fd(), &accept_nothing).unwrap();
+            bind(fd.as_fd(), 1, 0x0003).unwrap();
+            assert_eq!(bound_ifindex(fd.as_fd()).unwrap(), 1);
+            assert_eq!(statistics(fd.as_fd()).unwrap(), (0, 0));
+            let mut buf = [0u8; 64];
+            // Bound to a down link: ENETDOWN is reported once, then nothing is queued.
+            let err = recv_from(fd.as_fd(), &mut buf, libc::MSG_DONTWAIT).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::ENETDOWN), "{err}");
+            let err = recv_from(fd.as_fd(), &mut buf, libc::MSG_DONTWAIT).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EAGAIN), "{err}");
+            let err = send_to(fd.as_fd(), &[0u8; 60], 1, 0x0806, [0xff; 6]).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::ENETDOWN), "{err}");
+            // No such interface: a clear errno, nothing half-done.
+            let err = bind(fd.as_fd(), 999_999, 0x0003).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::ENODEV), "{err}");
+        })
+        .join()
+        .unwrap();
+    }
+}
