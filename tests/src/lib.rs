@@ -237,6 +237,53 @@ pub fn enter_netns(path: &std::path::Path) {
     }
 }
 
+/// `CAP_NET_ADMIN`, for [`drop_capabilities_in_this_thread`].
+pub const CAP_NET_ADMIN: u32 = 12;
+/// `CAP_NET_RAW`, for [`drop_capabilities_in_this_thread`].
+pub const CAP_NET_RAW: u32 = 13;
+
+/// Clears `caps` (capability numbers below 32) from the calling thread's effective and permitted
+/// sets; capabilities are per thread, so only this (scratch) thread loses them.
+#[allow(unsafe_code)] // capget/capset have no safe wrapper in std, nix or the agent.
+pub fn drop_capabilities_in_this_thread(caps: &[u32]) {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mask = caps.iter().fold(0u32, |m, &cap| {
+        assert!(cap < 32, "capability {cap} is not in the first data word");
+        m | (1 << cap)
+    });
+    let mut header = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: a version 3 header and the two data words that version reads and writes; both
+    // outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut Header,
+            data.as_mut_ptr(),
+        )
+    };
+    assert_eq!(rc, 0, "capget: {}", std::io::Error::last_os_error());
+    data[0].effective &= !mask;
+    data[0].permitted &= !mask;
+    // SAFETY: as above; capset only reads them.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) };
+    assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
+}
+
 /// A process started in a namespace, killed on drop.
 pub struct Background(pub std::process::Child);
 
