@@ -266,7 +266,7 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        let deserializer = serde_yaml::Deserializer::from_str(text);
+        let deserializer = yaml_serde::Deserializer::from_str(text);
         let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." || path.is_empty() {
@@ -275,7 +275,7 @@ impl Config {
                 path
             };
             let inner = e.into_inner().to_string();
-            // serde_yaml appends " at line L column C"; keep it, it helps people find the key.
+            // yaml_serde appends " at line L column C"; keep it, it helps people find the key.
             ConfigError::new(path, inner)
         })?;
         Config::from_raw(raw)

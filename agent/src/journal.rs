@@ -28,7 +28,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -205,37 +204,35 @@ pub struct Journal {
     picked_up: u64,
 }
 
-/// An `flock` held until dropped.
-struct FileLock(i32);
+/// An `flock` held until dropped, on a second descriptor of the lock file (the lock belongs to
+/// the open file, which both descriptors share).
+struct FileLock(File);
 
 impl FileLock {
     fn take(file: &File, exclusive: bool, path: &Path) -> Result<FileLock, JournalError> {
-        let fd = file.as_raw_fd();
-        let op = if exclusive {
-            libc::LOCK_EX
+        use crate::sys::file::{flock, LockKind};
+        use std::os::fd::AsFd;
+        let kind = if exclusive {
+            LockKind::Exclusive
         } else {
-            libc::LOCK_SH
+            LockKind::Shared
         };
-        loop {
-            // SAFETY: fd is an open descriptor owned by `file`, which outlives the lock.
-            if unsafe { libc::flock(fd, op) } == 0 {
-                return Ok(FileLock(fd));
-            }
-            let source = std::io::Error::last_os_error();
-            if source.kind() != std::io::ErrorKind::Interrupted {
-                return Err(JournalError::Lock {
-                    path: path.to_path_buf(),
-                    source,
-                });
-            }
-        }
+        let locked = || -> std::io::Result<File> {
+            let held = file.try_clone()?;
+            flock(held.as_fd(), kind, true)?;
+            Ok(held)
+        };
+        locked().map(FileLock).map_err(|source| JournalError::Lock {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 
 impl Drop for FileLock {
     fn drop(&mut self) {
-        // SAFETY: the descriptor is still open (owned by the journal).
-        unsafe { libc::flock(self.0, libc::LOCK_UN) };
+        use std::os::fd::AsFd;
+        let _ = crate::sys::file::unlock(self.0.as_fd());
     }
 }
 

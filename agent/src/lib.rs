@@ -2,6 +2,9 @@
 //!
 //! The flow: `observe` (kernel, read-only) -> [`model::snapshot::NodeSnapshot`] -> `detect` (pure)
 //! -> findings -> `remediate` (pure policy and guards) -> `act` (the only kernel writes) -> verify.
+//! Every system call goes through `sys`, the only module allowed `unsafe` code.
+
+#![deny(unsafe_code)]
 
 pub mod act;
 pub mod config;
@@ -15,6 +18,8 @@ pub mod probe;
 pub mod remediate;
 pub mod report;
 pub mod runtime;
+#[allow(unsafe_code)]
+pub mod sys;
 
 #[cfg(test)]
 pub(crate) mod testutil;

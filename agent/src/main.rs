@@ -2,6 +2,8 @@
 //! the commands. No logic of its own beyond wiring and exit codes (0 no findings, 1 findings,
 //! 2 error with a one-line message on stderr).
 
+#![deny(unsafe_code)]
+
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use netmend::act::kernel::KernelActuator;
@@ -348,7 +350,6 @@ fn node_name() -> String {
 /// runs, so every thread created afterwards inherits it (docs/kernel-facts.md: the namespace
 /// belongs to a thread).
 fn enter_netns(netns: &str) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd;
     let path = if netns.contains('/') {
         PathBuf::from(netns)
     } else {
@@ -360,10 +361,7 @@ fn enter_netns(netns: &str) -> anyhow::Result<()> {
             path.display()
         )
     })?;
-    // SAFETY: setns on a descriptor we own; CLONE_NEWNET rejects other namespace types.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
+    if let Err(err) = netmend::sys::process::enter_network_namespace(&file) {
         return Err(match err.raw_os_error() {
             Some(libc::EPERM) => anyhow!(
                 "missing privilege: entering network namespace {netns:?} needs CAP_SYS_ADMIN"

@@ -16,9 +16,10 @@ use crate::observe::arp::{
     PACKET_OUTGOING,
 };
 use crate::observe::links::{get_link, LinkSelector, LinksError};
+use crate::sys;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -119,36 +120,23 @@ pub fn probe_arp(
         }
     })?;
     let frame = who_has_frame(mac, sender_ip, target);
-    // SAFETY: an all-zero sockaddr_ll is valid; fields set below.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = ETH_P_ARP.to_be();
-    sll.sll_ifindex = link.ifindex as i32;
-    sll.sll_halen = 6;
-    sll.sll_addr[..6].copy_from_slice(&MacAddr::BROADCAST.0);
     let sent_at = Instant::now();
-    // SAFETY: frame and sll are valid for the lengths given.
-    let rc = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            frame.as_ptr() as *const libc::c_void,
-            frame.len(),
-            0,
-            &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(ProbeError::Send {
-            interface: interface.to_string(),
-            target,
-            source: io::Error::last_os_error(),
-        });
-    }
+    sys::packet::send_to(
+        fd.as_fd(),
+        &frame,
+        link.ifindex,
+        ETH_P_ARP,
+        MacAddr::BROADCAST.0,
+    )
+    .map_err(|source| ProbeError::Send {
+        interface: interface.to_string(),
+        target,
+        source,
+    })?;
     let deadline = sent_at + timeout;
     let mut buf = vec![0u8; 2048];
     loop {
-        match recv_frame(fd.as_raw_fd(), &mut buf) {
+        match recv_frame(fd.as_fd(), &mut buf) {
             Ok(Some((pkttype, len))) => {
                 if pkttype == PACKET_OUTGOING {
                     continue;
@@ -183,7 +171,7 @@ pub fn probe_arp(
                 rtt: timeout,
             });
         }
-        crate::observe::links::wait_readable(fd.as_raw_fd(), left);
+        let _ = sys::poll::wait_one(fd.as_fd(), left.max(Duration::from_millis(1)));
     }
 }
 

@@ -5,6 +5,8 @@
 //! Every test builds and removes its own namespaces and never touches the host's ruleset or links.
 //! Without root the tests fail with a message saying so; they never pass silently.
 
+#![deny(unsafe_code)]
+
 pub mod ruleset_gen;
 
 use anyhow::{bail, Context, Result};
@@ -14,8 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Fails the test unless it runs as root, saying why.
 pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
+    let euid = netmend::sys::process::effective_uid();
     assert_eq!(
         euid, 0,
         "this end-to-end test needs root (network namespaces, nftables, x_tables): run the suite as root"
@@ -233,10 +234,56 @@ impl Drop for NetNs {
 /// Moves the calling thread into the network namespace at `path`.
 pub fn enter_netns(path: &std::path::Path) {
     let file = std::fs::File::open(path).expect("open netns file");
-    use std::os::fd::AsRawFd;
-    // SAFETY: setns on a valid namespace descriptor; affects only the calling thread.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+    if let Err(err) = netmend::sys::process::enter_network_namespace(&file) {
+        panic!("setns into {}: {err}", path.display());
+    }
+}
+
+/// `CAP_NET_ADMIN`, for [`drop_capabilities_in_this_thread`].
+pub const CAP_NET_ADMIN: u32 = 12;
+/// `CAP_NET_RAW`, for [`drop_capabilities_in_this_thread`].
+pub const CAP_NET_RAW: u32 = 13;
+
+/// Clears `caps` (capability numbers below 32) from the calling thread's effective and permitted
+/// sets; capabilities are per thread, so only this (scratch) thread loses them.
+#[allow(unsafe_code)] // capget/capset have no safe wrapper in std, nix or the agent.
+pub fn drop_capabilities_in_this_thread(caps: &[u32]) {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mask = caps.iter().fold(0u32, |m, &cap| {
+        assert!(cap < 32, "capability {cap} is not in the first data word");
+        m | (1 << cap)
+    });
+    let mut header = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: a version 3 header and the two data words that version reads and writes; both
+    // outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut Header,
+            data.as_mut_ptr(),
+        )
+    };
+    assert_eq!(rc, 0, "capget: {}", std::io::Error::last_os_error());
+    data[0].effective &= !mask;
+    data[0].permitted &= !mask;
+    // SAFETY: as above; capset only reads them.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) };
+    assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
 }
 
 /// A process started in a namespace, killed on drop.

@@ -117,8 +117,11 @@ impl Agent {
 
     fn stop(&mut self) -> std::process::ExitStatus {
         let mut process = self.process.take().expect("running");
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(process.0.id() as i32, libc::SIGTERM) };
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(process.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM to the agent");
         let status = wait_for(Duration::from_secs(25), || {
             process.0.try_wait().ok().flatten()
         })

@@ -18,6 +18,7 @@ use netmend::observe::arp::{observe_window, ArpMonitor};
 use netmend::observe::links::{read_link_payloads, read_links, LinkWatcher};
 use netmend_e2e::{require_tool, veth_pair, NetNs};
 use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -554,12 +555,11 @@ fn bench_arp_accounting() {
 }
 
 fn thread_cpu() -> Duration {
-    // SAFETY: getrusage fills the struct.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer.
-    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD)
+        .expect("getrusage");
+    let tv =
+        |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+    tv(usage.user_time()) + tv(usage.system_time())
 }
 
 fn rss_kb() -> u64 {
@@ -574,15 +574,8 @@ fn rss_kb() -> u64 {
 /// Writes `n` who-has frames from a packet socket (targets 10.98.x.y when `distinct`, else the
 /// VIP), paced so the veth does not drop them.
 fn send_requests(ifindex: u32, mac: netmend::model::l2::MacAddr, n: u32, distinct: bool) {
-    // SAFETY: plain socket call, checked.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-    assert!(fd >= 0);
-    // SAFETY: zeroed sockaddr_ll is valid.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_ifindex = ifindex as i32;
-    sll.sll_halen = 6;
-    sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    let fd =
+        netmend::sys::socket::socket(libc::AF_PACKET, libc::SOCK_RAW, 0).expect("packet socket");
     for i in 0..n {
         let target = if distinct {
             Ipv4Addr::new(10, 98, (i >> 8) as u8, i as u8)
@@ -590,21 +583,10 @@ fn send_requests(ifindex: u32, mac: netmend::model::l2::MacAddr, n: u32, distinc
             VIP
         };
         let frame = netmend::observe::arp::who_has_frame(mac, CLIENT_IP, target);
-        // SAFETY: frame and sll valid for their lengths.
-        unsafe {
-            libc::sendto(
-                fd,
-                frame.as_ptr() as *const libc::c_void,
-                frame.len(),
-                0,
-                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
+        // A send that fails is a request the test does not see: the counts then say so.
+        let _ = netmend::sys::packet::send_to(fd.as_fd(), &frame, ifindex, 0, [0xff; 6]);
         if i % 200 == 199 {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd) };
 }

@@ -1,5 +1,5 @@
 //! The architecture's rule, checked: the pure layers (`model`, `detect`, `remediate`) never use
-//! tokio, the kernel-facing layers (`observe`, `act`), the runtime, or process spawning.
+//! tokio, the kernel-facing layers (`observe`, `act`, `sys`), the runtime, or process spawning.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +28,8 @@ fn pure_layers_do_no_io() {
         "std::fs",
         "std::net::TcpStream",
         "libc::",
+        "crate::sys",
+        "nix::",
     ];
     let mut files = Vec::new();
     for layer in ["model", "detect", "remediate"] {

@@ -11,7 +11,9 @@ use netmend::model::ruleset::{
     Action, Backend, Cidr, Direction, Family, Match, NatRange, PortRange, Ruleset, Table, Verdict,
 };
 use netmend::observe::iptables_legacy::{read_ruleset, read_table_raw, table_names, xt_blobs};
-use netmend_e2e::{require_tool, wait_for, NetNs};
+use netmend_e2e::{
+    drop_capabilities_in_this_thread, require_tool, wait_for, NetNs, CAP_NET_ADMIN, CAP_NET_RAW,
+};
 use std::net::IpAddr;
 
 const V4_RULES: &str = r#"*nat
@@ -679,50 +681,12 @@ fn capture_testdata() {
     }
 }
 
-/// Clears CAP_NET_ADMIN and CAP_NET_RAW from the calling thread's effective set (capabilities are
-/// per thread, so only this namespace thread loses them).
-fn drop_net_caps() {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let mut header = Header {
-        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-        pid: 0,
-    };
-    let mut data = [Data {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
-    // SAFETY: header and data are valid capget/capset arguments for version 3 (two data words).
-    unsafe {
-        assert_eq!(
-            libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()),
-            0
-        );
-        data[0].effective &= !((1 << 12) | (1 << 13)); // CAP_NET_ADMIN, CAP_NET_RAW
-        assert_eq!(
-            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()),
-            0
-        );
-    }
-}
-
 #[test]
 fn missing_capabilities_are_named() {
     let ns = loaded_namespace();
     let err = ns
         .run(|| {
-            drop_net_caps();
+            drop_capabilities_in_this_thread(&[CAP_NET_ADMIN, CAP_NET_RAW]);
             read_ruleset()
         })
         .expect_err("reading without CAP_NET_RAW must fail");

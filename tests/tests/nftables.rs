@@ -12,7 +12,10 @@ use netmend::model::ruleset::{
     Ruleset, Table, Verdict,
 };
 use netmend::observe::nftables::{current_generation, read_ruleset};
-use netmend_e2e::{kube_proxy_nftables, kube_proxy_ruleset, require_tool, NetNs};
+use netmend_e2e::{
+    drop_capabilities_in_this_thread, kube_proxy_nftables, kube_proxy_ruleset, require_tool, NetNs,
+    CAP_NET_ADMIN,
+};
 use std::net::IpAddr;
 
 /// Cilium-like masquerade chains (with the stale `OLD_` backup) and the k3s portmap chains that
@@ -638,54 +641,12 @@ fn a_missing_rule_fails_the_whole_batch() {
     );
 }
 
-/// Drops CAP_NET_ADMIN from the calling thread only (capabilities are per thread).
-fn drop_net_admin_in_this_thread() {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const VERSION_3: u32 = 0x2008_0522;
-    const CAP_NET_ADMIN: u32 = 12;
-    let mut header = Header {
-        version: VERSION_3,
-        pid: 0,
-    };
-    let mut data = [Data::default(); 2];
-    // SAFETY: capget/capset with a v3 header and two data words, as the ABI asks.
-    unsafe {
-        assert_eq!(
-            libc::syscall(
-                libc::SYS_capget,
-                &mut header as *mut Header,
-                data.as_mut_ptr()
-            ),
-            0
-        );
-        data[0].effective &= !(1 << CAP_NET_ADMIN);
-        data[0].permitted &= !(1 << CAP_NET_ADMIN);
-        assert_eq!(
-            libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()),
-            0,
-            "capset: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 #[test]
 fn without_cap_net_admin_the_read_says_what_is_missing() {
     let ns = namespace_with("nft", |ns| ns.nft_file(NATIVE_NFT_RULES).unwrap());
     let error = ns
         .run(|| {
-            drop_net_admin_in_this_thread();
+            drop_capabilities_in_this_thread(&[CAP_NET_ADMIN]);
             read_ruleset().map(|_| ())
         })
         .unwrap_err();
@@ -704,7 +665,7 @@ fn without_cap_net_admin_the_read_says_what_is_missing() {
     );
     let write_error = ns
         .run(|| {
-            drop_net_admin_in_this_thread();
+            drop_capabilities_in_this_thread(&[CAP_NET_ADMIN]);
             apply_batch(&[flush_chain("PREROUTING")], None)
         })
         .unwrap_err();
@@ -740,7 +701,7 @@ fn reads_racing_writes_are_consistent_or_fail_saying_so() {
     let script = std::env::temp_dir().join(format!("netmend-race-{}.sh", std::process::id()));
     std::fs::write(
         &script,
-        "while true; do printf 'add rule ip race a counter\\nadd rule ip race b counter\\n' | nft -f -; sleep 0.02; done\n",
+        "while true; do printf 'add rule ip race a counter\\nadd rule ip race b counter\\n' | nft -f -; sleep 0.1; done\n",
     )
     .unwrap();
     let writer = ns.spawn(&format!("sh {}", script.display()));

@@ -364,41 +364,20 @@ fn ifindex_and_mac(ns: &NetNs, name: &'static str) -> (u32, MacAddr) {
 /// Writes who-has frames for `count` distinct addresses 10.98.x.y from a packet socket on
 /// `ifindex`, paced so the veth does not drop them.
 fn ask_for_many(ifindex: u32, mac: MacAddr, count: u32) {
-    // SAFETY: plain socket call, checked.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-    assert!(
-        fd >= 0,
-        "AF_PACKET socket: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: a zeroed sockaddr_ll is valid; fields set below.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_ifindex = ifindex as i32;
-    sll.sll_halen = 6;
-    sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    use std::os::fd::AsFd;
+    let fd =
+        netmend::sys::socket::socket(libc::AF_PACKET, libc::SOCK_RAW, 0).expect("AF_PACKET socket");
     let client_ip = Ipv4Addr::new(10, 99, 0, 2);
     for i in 0..count {
         let target = Ipv4Addr::new(10, 98, (i >> 8) as u8, i as u8);
         let frame = netmend::observe::arp::who_has_frame(mac, client_ip, target);
-        // SAFETY: frame and sll are valid for their lengths.
-        let sent = unsafe {
-            libc::sendto(
-                fd,
-                frame.as_ptr() as *const libc::c_void,
-                frame.len(),
-                0,
-                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(sent, frame.len() as isize, "sendto");
+        let sent = netmend::sys::packet::send_to(fd.as_fd(), &frame, ifindex, 0, [0xff; 6])
+            .expect("sendto");
+        assert_eq!(sent, frame.len(), "sendto");
         if i % 200 == 199 {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd) };
 }
 
 #[test]

@@ -36,7 +36,7 @@ use crate::model::ruleset::{Family, Table};
 use crate::observe::iptables_legacy::{self, LegacyError};
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::io::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -196,8 +196,7 @@ fn inner_lock_path() -> Result<PathBuf, LegacyWriteError> {
         Err(e) => return Err(refused(e.to_string())),
     }
     let meta = std::fs::symlink_metadata(&dir).map_err(|e| refused(e.to_string()))?;
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
+    let euid = crate::sys::process::effective_uid();
     if !meta.is_dir() || meta.uid() != euid || meta.mode() & 0o077 != 0 {
         return Err(refused(
             "not a private directory of this user; refusing to use it".into(),
@@ -228,15 +227,19 @@ impl XtablesLock {
             })?;
         let started = Instant::now();
         loop {
-            // SAFETY: flock on a descriptor this function owns.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc == 0 {
-                return Ok(XtablesLock {
-                    file,
-                    path: path.to_path_buf(),
-                });
-            }
-            let error = std::io::Error::last_os_error();
+            let error = match crate::sys::file::flock(
+                file.as_fd(),
+                crate::sys::file::LockKind::Exclusive,
+                false,
+            ) {
+                Ok(()) => {
+                    return Ok(XtablesLock {
+                        file,
+                        path: path.to_path_buf(),
+                    })
+                }
+                Err(error) => error,
+            };
             match error.raw_os_error() {
                 Some(libc::EWOULDBLOCK) | Some(libc::EINTR) => {}
                 _ => {
@@ -267,6 +270,7 @@ impl XtablesLock {
 
     /// The descriptor holding the lock.
     pub fn fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
         self.file.as_raw_fd()
     }
 }

@@ -60,20 +60,8 @@ const NFTA_RULE_HANDLE: u16 = 3;
 const ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn set_receive_timeout(socket: &NetlinkSocket, timeout: std::time::Duration) {
-    let value = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: 0,
-    };
-    // SAFETY: a valid timeval for its length on an open socket. Failure only loses the timeout.
-    unsafe {
-        libc::setsockopt(
-            socket.raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &value as *const libc::timeval as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as u32,
-        );
-    }
+    // Failure only loses the timeout.
+    let _ = crate::sys::socket::set_receive_timeout(std::os::fd::AsFd::as_fd(socket), timeout);
 }
 
 fn is_timeout(error: &NetlinkError) -> bool {

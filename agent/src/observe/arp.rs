@@ -25,10 +25,11 @@
 //! answer: it is counted only in `frames`.
 
 use crate::model::l2::{ArpCounters, MacAddr, Requester, TargetCounts, WatchedInterface};
+use crate::sys;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 pub const ETH_P_ARP: u16 = 0x0806;
@@ -43,7 +44,6 @@ pub const DEFAULT_MAX_TARGETS: usize = 4096;
 const ETH_HLEN: usize = 14;
 const ARP_LEN: usize = 28;
 const SNAPLEN: u32 = 128;
-const PACKET_STATISTICS: i32 = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArpError {
@@ -317,114 +317,43 @@ pub(crate) fn open_arp_socket(
     name: &str,
     protocol: u16,
 ) -> Result<OwnedFd, ArpError> {
-    // SAFETY: plain socket(2) call, checked.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(ArpError::Socket {
+    let fd = sys::socket::socket(libc::AF_PACKET, libc::SOCK_RAW, 0).map_err(|source| {
+        ArpError::Socket {
             interface: name.to_string(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: fd is freshly created and owned here.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let filter = arp_filter();
-    let prog = libc::sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: prog points at `filter`, alive for the call; the kernel copies it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            &prog as *const libc::sock_fprog as *const libc::c_void,
-            std::mem::size_of::<libc::sock_fprog>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(ArpError::Filter {
-            interface: name.to_string(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    let rcvbuf: i32 = 1 << 20;
-    // SAFETY: valid int option; failure only means the default buffer.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &rcvbuf as *const i32 as *const libc::c_void,
-            4,
-        )
-    };
-    // SAFETY: an all-zero sockaddr_ll is valid; fields set below.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = protocol.to_be();
-    sll.sll_ifindex = ifindex as i32;
-    // SAFETY: sll is a valid sockaddr_ll for the length given.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(ArpError::Bind {
-            interface: name.to_string(),
-            ifindex,
-            source: io::Error::last_os_error(),
-        });
-    }
+            source,
+        }
+    })?;
+    sys::socket::attach_filter(fd.as_fd(), &arp_filter()).map_err(|source| ArpError::Filter {
+        interface: name.to_string(),
+        source,
+    })?;
+    // Failure only means the default buffer.
+    let _ = sys::socket::set_int_option(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, 1 << 20);
+    sys::packet::bind(fd.as_fd(), ifindex, protocol).map_err(|source| ArpError::Bind {
+        interface: name.to_string(),
+        ifindex,
+        source,
+    })?;
     Ok(fd)
 }
 
 /// Receives one frame without blocking: `Ok(None)` when nothing is queued; else (pkttype, len).
-pub(crate) fn recv_frame(fd: i32, buf: &mut [u8]) -> io::Result<Option<(u8, usize)>> {
+pub(crate) fn recv_frame(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<(u8, usize)>> {
     loop {
-        // SAFETY: zeroed sockaddr_ll is valid; buffers valid for their lengths.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        let mut sll_len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-        // SAFETY: as above.
-        let rc = unsafe {
-            libc::recvfrom(
-                fd,
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                libc::MSG_DONTWAIT,
-                &mut sll as *mut libc::sockaddr_ll as *mut libc::sockaddr,
-                &mut sll_len,
-            )
-        };
-        if rc < 0 {
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
+        match sys::packet::recv_from(fd, buf, libc::MSG_DONTWAIT) {
+            Ok((len, pkttype)) => return Ok(Some((pkttype, len))),
+            Err(err) => match err.raw_os_error() {
                 Some(libc::EINTR) => continue,
                 Some(libc::EAGAIN) => return Ok(None),
                 _ => return Err(err),
-            }
+            },
         }
-        return Ok(Some((sll.sll_pkttype, rc as usize)));
     }
 }
 
 /// The ifindex the packet socket is bound to now (-1 once the device was unregistered).
-fn bound_ifindex(fd: i32) -> Option<i32> {
-    // SAFETY: zeroed sockaddr_ll is valid; lengths match.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-    // SAFETY: as above.
-    let rc = unsafe {
-        libc::getsockname(
-            fd,
-            &mut sll as *mut libc::sockaddr_ll as *mut libc::sockaddr,
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(sll.sll_ifindex)
+fn bound_ifindex(fd: BorrowedFd<'_>) -> Option<i32> {
+    sys::packet::bound_ifindex(fd).ok()
 }
 
 /// One raw frame as the tap saw it (for recording test data).
@@ -443,6 +372,12 @@ pub struct ArpMonitor {
     memory: TargetMemory,
     buf: Vec<u8>,
     started: Instant,
+}
+
+impl AsFd for ArpMonitor {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
 }
 
 impl ArpMonitor {
@@ -469,10 +404,6 @@ impl ArpMonitor {
     /// Sets the watched addresses on this interface: never aged out of the accounting.
     pub fn set_watched(&mut self, targets: &[Ipv4Addr]) {
         self.memory.set_watched(&mut self.counters, targets);
-    }
-
-    pub fn raw_fd(&self) -> i32 {
-        self.fd.as_raw_fd()
     }
 
     /// True once the interface vanished; the monitor then counts nothing more.
@@ -507,7 +438,7 @@ impl ArpMonitor {
     pub fn next_frame(&mut self, timeout: Duration) -> Option<RawFrame> {
         let deadline = Instant::now() + timeout;
         while !self.is_gone() {
-            match recv_frame(self.fd.as_raw_fd(), &mut self.buf) {
+            match recv_frame(self.fd.as_fd(), &mut self.buf) {
                 Ok(Some((pkttype, len))) => {
                     return Some(RawFrame {
                         outgoing: pkttype == PACKET_OUTGOING,
@@ -522,7 +453,7 @@ impl ArpMonitor {
             if left.is_zero() {
                 return None;
             }
-            crate::observe::links::wait_readable(self.fd.as_raw_fd(), left);
+            let _ = sys::poll::wait_one(self.fd.as_fd(), left.max(Duration::from_millis(1)));
         }
         None
     }
@@ -532,7 +463,7 @@ impl ArpMonitor {
     fn check_unbound(&mut self) {
         if self.counters.went_down
             && self.counters.gone.is_none()
-            && bound_ifindex(self.fd.as_raw_fd()) == Some(-1)
+            && bound_ifindex(self.fd.as_fd()) == Some(-1)
         {
             self.counters.gone = Some(format!(
                 "{} was deleted while watched (ENETDOWN, socket unbound)",
@@ -551,7 +482,7 @@ impl ArpMonitor {
         self.check_unbound();
         let mut n = 0;
         while !self.is_gone() {
-            match recv_frame(self.fd.as_raw_fd(), &mut self.buf) {
+            match recv_frame(self.fd.as_fd(), &mut self.buf) {
                 Ok(Some((pkttype, len))) => {
                     n += 1;
                     match decode_arp_frame(&self.buf[..len]) {
@@ -579,26 +510,14 @@ impl ArpMonitor {
         if self.is_gone() {
             return 0;
         }
-        crate::observe::links::wait_readable(self.fd.as_raw_fd(), timeout);
+        let _ = sys::poll::wait_one(self.fd.as_fd(), timeout.max(Duration::from_millis(1)));
         self.drain()
     }
 
     /// The counters so far (kernel drops folded in; PACKET_STATISTICS resets on read).
     pub fn snapshot(&mut self) -> ArpCounters {
-        let mut stats = [0u32; 2];
-        let mut len = std::mem::size_of_val(&stats) as u32;
-        // SAFETY: stats is a valid tpacket_stats-sized buffer for the length given.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                PACKET_STATISTICS,
-                stats.as_mut_ptr() as *mut libc::c_void,
-                &mut len,
-            )
-        };
-        if rc == 0 {
-            self.counters.kernel_drops += u64::from(stats[1]);
+        if let Ok((_, drops)) = sys::packet::statistics(self.fd.as_fd()) {
+            self.counters.kernel_drops += u64::from(drops);
         }
         self.counters.window_ms = self.started.elapsed().as_millis() as u64;
         self.counters.clone()
@@ -656,14 +575,10 @@ pub fn observe_window_watching(
         if live.is_empty() || left.is_zero() {
             break;
         }
-        let mut pfds: Vec<libc::pollfd> = live
+        let fds: Vec<BorrowedFd<'_>> = live
             .iter()
             .filter_map(|&i| slots[i].as_ref().ok())
-            .map(|m| libc::pollfd {
-                fd: m.raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
+            .map(|m| m.as_fd())
             .collect();
         // A monitor that saw ENETDOWN is re-checked every 250 ms: a deleted device no longer wakes
         // the poll.
@@ -675,12 +590,11 @@ pub fn observe_window_watching(
         } else {
             left
         };
-        let ms = wait.as_millis().clamp(1, i32::MAX as u128) as i32;
-        // SAFETY: pfds is a valid array of pollfd for its length.
-        unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+        let ready = sys::poll::wait_readable(&fds, wait.max(Duration::from_millis(1)))
+            .unwrap_or_else(|_| vec![false; fds.len()]);
         for (k, &i) in live.iter().enumerate() {
             if let Ok(m) = &mut slots[i] {
-                if pfds[k].revents != 0 || m.went_down() {
+                if ready[k] || m.went_down() {
                     m.drain();
                 }
             }

@@ -13,51 +13,21 @@ const IP_SET_OP_GET_BYINDEX: u32 = 0x0000_0007;
 const IPSET_PROTOCOL: u32 = 6;
 const IPSET_MAXNAMELEN: usize = 32;
 
-/// `struct ip_set_req_get_set`: `unsigned op, version; union { char name[32]; u16 index; }`.
-#[repr(C)]
-struct ReqGetSet {
-    op: u32,
-    version: u32,
-    name: [u8; IPSET_MAXNAMELEN],
-}
+/// Size of `struct ip_set_req_get_set`: `unsigned op, version; union { char name[32]; u16 index;
+/// }` (the union at offset 8).
+const REQ_GET_SET_LEN: usize = 8 + IPSET_MAXNAMELEN;
 
 /// The name of the ipset with kernel index `index`; None when there is none or ipset is not
 /// available (no module, no privilege).
 pub fn set_name(index: u16) -> Option<String> {
-    // SAFETY: plain socket(2); the descriptor is closed below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_RAW,
-        )
-    };
-    if fd < 0 {
-        return None;
-    }
-    let mut req = ReqGetSet {
-        op: IP_SET_OP_GET_BYINDEX,
-        version: IPSET_PROTOCOL,
-        name: [0; IPSET_MAXNAMELEN],
-    };
-    req.name[..2].copy_from_slice(&index.to_ne_bytes());
-    let mut len = std::mem::size_of::<ReqGetSet>() as libc::socklen_t;
-    // SAFETY: `req` is a valid, writable buffer of `len` bytes for the duration of the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_IP,
-            SO_IP_SET,
-            (&mut req as *mut ReqGetSet).cast(),
-            &mut len,
-        )
-    };
-    // SAFETY: fd is ours and not used afterwards.
-    unsafe { libc::close(fd) };
-    if rc != 0 {
-        return None;
-    }
-    let name = crate::observe::xt::c_string(&req.name);
+    let fd = crate::sys::socket::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW).ok()?;
+    let mut req = [0u8; REQ_GET_SET_LEN];
+    req[0..4].copy_from_slice(&IP_SET_OP_GET_BYINDEX.to_ne_bytes());
+    req[4..8].copy_from_slice(&IPSET_PROTOCOL.to_ne_bytes());
+    req[8..10].copy_from_slice(&index.to_ne_bytes());
+    use std::os::fd::AsFd;
+    crate::sys::socket::getsockopt_bytes(fd.as_fd(), libc::SOL_IP, SO_IP_SET, &mut req).ok()?;
+    let name = crate::observe::xt::c_string(&req[8..]);
     (!name.is_empty()).then_some(name)
 }
 

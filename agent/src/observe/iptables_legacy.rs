@@ -23,9 +23,11 @@ use crate::model::ruleset::{
     Table, TableId, Verdict,
 };
 use crate::observe::xt::{self, DecodedMatch};
+use crate::sys;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsFd;
 
 const SO_GET_INFO: libc::c_int = 64;
 const SO_GET_ENTRIES: libc::c_int = 65;
@@ -159,31 +161,6 @@ pub fn parse_table_names(text: &str) -> Vec<String> {
     names
 }
 
-struct RawSocket(libc::c_int);
-
-impl Drop for RawSocket {
-    fn drop(&mut self) {
-        // SAFETY: the descriptor is owned by this value and closed once.
-        unsafe { libc::close(self.0) };
-    }
-}
-
-fn getsockopt(
-    fd: libc::c_int,
-    level: libc::c_int,
-    opt: libc::c_int,
-    buf: &mut [u8],
-) -> io::Result<usize> {
-    let mut len = buf.len() as libc::socklen_t;
-    // SAFETY: buf is valid for len bytes; len is updated by the kernel.
-    let rc = unsafe { libc::getsockopt(fd, level, opt, buf.as_mut_ptr().cast(), &mut len) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(len as usize)
-    }
-}
-
 /// Reads one table's GET_INFO and entry blob (the bytes after the `ipt_get_entries` header).
 /// Only call it for a listed table: asking for a missing one creates it.
 pub fn read_table_raw(family: Family, name: &str) -> Result<(TableInfo, Vec<u8>), LegacyError> {
@@ -192,18 +169,15 @@ pub fn read_table_raw(family: Family, name: &str) -> Result<(TableInfo, Vec<u8>)
     } else {
         (libc::AF_INET, libc::SOL_IP)
     };
-    // SAFETY: plain socket(2) call; checked below.
-    let fd = unsafe { libc::socket(af, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
-    if fd < 0 {
-        let source = io::Error::last_os_error();
+    let sock = sys::socket::socket(af, libc::SOCK_RAW, libc::IPPROTO_RAW).map_err(|source| {
         if source.raw_os_error() == Some(libc::EPERM) {
-            return Err(LegacyError::Permission {
+            LegacyError::Permission {
                 what: format!("raw {family} socket"),
-            });
+            }
+        } else {
+            LegacyError::Socket { family, source }
         }
-        return Err(LegacyError::Socket { family, source });
-    }
-    let sock = RawSocket(fd);
+    })?;
     let mut name_field = [0u8; 32];
     let n = name.len().min(31);
     name_field[..n].copy_from_slice(&name.as_bytes()[..n]);
@@ -224,7 +198,8 @@ pub fn read_table_raw(family: Family, name: &str) -> Result<(TableInfo, Vec<u8>)
     for _ in 0..EAGAIN_RETRIES {
         let mut info_buf = [0u8; GETINFO_LEN];
         info_buf[..32].copy_from_slice(&name_field);
-        getsockopt(sock.0, level, SO_GET_INFO, &mut info_buf).map_err(|e| err("GET_INFO", e))?;
+        sys::socket::getsockopt_bytes(sock.as_fd(), level, SO_GET_INFO, &mut info_buf)
+            .map_err(|e| err("GET_INFO", e))?;
         let info = TableInfo::parse(&info_buf).ok_or_else(|| LegacyError::Malformed {
             family,
             table: name.to_string(),
@@ -233,7 +208,7 @@ pub fn read_table_raw(family: Family, name: &str) -> Result<(TableInfo, Vec<u8>)
         let mut buf = vec![0u8; GET_ENTRIES_HEADER + info.size as usize];
         buf[..32].copy_from_slice(&name_field);
         buf[32..36].copy_from_slice(&info.size.to_ne_bytes());
-        match getsockopt(sock.0, level, SO_GET_ENTRIES, &mut buf) {
+        match sys::socket::getsockopt_bytes(sock.as_fd(), level, SO_GET_ENTRIES, &mut buf) {
             Ok(_) => {
                 buf.drain(..GET_ENTRIES_HEADER);
                 return Ok((info, buf));
@@ -257,27 +232,26 @@ pub fn read_table_info(family: Family, name: &str) -> Result<TableInfo, LegacyEr
     } else {
         (libc::AF_INET, libc::SOL_IP)
     };
-    // SAFETY: plain socket(2) call; checked below.
-    let fd = unsafe { libc::socket(af, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
-    if fd < 0 {
-        let source = io::Error::last_os_error();
+    let sock = sys::socket::socket(af, libc::SOCK_RAW, libc::IPPROTO_RAW).map_err(|source| {
         if source.raw_os_error() == Some(libc::EPERM) {
-            return Err(LegacyError::Permission {
+            LegacyError::Permission {
                 what: format!("raw {family} socket"),
-            });
+            }
+        } else {
+            LegacyError::Socket { family, source }
         }
-        return Err(LegacyError::Socket { family, source });
-    }
-    let sock = RawSocket(fd);
+    })?;
     let mut info_buf = [0u8; GETINFO_LEN];
     let n = name.len().min(31);
     info_buf[..n].copy_from_slice(&name.as_bytes()[..n]);
-    getsockopt(sock.0, level, SO_GET_INFO, &mut info_buf).map_err(|source| LegacyError::Read {
-        family,
-        table: name.to_string(),
-        step: "GET_INFO",
-        source,
-    })?;
+    sys::socket::getsockopt_bytes(sock.as_fd(), level, SO_GET_INFO, &mut info_buf).map_err(
+        |source| LegacyError::Read {
+            family,
+            table: name.to_string(),
+            step: "GET_INFO",
+            source,
+        },
+    )?;
     TableInfo::parse(&info_buf).ok_or_else(|| LegacyError::Malformed {
         family,
         table: name.to_string(),

@@ -17,6 +17,8 @@ use crate::observe::netlink::{
     split_messages, Attrs, Message, MessageBuilder, NetlinkError, NetlinkSocket, NLMSG_ERROR,
     NLM_F_DUMP, NLM_F_REQUEST,
 };
+use crate::sys;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 pub const RTM_NEWLINK: u16 = 16;
@@ -270,6 +272,13 @@ pub struct LinkWatcher {
     sock: NetlinkSocket,
 }
 
+impl AsFd for LinkWatcher {
+    /// The socket's descriptor, for an external poller.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
 impl LinkWatcher {
     /// Joins RTNLGRP_LINK. Events start from this moment: dump afterwards for the current state.
     pub fn open() -> Result<LinkWatcher, LinksError> {
@@ -282,11 +291,6 @@ impl LinkWatcher {
             })
         })?;
         Ok(LinkWatcher { sock })
-    }
-
-    /// The socket's descriptor, for an external poller (the agent wraps it in tokio's AsyncFd).
-    pub fn raw_fd(&self) -> i32 {
-        self.sock.raw_fd()
     }
 
     /// Every queued change, without blocking (empty when nothing is queued).
@@ -319,21 +323,9 @@ impl LinkWatcher {
             if left.is_zero() {
                 return Ok(changes);
             }
-            wait_readable(self.sock.raw_fd(), left);
+            let _ = sys::poll::wait_one(self.sock.as_fd(), left.max(Duration::from_millis(1)));
         }
     }
-}
-
-/// poll(2) for POLLIN on one descriptor, at most `timeout`; spurious wakeups are fine.
-pub(crate) fn wait_readable(fd: i32, timeout: Duration) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd for the count given.
-    unsafe { libc::poll(&mut pfd, 1, ms) };
 }
 
 #[cfg(test)]

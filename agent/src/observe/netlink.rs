@@ -6,8 +6,9 @@
 //! each source. Attribute walking is hand-written (a TLV walk is a few lines) because generic parsers
 //! cost too much on an 80,000-rule dump.
 
+use crate::sys;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 pub const NLMSG_HDRLEN: usize = 16;
 pub const NLMSG_NOOP: u16 = 1;
@@ -352,42 +353,19 @@ pub struct NetlinkSocket {
     buf: Vec<u8>,
 }
 
+impl AsFd for NetlinkSocket {
+    /// The socket, for a poller that also waits on other descriptors.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 impl NetlinkSocket {
     /// Opens and binds a socket of `protocol` (NETLINK_NETFILTER, NETLINK_ROUTE, ...) in the calling
     /// thread's network namespace.
     pub fn open(protocol: i32) -> Result<NetlinkSocket, NetlinkError> {
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                protocol,
-            )
-        };
-        if fd < 0 {
-            return Err(NetlinkError::Open {
-                protocol,
-                source: io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: fd is a freshly created, owned descriptor.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: addr is a valid sockaddr_nl for the length given.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(NetlinkError::Open {
-                protocol,
-                source: io::Error::last_os_error(),
-            });
-        }
+        let fd = sys::socket::netlink_socket(protocol)
+            .map_err(|source| NetlinkError::Open { protocol, source })?;
         let mut socket = NetlinkSocket {
             fd,
             protocol,
@@ -405,10 +383,6 @@ impl NetlinkSocket {
         self.protocol
     }
 
-    pub fn raw_fd(&self) -> i32 {
-        self.fd.as_raw_fd()
-    }
-
     /// The next sequence number for a request.
     pub fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
@@ -416,21 +390,7 @@ impl NetlinkSocket {
     }
 
     pub fn set_int_option(&mut self, level: i32, name: i32, value: i32) -> io::Result<()> {
-        // SAFETY: value outlives the call; the length matches.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                level,
-                name,
-                &value as *const i32 as *const libc::c_void,
-                std::mem::size_of::<i32>() as u32,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        sys::socket::set_int_option(self.fd.as_fd(), level, name, value)
     }
 
     /// Sets the receive buffer, forcing past rmem_max when privileged.
@@ -450,76 +410,41 @@ impl NetlinkSocket {
 
     /// Sends one buffer holding one or more messages.
     pub fn send(&self, bytes: &[u8], what: &str) -> Result<(), NetlinkError> {
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: bytes and addr are valid for the lengths given.
-        let rc = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                bytes.as_ptr() as *const libc::c_void,
-                bytes.len(),
-                0,
-                &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(NetlinkError::Io {
-                what: what.to_string(),
-                source: io::Error::last_os_error(),
-            });
-        }
+        sys::socket::netlink_send(self.fd.as_fd(), bytes).map_err(|source| NetlinkError::Io {
+            what: what.to_string(),
+            source,
+        })?;
         Ok(())
     }
 
     /// Reads one datagram into the internal buffer and returns its length. EINTR is retried.
     pub fn recv(&mut self, what: &str) -> Result<usize, NetlinkError> {
         loop {
-            // SAFETY: the buffer is valid for its length.
-            let rc = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr() as *mut libc::c_void,
-                    self.buf.len(),
-                    0,
-                )
-            };
-            if rc < 0 {
-                let err = io::Error::last_os_error();
-                if err.raw_os_error() == Some(libc::EINTR) {
-                    continue;
+            match sys::socket::recv(self.fd.as_fd(), &mut self.buf, 0) {
+                Ok(len) => return Ok(len),
+                Err(err) if err.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(source) => {
+                    return Err(NetlinkError::Io {
+                        what: what.to_string(),
+                        source,
+                    })
                 }
-                return Err(NetlinkError::Io {
-                    what: what.to_string(),
-                    source: err,
-                });
             }
-            return Ok(rc as usize);
         }
     }
 
     /// Like [`NetlinkSocket::recv`] but without blocking: `Ok(None)` when nothing is queued.
     pub fn try_recv(&mut self, what: &str) -> Result<Option<usize>, NetlinkError> {
-        // SAFETY: the buffer is valid for its length.
-        let rc = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                self.buf.as_mut_ptr() as *mut libc::c_void,
-                self.buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if rc < 0 {
-            let err = io::Error::last_os_error();
-            if matches!(err.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) {
-                return Ok(None);
+        match sys::socket::recv(self.fd.as_fd(), &mut self.buf, libc::MSG_DONTWAIT) {
+            Ok(len) => Ok(Some(len)),
+            Err(err) if matches!(err.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) => {
+                Ok(None)
             }
-            return Err(NetlinkError::Io {
+            Err(source) => Err(NetlinkError::Io {
                 what: what.to_string(),
-                source: err,
-            });
+                source,
+            }),
         }
-        Ok(Some(rc as usize))
     }
 
     /// The bytes of the last datagram read.

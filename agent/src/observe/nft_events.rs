@@ -11,7 +11,9 @@
 
 use crate::model::ruleset::Family;
 use crate::observe::netlink::{split_messages, Attrs, NetlinkError, NetlinkSocket};
+use crate::sys;
 use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
 pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -253,6 +255,13 @@ pub struct NftEventSocket {
     decoder: EventDecoder,
 }
 
+impl AsFd for NftEventSocket {
+    /// The socket's descriptor, for a poller that also waits on other sockets.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
 impl NftEventSocket {
     pub fn open() -> Result<NftEventSocket, NetlinkError> {
         // A large buffer rides out ordinary bursts; overflow is still handled (a re-dump).
@@ -276,11 +285,6 @@ impl NftEventSocket {
         })
     }
 
-    /// The socket's descriptor, for a poller that also waits on other sockets.
-    pub fn raw_fd(&self) -> i32 {
-        self.socket.raw_fd()
-    }
-
     /// Waits up to `timeout` for notifications, then hands every queued datagram (raw netlink
     /// messages) to `on_read` without blocking further; a lost batch (ENOBUFS) is `None`.
     /// Returns the number of reads handed over.
@@ -289,15 +293,7 @@ impl NftEventSocket {
         timeout: Duration,
         mut on_read: impl FnMut(Option<&[u8]>),
     ) -> Result<usize, NetlinkError> {
-        let mut pfd = libc::pollfd {
-            fd: self.socket.raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd.
-        let rc = unsafe { libc::poll(&mut pfd, 1, millis) };
-        if rc <= 0 {
+        if !sys::poll::wait_one(self.socket.as_fd(), timeout).unwrap_or(false) {
             return Ok(0);
         }
         let mut reads = 0;
@@ -315,15 +311,7 @@ impl NftEventSocket {
 
     /// Waits up to `timeout` for notifications and returns what arrived (empty on timeout).
     pub fn wait(&mut self, timeout: Duration) -> Result<Vec<NftEvent>, NetlinkError> {
-        let mut pfd = libc::pollfd {
-            fd: self.socket.raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd.
-        let rc = unsafe { libc::poll(&mut pfd, 1, millis) };
-        if rc <= 0 {
+        if !sys::poll::wait_one(self.socket.as_fd(), timeout).unwrap_or(false) {
             return Ok(Vec::new());
         }
         let mut events = Vec::new();

@@ -91,25 +91,19 @@ fn change_feed(wakes: Sender<Wake>, stop: Arc<AtomicBool>, shared: Arc<Shared>) 
                 }
             }
         }
-        let mut fds: Vec<libc::pollfd> = [
-            nft.as_ref().map(|s| s.raw_fd()),
-            links.as_ref().map(|l| l.raw_fd()),
+        let fds: Vec<std::os::fd::BorrowedFd<'_>> = [
+            nft.as_ref().map(std::os::fd::AsFd::as_fd),
+            links.as_ref().map(std::os::fd::AsFd::as_fd),
         ]
         .into_iter()
         .flatten()
-        .map(|fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
         .collect();
         if fds.is_empty() {
             std::thread::sleep(Duration::from_secs(1));
             continue;
         }
-        // SAFETY: fds is a valid array of pollfd for its length.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
-        if ready <= 0 {
+        let ready = crate::sys::poll::wait_readable(&fds, Duration::from_secs(1));
+        if !ready.is_ok_and(|r| r.contains(&true)) {
             continue;
         }
         let mut to_send: Vec<Wake> = Vec::new();
