@@ -34,6 +34,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Lines kept before compaction.
 pub const MAX_ENTRIES: usize = 10_000;
 const FILE_NAME: &str = "journal.jsonl";
+/// Beside the journal: since when each current finding has been seen by `netmend check`.
+const FIRST_SEEN_NAME: &str = "first-seen.json";
 const LOCK_NAME: &str = "journal.lock";
 
 /// Reasons a journal line is counted as skipped (the closed label set of
@@ -294,6 +296,50 @@ impl Journal {
         journal.unseen.clear();
         journal.picked_up = 0;
         Ok(journal)
+    }
+
+    /// Remembers since when each finding in `present` (key, seen now) has been seen, across
+    /// `netmend check` runs: the earlier of the remembered time and now. Keys not present any more
+    /// are forgotten (a finding that went away starts again). Kept beside the journal in
+    /// `first-seen.json`, rewritten whole under the journal's lock; an unreadable file is
+    /// started afresh (the worst case is a fix that waits longer).
+    pub fn remember_first_seen(
+        &mut self,
+        present: &[(String, SystemTime)],
+    ) -> Result<BTreeMap<String, SystemTime>, JournalError> {
+        let path = self.path.with_file_name(FIRST_SEEN_NAME);
+        let _lock = FileLock::take(&self.lock, true, &self.path)?;
+        let stored: BTreeMap<String, f64> = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        let remembered: BTreeMap<String, SystemTime> = present
+            .iter()
+            .map(|(key, now)| {
+                let since = stored
+                    .get(key)
+                    .map(|secs| from_epoch_secs(*secs))
+                    .filter(|since| since < now)
+                    .unwrap_or(*now);
+                (key.clone(), since)
+            })
+            .collect();
+        let text: BTreeMap<&String, f64> = remembered
+            .iter()
+            .map(|(k, at)| (k, epoch_secs(*at)))
+            .collect();
+        let tmp = path.with_extension("json.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut file = File::create(&tmp)?;
+            file.write_all(&serde_json::to_vec(&text).unwrap_or_default())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|source| JournalError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(remembered)
     }
 
     pub fn path(&self) -> &Path {

@@ -52,6 +52,11 @@ fn write_config(ns: &NetNs, text: &str) -> String {
 
 /// `netmend check --window 0s --apply --output json --config CONFIG` with a fresh state dir.
 fn check_and_apply(ns: &NetNs, config: &str) -> Value {
+    check_and_apply_in(ns, config, &state_dir(ns))
+}
+
+/// The same with the state dir `state` (kept between runs).
+fn check_and_apply_in(ns: &NetNs, config: &str, state: &str) -> Value {
     json_of(&ns.netmend(&[
         "check",
         "--window",
@@ -62,7 +67,7 @@ fn check_and_apply(ns: &NetNs, config: &str) -> Value {
         "--config",
         config,
         "--state-dir",
-        &state_dir(ns),
+        state,
     ]))
 }
 
@@ -159,11 +164,25 @@ fn stale_cilium_backup_chains_are_found_in_both_backends_and_flushed() {
         .filter(|l| l.starts_with("-A CILIUM_POST_nat"))
         .map(String::from)
         .collect();
+    // Even with `--window 0s`, a backup chain is flushed only once it has been there for
+    // staleAfter, counted from the first run that saw it (kept in the state dir).
     let config = write_config(
         &ns,
-        "mode: enforce\nfixes:\n  flush-stale-chain: { enabled: true }\n",
+        "mode: enforce\nchecks:\n  cilium-stale-backup-chain: { staleAfter: 2s }\nfixes:\n  flush-stale-chain: { enabled: true }\n",
     );
-    let report = check_and_apply(&ns, &config);
+    let state = state_dir(&ns);
+    let first = check_and_apply_in(&ns, &config, &state);
+    let stale = findings_of(&first, "cilium-stale-backup-chain");
+    assert_eq!(stale.len(), 2, "{first:#}");
+    for f in stale {
+        assert_eq!(f["fix"]["state"], "pending", "{f:#}");
+    }
+    assert!(ns
+        .sh("iptables-nft-save -t nat")
+        .unwrap()
+        .contains(":OLD_CILIUM_POST_nat"));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let report = check_and_apply_in(&ns, &config, &state);
     for f in findings_of(&report, "cilium-stale-backup-chain") {
         assert_eq!(f["fix"]["state"], "verified", "{f:#}");
     }
@@ -194,7 +213,7 @@ fn a_referenced_backup_chain_is_flushed_and_kept() {
     .unwrap();
     let config = write_config(
         &ns,
-        "mode: enforce\nfixes:\n  flush-stale-chain: { enabled: true }\n",
+        "mode: enforce\nchecks:\n  cilium-stale-backup-chain: { staleAfter: 0s }\nfixes:\n  flush-stale-chain: { enabled: true }\n",
     );
     let report = check_and_apply(&ns, &config);
     let stale = findings_of(&report, "cilium-stale-backup-chain");

@@ -47,7 +47,7 @@ fn fresh_state_dir(ns: &NetNs) -> String {
 fn enforce_stale_chain(ns: &NetNs) -> Value {
     let config = write_config(
         ns,
-        "mode: enforce\nfixes:\n  flush-stale-chain: { enabled: true }\n",
+        "mode: enforce\nchecks:\n  cilium-stale-backup-chain: { staleAfter: 0s }\nfixes:\n  flush-stale-chain: { enabled: true }\n",
     );
     json_of(&ns.netmend(&[
         "check",

@@ -4,7 +4,9 @@
 //! 1. the check proposed a concrete action (else `blocked`, with the check's reason);
 //! 2. `mode: dry-run` reports what would be done (`dry-run`); in `enforce` a fix that is not
 //!    `enabled` is `disabled`;
-//! 3. the finding has persisted for the fix's `confirmFor` (else `pending`);
+//! 3. the finding has persisted as long as its check asks (`staleAfter`; in one-shot runs counted
+//!    from the first run that saw it) and, in the agent, for the fix's `confirmFor` (else
+//!    `pending`);
 //! 4. the circuit breaker: a fault fixed `maxAttempts` times within the breaker window that is back
 //!    again is no longer fixed (`circuit-open`, naming who re-added it when known);
 //! 5. per-subject cooldown since the last attempt (`cooldown`);
@@ -92,18 +94,33 @@ pub fn decide(
             ),
         );
     }
-    if scope == GuardScope::Agent {
-        let age = tracked.age(now);
-        if age < guard.confirm_for {
-            return skip(
-                Outcome::SkippedUnconfirmed,
-                format!(
-                    "waiting for the finding to persist {} (seen for {})",
-                    humantime::format_duration(guard.confirm_for),
-                    humantime::format_duration(std::time::Duration::from_secs(age.as_secs()))
-                ),
-            );
-        }
+    // A finding whose check asks it to persist (a Cilium backup lives for milliseconds while
+    // Cilium works) is not mended before it has: in the agent the tracker already holds it back;
+    // in a one-shot run its age is counted from when `netmend check` first saw it, across runs.
+    let persist_for = crate::detect::check(tracked.finding.check)
+        .map(|c| c.persist_for(config))
+        .unwrap_or_default();
+    let age = tracked.age(now);
+    if age < persist_for {
+        return skip(
+            Outcome::SkippedUnconfirmed,
+            format!(
+                "{}; not before the finding has persisted {} (seen for {})",
+                proposal.detail,
+                humantime::format_duration(persist_for),
+                humantime::format_duration(std::time::Duration::from_secs(age.as_secs()))
+            ),
+        );
+    }
+    if scope == GuardScope::Agent && age < guard.confirm_for {
+        return skip(
+            Outcome::SkippedUnconfirmed,
+            format!(
+                "waiting for the finding to persist {} (seen for {})",
+                humantime::format_duration(guard.confirm_for),
+                humantime::format_duration(std::time::Duration::from_secs(age.as_secs()))
+            ),
+        );
     }
     let attempts = history.applied_within_window(&key, now);
     if attempts >= guard.max_attempts {
@@ -278,9 +295,28 @@ mod tests {
             outcome(decide(&young, &enforce(), &h, t(100), GuardScope::Agent)),
             Outcome::SkippedUnconfirmed
         );
+        // One-shot runs skip confirmFor; the check's own persistence (staleAfter) still holds.
+        let no_stale_after = {
+            let mut config = enforce();
+            let yaml = "mode: enforce\nchecks:\n  cilium-stale-backup-chain: { staleAfter: 0s }\nfixes:\n  flush-stale-chain: { enabled: true, confirmFor: 30s }\n";
+            let parsed = Config::from_yaml(yaml).unwrap();
+            config.checks = parsed.checks;
+            config
+        };
+        assert_eq!(
+            outcome(decide(
+                &young,
+                &no_stale_after,
+                &h,
+                t(100),
+                GuardScope::OneShot
+            )),
+            Outcome::Applied
+        );
         assert_eq!(
             outcome(decide(&young, &enforce(), &h, t(100), GuardScope::OneShot)),
-            Outcome::Applied
+            Outcome::SkippedUnconfirmed,
+            "seen for 10s of the 30s staleAfter"
         );
         assert_eq!(
             outcome(decide(

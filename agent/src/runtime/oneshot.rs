@@ -73,7 +73,25 @@ pub fn run_check(
     };
     let t1 = if options.window.is_zero() { t0 } else { now() };
     let tracked = tracker.observe(evaluate(&last, config, &held), t1);
-    let findings = persistent(tracked, t1, |f| one_shot_min_age(f, config, options.window));
+    let mut findings = persistent(tracked, t1, |f| one_shot_min_age(f, config, options.window));
+    // With a journal, since when each finding has been seen counts across runs: a fix whose
+    // check asks for persistence (staleAfter) waits for it even with `--window 0s`.
+    if let Some(journal) = journal.as_deref_mut() {
+        let present: Vec<(String, SystemTime)> = findings
+            .iter()
+            .map(|t| (t.finding.key(), t.since))
+            .collect();
+        match journal.remember_first_seen(&present) {
+            Ok(remembered) => {
+                for t in &mut findings {
+                    if let Some(since) = remembered.get(&t.finding.key()) {
+                        t.since = t.since.min(*since);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot remember when findings were first seen"),
+        }
+    }
 
     let mut history = journal.as_ref().map(|j| history_of(j)).unwrap_or_default();
     let round = Round {
@@ -142,8 +160,10 @@ mod tests {
         )
     }
 
+    /// Enforcing, with no persistence asked of the backup chain (the tests of persistence set
+    /// their own).
     fn enforce() -> Config {
-        Config::from_yaml("mode: enforce\nfixes:\n  flush-stale-chain: { enabled: true }\n")
+        Config::from_yaml("mode: enforce\nchecks:\n  cilium-stale-backup-chain: { staleAfter: 0s }\nfixes:\n  flush-stale-chain: { enabled: true }\n")
             .unwrap()
     }
 
@@ -206,7 +226,7 @@ mod tests {
         );
         let node = FakeNode::new(two_stale);
         let config = Config::from_yaml(
-            "mode: enforce\nfixes:\n  flush-stale-chain: { enabled: true, cooldown: 0s }\nbudget: { fixesPerHour: 1 }\n",
+            "mode: enforce\nchecks:\n  cilium-stale-backup-chain: { staleAfter: 0s }\nfixes:\n  flush-stale-chain: { enabled: true, cooldown: 0s }\nbudget: { fixesPerHour: 1 }\n",
         )
         .unwrap();
         let dir =
@@ -266,6 +286,58 @@ mod tests {
         assert_eq!(
             report.findings[0].fix.as_ref().unwrap().state,
             FixState::Cooldown
+        );
+        assert_eq!(node.0.borrow().applied.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_fix_waits_for_stale_after_across_runs_even_with_a_zero_window() {
+        let node = FakeNode::new(stale_node());
+        let config = Config::from_yaml(
+            "mode: enforce\nchecks:\n  cilium-stale-backup-chain: { staleAfter: 30s }\nfixes:\n  flush-stale-chain: { enabled: true }\n",
+        )
+        .unwrap();
+        let dir =
+            std::env::temp_dir().join(format!("netmend-oneshot-persist-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut journal = Journal::open(&dir).unwrap();
+        let mut probe = node.clone();
+        let mut actuator = node.clone();
+        let clock = node.clone();
+        let mut check = |journal: &mut Journal| {
+            run_check(
+                CheckOptions {
+                    window: Duration::ZERO,
+                    apply: true,
+                },
+                &config,
+                "node-a",
+                CheckEnv {
+                    probe: &mut probe,
+                    actuator: &mut actuator,
+                    journal: Some(journal),
+                    now: &|| clock.0.borrow().clock,
+                },
+            )
+            .unwrap()
+        };
+        let first = check(&mut journal);
+        let fix = first.findings[0].fix.as_ref().unwrap();
+        assert_eq!(fix.state, FixState::Pending, "{fix:?}");
+        assert!(fix.detail.contains("persisted 30s"), "{fix:?}");
+        node.0.borrow_mut().clock += Duration::from_secs(20);
+        assert_eq!(
+            check(&mut journal).findings[0].fix.as_ref().unwrap().state,
+            FixState::Pending,
+            "20s of 30s, counted from the first run"
+        );
+        assert!(node.0.borrow().applied.is_empty());
+        node.0.borrow_mut().clock += Duration::from_secs(11);
+        let third = check(&mut journal);
+        assert_eq!(
+            third.findings[0].fix.as_ref().unwrap().state,
+            FixState::Verified
         );
         assert_eq!(node.0.borrow().applied.len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
