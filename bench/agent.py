@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Benchmark of `netmend run`: detection latency, idle cost and kube-proxy-style churn.
 
-usage (root): bench/agent.py [SERVICES] [INJECTIONS]      defaults: 10000 30
+usage (root): bench/agent.py [SERVICES] [INJECTIONS] [BACKEND] [WRITER]
+       defaults: 10000 30 nft restore; BACKEND nft|legacy, WRITER restore|commands
 
 Creates a network namespace, loads a kube-proxy-shaped ruleset of SERVICES services with
-iptables-nft-restore, starts the release agent inside it on 127.0.0.1:9899 and measures:
-- latency from a hijacking rule's commit (iptables-nft-restore returns) to the finding on /status, and
+iptables-nft-restore (or iptables-legacy-restore for BACKEND legacy), starts the release agent inside it on 127.0.0.1:9899 and measures:
+- latency from a hijacking rule's commit to the finding on /status (WRITER restore: one
+  iptables-restore --noflush; WRITER commands: the three commands CNI portmap runs, new chain, its
+  DNAT, the jump, timed from the last one's return), and
   from its removal to the finding clearing, over INJECTIONS repetitions (p50/p90/max);
 - the agent's CPU (utime+stime from /proc) and RSS at rest over 20 s;
 - CPU and peak RSS while the whole table is restored every 5 s for 30 s (churn).
@@ -42,35 +45,51 @@ HIJACK = ("*nat\n:CNI-HOSTPORT-DNAT - [0:0]\n:CNI-DN-bench - [0:0]\n"
           "-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\n"
           "-A CNI-HOSTPORT-DNAT -p tcp -m multiport --dports 6443 -j CNI-DN-bench\n"
           "-A CNI-DN-bench -p tcp -m tcp --dport 6443 -j DNAT --to-destination 10.42.0.244:6443\nCOMMIT\n")
-UNHIJACK = ("iptables-nft -t nat -D PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT && "
-            "iptables-nft -t nat -F CNI-HOSTPORT-DNAT && iptables-nft -t nat -X CNI-HOSTPORT-DNAT && "
-            "iptables-nft -t nat -F CNI-DN-bench && iptables-nft -t nat -X CNI-DN-bench")
+UNHIJACK = ("IPT -t nat -D PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT && "
+            "IPT -t nat -F CNI-HOSTPORT-DNAT && IPT -t nat -X CNI-HOSTPORT-DNAT && "
+            "IPT -t nat -F CNI-DN-bench && IPT -t nat -X CNI-DN-bench")
+# The way the CNI portmap plugin writes a hostport: separate commands (chain, DNAT, jumps).
+HIJACK_COMMANDS = ["IPT -w -t nat -N CNI-HOSTPORT-DNAT",
+                   "IPT -w -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT",
+                   "IPT -w -t nat -N CNI-DN-bench",
+                   "IPT -w -t nat -A CNI-DN-bench -p tcp -m tcp --dport 6443 -j DNAT --to-destination 10.42.0.244:6443",
+                   "IPT -w -t nat -A CNI-HOSTPORT-DNAT -p tcp -m multiport --dports 6443 -j CNI-DN-bench"]
 
 def main():
     services = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
     injections = int(sys.argv[2]) if len(sys.argv) > 2 else 30
+    backend = sys.argv[3] if len(sys.argv) > 3 else "nft"
+    writer = sys.argv[4] if len(sys.argv) > 4 else "restore"
+    assert backend in ("nft", "legacy") and writer in ("restore", "commands"), __doc__
+    ipt = "iptables-nft" if backend == "nft" else "iptables-legacy"
     ns = f"nm-bench-agent-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     state = tempfile.mkdtemp(prefix="netmend-bench-")
     agent = None
     try:
         sh(ns, "ip link set lo up")
+        # A node address: a hostport DNAT from prerouting captures traffic to the node's own
+        # addresses, which loopback alone is not.
+        sh(ns, "ip link add eth0 type dummy && ip addr add 192.168.77.10/24 dev eth0 && ip link set eth0 up")
         if not os.access(GEN, os.X_OK):
             subprocess.run(["cargo", "build", "--release", "--locked", "-p", "netmend-e2e", "--bin",
                             "gen-ruleset"], cwd=ROOT, check=True)
         rules = subprocess.run([GEN, "--mode", "iptables", str(services), "2"], check=True,
                                capture_output=True, text=True).stdout
-        sh(ns, "iptables-nft-restore", stdin=rules)
+        sh(ns, f"{ipt}-restore", stdin=rules)
         agent = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", BIN, "run", "--listen",
                                   f"127.0.0.1:{PORT}", "--state-dir", state],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # Injections and polling run in one process inside the namespace, so the figures hold
         # only the agent's reaction, not the cost of entering the namespace.
         started = time.time()
-        out = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-c", PROBE,
+        probe = (PROBE.replace("IPT", ipt)
+                 .replace("@WRITER@", writer))
+        out = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-c", probe,
                               str(injections)], check=True, capture_output=True, text=True).stdout
         result = json.loads(out)
         pid = agent.pid  # nsenter execs netmend: same pid
+        print(f"backend {backend}, writer {writer}")
         print(f"ruleset: {services} services; agent ready after {result['ready_s']:.2f} s; "
               f"RSS {rss_mib(pid, 'VmRSS'):.1f} MiB")
         for name in ("appear", "clear"):
@@ -90,7 +109,7 @@ def main():
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
         restores = 0
         while time.monotonic() - t0 < 30:
-            sh(ns, f"iptables-nft-restore < {path}")
+            sh(ns, f"{ipt}-restore < {path}")
             restores += 1
             time.sleep(5)
         churn = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0) * 100
@@ -110,6 +129,8 @@ import json, subprocess, sys, time, urllib.request
 URL = "http://127.0.0.1:PORT"
 HIJACK = """@HIJACK@"""
 UNHIJACK = """@UNHIJACK@"""
+COMMANDS = @COMMANDS@
+WRITER = "@WRITER@"
 def get(path):
     try:
         with urllib.request.urlopen(URL + path, timeout=5) as r:
@@ -130,14 +151,19 @@ t0 = time.monotonic()
 wait(lambda: get("/readyz")[0] == 200)
 result = {"ready_s": time.monotonic() - t0, "appear": [], "clear": []}
 for _ in range(int(sys.argv[1])):
-    subprocess.run(["iptables-nft-restore", "--noflush"], input=HIJACK, text=True, check=True)
+    if WRITER == "restore":
+        subprocess.run(["IPT-restore", "--noflush"], input=HIJACK, text=True, check=True)
+    else:
+        for command in COMMANDS:
+            subprocess.run(command.split(), check=True)
     t = time.monotonic(); wait(hijacked); result["appear"].append((time.monotonic() - t) * 1000)
     time.sleep(0.3)  # past minPassInterval (200 ms), which rate-limits back-to-back change passes
     subprocess.run(["sh", "-c", UNHIJACK], check=True)
     t = time.monotonic(); wait(lambda: not hijacked()); result["clear"].append((time.monotonic() - t) * 1000)
     time.sleep(0.3)
 print(json.dumps(result))
-'''.replace("PORT", str(PORT)).replace("@UNHIJACK@", UNHIJACK).replace("@HIJACK@", HIJACK)
+'''.replace("PORT", str(PORT)).replace("@UNHIJACK@", UNHIJACK).replace("@HIJACK@", HIJACK).replace(
+    "@COMMANDS@", repr(HIJACK_COMMANDS))
 
 if __name__ == "__main__":
     main()

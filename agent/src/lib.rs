@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod act;
+pub mod arp_probe;
 pub mod config;
 pub mod detect;
 pub mod http;
@@ -14,7 +15,6 @@ pub mod journal;
 pub mod metrics;
 pub mod model;
 pub mod observe;
-pub mod probe;
 pub mod remediate;
 pub mod report;
 pub mod runtime;

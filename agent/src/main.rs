@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use netmend::act::kernel::KernelActuator;
 use netmend::config::Config;
 use netmend::journal::Journal;
-use netmend::observe::node::{KernelProbe, NftView};
+use netmend::observe::node::{KernelReader, NftView};
 use netmend::runtime::oneshot::{run_check, CheckEnv, CheckOptions};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -192,7 +192,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             if let Some(netns) = &netns {
                 enter_netns(netns)?;
             }
-            let result = netmend::probe::probe_arp(&interface, address, timeout, source)?;
+            let result = netmend::arp_probe::probe_arp(&interface, address, timeout, source)?;
             match result.answered_by {
                 Some(mac) => {
                     println!(
@@ -233,7 +233,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             if let Some(netns) = &netns {
                 enter_netns(netns)?;
             }
-            let mut probe = KernelProbe::new(NftView::Fresh);
+            let mut probe = KernelReader::new(NftView::Fresh);
             let mut actuator = KernelActuator::new();
             let mut journal = if apply {
                 Some(Journal::open(&state_dir).context("--apply keeps a journal")?)

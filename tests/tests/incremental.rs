@@ -318,14 +318,14 @@ fn measure_incremental_scale() {
 
 #[test]
 fn kernel_probe_keeps_nftables_current_from_events() {
-    use netmend::observe::node::{KernelProbe, NftView};
-    use netmend::runtime::NodeProbe;
+    use netmend::observe::node::{KernelReader, NftView};
+    use netmend::runtime::NodeReader;
     require_tool("iptables-nft");
     let ns = NetNs::new("incprobe");
     ns.restore("iptables-nft-restore", &kube_proxy_ruleset(50, 2))
         .unwrap();
     ns.run(|| {
-        let mut probe = KernelProbe::new(NftView::Cached);
+        let mut probe = KernelReader::new(NftView::Cached);
         let first = probe.snapshot().expect("snapshot");
         assert_eq!(probe.dumps, 1);
         assert_eq!(first.sources["nftables"].detail, None);

@@ -257,8 +257,9 @@ fn filtered_driver_is_found_and_mended_by_promisc() {
     assert!(allowed[0].proposal.as_ref().unwrap().action.is_some());
 
     // The prober times out through the filter.
-    let probe = client
-        .run(|| netmend::probe::probe_arp("peer", VIP, Duration::from_millis(800), None).unwrap());
+    let probe = client.run(|| {
+        netmend::arp_probe::probe_arp("peer", VIP, Duration::from_millis(800), None).unwrap()
+    });
     assert_eq!(probe.answered_by, None);
     assert_eq!(probe.sender_ip, CLIENT_IP);
 
@@ -270,7 +271,7 @@ fn filtered_driver_is_found_and_mended_by_promisc() {
 
     let node_mac = links.iter().find(|l| l.name == "eth0").unwrap().mac;
     let probe = client
-        .run(|| netmend::probe::probe_arp("peer", VIP, Duration::from_secs(2), None).unwrap());
+        .run(|| netmend::arp_probe::probe_arp("peer", VIP, Duration::from_secs(2), None).unwrap());
     assert_eq!(probe.answered_by, node_mac);
     assert!(probe.rtt < Duration::from_secs(2));
 
@@ -394,7 +395,7 @@ fn an_interface_deleted_mid_watch_is_marked_gone() {
     assert!(err.is_gone(), "{err}");
     assert!(err.to_string().contains("ENODEV"), "{err}");
     let err = client
-        .run(|| netmend::probe::probe_arp("peer", VIP, Duration::from_millis(100), None))
+        .run(|| netmend::arp_probe::probe_arp("peer", VIP, Duration::from_millis(100), None))
         .unwrap_err();
     assert!(err.to_string().contains("peer"), "{err}");
 }

@@ -1,4 +1,4 @@
-//! The kernel-backed [`NodeProbe`]: reads every source of a [`NodeSnapshot`] in the calling
+//! The kernel-backed [`NodeReader`]: reads every source of a [`NodeSnapshot`] in the calling
 //! thread's network namespace, times each one, and tells a degraded source (reported on its
 //! status, the other checks go on) from a fatal one (a missing privilege or kernel feature, which
 //! `netmend check` turns into exit status 2).
@@ -7,12 +7,12 @@
 //! [`NftView::Cached`] keeps the ruleset current from change notifications
 //! ([`nftables::NftTracker`]: cost proportional to the change, one tiny GETGEN request a pass to
 //! confirm the generation) and dumps in full only at start, on an event overflow, on a
-//! notification it cannot apply, on a generation mismatch and on [`NodeProbe::resync`].
+//! notification it cannot apply, on a generation mismatch and on [`NodeReader::resync`].
 
 use crate::model::ruleset::Ruleset;
 use crate::model::snapshot::{ListeningSocket, NodeSnapshot, ProcessInfo, SourceStatus};
 use crate::observe::{addresses, iptables_legacy, nftables, sockets};
-use crate::runtime::{NodeProbe, ProbeFatal};
+use crate::runtime::{NodeReader, ProbeFatal};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -27,7 +27,7 @@ pub enum NftView {
 }
 
 /// Reads the node through netlink and getsockopt.
-pub struct KernelProbe {
+pub struct KernelReader {
     view: NftView,
     /// The incremental reader (cached view only).
     tracker: nftables::NftTracker,
@@ -64,9 +64,9 @@ fn kube_api_service() -> Option<(IpAddr, u16)> {
     Some((host, port))
 }
 
-impl KernelProbe {
-    pub fn new(view: NftView) -> KernelProbe {
-        KernelProbe {
+impl KernelReader {
+    pub fn new(view: NftView) -> KernelReader {
+        KernelReader {
             view,
             tracker: nftables::NftTracker::new(),
             dumps: 0,
@@ -146,7 +146,7 @@ fn nft_status(ruleset: &Ruleset, took: Duration) -> SourceStatus {
     }
 }
 
-impl NodeProbe for KernelProbe {
+impl NodeReader for KernelReader {
     fn resync(&mut self) {
         self.tracker.resync("periodic resync");
         if let Some(legacy) = self.legacy.as_mut() {

@@ -22,7 +22,7 @@ use crate::runtime::oneshot::history_of;
 use crate::runtime::reporting::FixLedger;
 use crate::runtime::ruleset_memo::RulesetMemo;
 use crate::runtime::verify::PendingVerifications;
-use crate::runtime::{Actuator, NodeProbe};
+use crate::runtime::{Actuator, NodeReader};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -55,7 +55,7 @@ const TICK: Duration = Duration::from_secs(1);
 const RECENT_JOURNAL: usize = 50;
 
 /// The agent's engine.
-pub struct Engine<P: NodeProbe, A: Actuator> {
+pub struct Engine<P: NodeReader, A: Actuator> {
     pub config: Config,
     config_error: Option<String>,
     source: ConfigSource,
@@ -90,7 +90,7 @@ fn resync_label(reason: &str) -> &'static str {
     }
 }
 
-impl<P: NodeProbe, A: Actuator> Engine<P, A> {
+impl<P: NodeReader, A: Actuator> Engine<P, A> {
     pub fn new(
         config: Config,
         source: ConfigSource,

@@ -12,7 +12,7 @@ use crate::remediate::guard::{decide, Decision, GuardScope};
 use crate::remediate::history::FixHistory;
 use crate::remediate::tracker::TrackedFinding;
 use crate::runtime::pass::{execute, Execution};
-use crate::runtime::{Actuator, NodeProbe};
+use crate::runtime::{Actuator, NodeReader};
 use std::time::SystemTime;
 
 /// What happened to one finding's fix.
@@ -93,7 +93,7 @@ pub fn decide_and_act(
     round: &Round<'_>,
     history: &mut FixHistory,
     now: SystemTime,
-    probe: &mut dyn NodeProbe,
+    probe: &mut dyn NodeReader,
     actuator: &mut dyn Actuator,
     clock: &dyn Fn() -> SystemTime,
     journal: &mut dyn FnMut(JournalEntry),

@@ -4,7 +4,7 @@
 
 use crate::model::finding::FixAction;
 use crate::model::snapshot::NodeSnapshot;
-use crate::runtime::{ActError, ActReport, Actuator, NodeProbe, ProbeFatal};
+use crate::runtime::{ActError, ActReport, Actuator, NodeReader, ProbeFatal};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -45,7 +45,7 @@ impl FakeNode {
     }
 }
 
-impl NodeProbe for FakeNode {
+impl NodeReader for FakeNode {
     fn snapshot(&mut self) -> Result<NodeSnapshot, ProbeFatal> {
         let mut state = self.0.borrow_mut();
         state.snapshots_taken += 1;

@@ -1,4 +1,4 @@
-//! Running the pipeline: the narrow traits behind which every kernel effect sits ([`NodeProbe`]
+//! Running the pipeline: the narrow traits behind which every kernel effect sits ([`NodeReader`]
 //! reads, [`Actuator`] writes), the pass shared by `netmend check` and `netmend run` (detect ->
 //! track -> guard -> re-check -> act -> verify -> journal), and the one-shot driver.
 //!
@@ -28,7 +28,7 @@ use crate::model::snapshot::NodeSnapshot;
 pub struct ProbeFatal(pub String);
 
 /// Reads the node. Each call returns a fresh snapshot of every source.
-pub trait NodeProbe {
+pub trait NodeReader {
     fn snapshot(&mut self) -> Result<NodeSnapshot, ProbeFatal>;
 
     /// Takes the settings that shape what is read (ARP targets, the responder map's path, the

@@ -16,7 +16,7 @@ use crate::remediate::tracker::{persistent, Tracker};
 use crate::report::{FindingReport, Report};
 use crate::runtime::decide::{decide_and_act, Round};
 use crate::runtime::pass::evaluate;
-use crate::runtime::{Actuator, NodeProbe, ProbeFatal};
+use crate::runtime::{Actuator, NodeReader, ProbeFatal};
 use std::time::{Duration, SystemTime};
 
 /// Options of one check run.
@@ -36,7 +36,7 @@ fn one_shot_min_age(finding: &Finding, config: &Config, window: Duration) -> Dur
 
 /// What a check run reads, writes and waits with.
 pub struct CheckEnv<'a> {
-    pub probe: &'a mut dyn NodeProbe,
+    pub probe: &'a mut dyn NodeReader,
     pub actuator: &'a mut dyn Actuator,
     /// The journal, when fixes may be applied.
     pub journal: Option<&'a mut Journal>,

@@ -11,7 +11,7 @@ use crate::model::ruleset::Backend;
 use crate::model::snapshot::NodeSnapshot;
 use crate::remediate::guard::Decision;
 use crate::remediate::tracker::TrackedFinding;
-use crate::runtime::{ActError, Actuator, NodeProbe};
+use crate::runtime::{ActError, Actuator, NodeReader};
 use std::time::SystemTime;
 
 /// Every enabled check on one snapshot; `promisc_held` are the interfaces netmend made
@@ -70,7 +70,7 @@ pub fn execute(
     tracked: &TrackedFinding,
     config: &Config,
     promisc_held: &[String],
-    probe: &mut dyn NodeProbe,
+    probe: &mut dyn NodeReader,
     actuator: &mut dyn Actuator,
     now: impl Fn() -> SystemTime,
 ) -> Execution {
@@ -233,7 +233,7 @@ fn settle_unknown(
     action: &FixAction,
     config: &Config,
     promisc_held: &[String],
-    probe: &mut dyn NodeProbe,
+    probe: &mut dyn NodeReader,
     entry: impl Fn(Outcome, &str) -> JournalEntry,
 ) -> Execution {
     let first = format!("{why}; re-reading to settle it");

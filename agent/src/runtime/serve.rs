@@ -9,7 +9,7 @@
 
 use crate::http::{router, Shared};
 use crate::runtime::agent::{Engine, Wake};
-use crate::runtime::{Actuator, NodeProbe};
+use crate::runtime::{Actuator, NodeReader};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Sender};
@@ -38,7 +38,7 @@ pub type FeedStarter = Box<dyn FnOnce(Sender<Wake>, Arc<AtomicBool>, Arc<Shared>
 
 /// Everything the agent runs, built by the caller (main wires the kernel implementations; tests
 /// may wire fakes).
-pub struct AgentParts<P: NodeProbe, A: Actuator> {
+pub struct AgentParts<P: NodeReader, A: Actuator> {
     pub engine: Engine<P, A>,
     pub shared: Arc<Shared>,
     pub listen: SocketAddr,
@@ -48,7 +48,7 @@ pub struct AgentParts<P: NodeProbe, A: Actuator> {
 /// Runs the agent until a signal or a dead loop.
 pub fn serve<P, A>(parts: AgentParts<P, A>) -> Result<(), ServeError>
 where
-    P: NodeProbe + Send + 'static,
+    P: NodeReader + Send + 'static,
     A: Actuator + Send + 'static,
 {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -62,7 +62,7 @@ where
 
 async fn run<P, A>(parts: AgentParts<P, A>) -> Result<(), ServeError>
 where
-    P: NodeProbe + Send + 'static,
+    P: NodeReader + Send + 'static,
     A: Actuator + Send + 'static,
 {
     let AgentParts {

@@ -29,7 +29,7 @@ pub fn run_kernel_agent(
         source,
         journal,
         shared.clone(),
-        crate::observe::node::KernelProbe::new(crate::observe::node::NftView::Cached),
+        crate::observe::node::KernelReader::new(crate::observe::node::NftView::Cached),
         crate::act::kernel::KernelActuator::new(),
     );
     serve(AgentParts {
