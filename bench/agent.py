@@ -70,7 +70,7 @@ def main():
         sh(ns, "ip link set lo up")
         # A node address: a hostport DNAT from prerouting captures traffic to the node's own
         # addresses, which loopback alone is not.
-        sh(ns, "ip link add eth0 type dummy && ip addr add 192.168.77.10/24 dev eth0 && ip link set eth0 up")
+        sh(ns, "(ip link add eth0 type dummy 2>/dev/null || ip link add eth0 type bridge) && ip addr add 192.168.77.10/24 dev eth0 && ip link set eth0 up")
         if not os.access(GEN, os.X_OK):
             subprocess.run(["cargo", "build", "--release", "--locked", "-p", "netmend-e2e", "--bin",
                             "gen-ruleset"], cwd=ROOT, check=True)

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Benchmark: `netmend check --window 0s` against `iptables-nft-save -t nat` and `nft list ruleset`
-# on the same kube-proxy-shaped ruleset, side by side, in a fresh network namespace.
+# (or `iptables-legacy-save`) on the same kube-proxy-shaped ruleset, side by side, in a fresh
+# network namespace.
 #
 # usage: bench/ruleset.sh [SERVICES] [ENDPOINTS] [RUNS] [MODE]   (default 10000 2 5 iptables; needs root)
-# MODE is kube-proxy's back-end: `iptables` (loaded with iptables-nft-restore) or `nftables` (nft -f).
+# MODE is kube-proxy's back-end: `iptables` (loaded with iptables-nft-restore), `legacy` (iptables
+# mode loaded with iptables-legacy-restore) or `nftables` (nft -f).
 # Prints wall time (hyperfine mean and min) and peak RSS (GNU time) of each command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +20,14 @@ ip netns add "$ns"
 in_ns() { nsenter --net="/run/netns/$ns" "$@"; }
 in_ns ip link set lo up
 rules=$(mktemp)
-"$gen" --mode "$mode" "$services" "$endpoints" > "$rules"
-if [ "$mode" = nftables ]; then
+gen_mode=$mode; [ "$mode" = legacy ] && gen_mode=iptables
+"$gen" --mode "$gen_mode" "$services" "$endpoints" > "$rules"
+compare=("iptables-nft-save -t nat" "nft list ruleset")
+if [ "$mode" = legacy ]; then
+  in_ns iptables-legacy-restore < "$rules"
+  compare=("iptables-legacy-save -t nat" "iptables-legacy-save")
+  echo "ruleset ($mode): $services services x $endpoints endpoints: $(in_ns iptables-legacy-save -t nat | grep -c '^-A') rules in $(in_ns iptables-legacy-save -t nat | grep -c '^:') chains in nat"
+elif [ "$mode" = nftables ]; then
   in_ns nft -f "$rules"
   echo "ruleset ($mode mode): $services services x $endpoints endpoints: $(grep -c '^add rule' "$rules") rules in $(grep -c '^add chain' "$rules") chains, $(grep -c '^add element' "$rules") map and set elements"
 else
@@ -33,7 +41,7 @@ peak_rss() {  # peak RSS in MiB of one run
 }
 
 printf '%-40s %10s %10s %12s\n' command "mean s" "min s" "peak MiB"
-for cmd in "$bin check --window 0s --output json" "iptables-nft-save -t nat" "nft list ruleset"; do
+for cmd in "$bin check --window 0s --output json" "${compare[@]}"; do
   # shellcheck disable=SC2086
   json=$(mktemp)
   hyperfine --style none --warmup 1 --runs "$runs" -i --export-json "$json" \

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How often unchanged-looking tables are hashed to catch same-size edits.
-pub const VERIFY_INTERVAL: Duration = Duration::from_secs(10);
+pub const VERIFY_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What a table was last read as: its GET_INFO and its content fingerprint.
 #[derive(Clone)]
@@ -111,5 +111,35 @@ impl LegacyCache {
         });
         self.ruleset = Some(ruleset.clone());
         Ok(ruleset)
+    }
+}
+
+/// A cheap watch for legacy changes between passes: the GET_INFO of every legacy table, polled
+/// by the agent's change feed (x_tables has no notifications). A change of hooks, entry count or
+/// size wakes the engine at once; a same-size edit is left to the cache's content check.
+#[derive(Default)]
+pub struct InfoWatch {
+    last: Option<Vec<((Family, String), TableInfo)>>,
+}
+
+impl InfoWatch {
+    /// Whether any legacy table's GET_INFO moved since the last call (false on the first call
+    /// and when the tables cannot be read: the next pass reports that).
+    pub fn changed(&mut self) -> bool {
+        let mut now = Vec::new();
+        for family in [Family::Ip, Family::Ip6] {
+            let Ok(names) = iptables_legacy::table_names(family) else {
+                return false;
+            };
+            for name in names {
+                let Ok(info) = iptables_legacy::read_table_info(family, &name) else {
+                    return false;
+                };
+                now.push(((family, name), info));
+            }
+        }
+        let changed = self.last.as_ref().is_some_and(|last| *last != now);
+        self.last = Some(now);
+        changed
     }
 }

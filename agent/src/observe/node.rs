@@ -39,9 +39,15 @@ pub struct KernelReader {
     l2: crate::observe::l2_watch::L2Watch,
     /// The legacy tables, decoded only when they changed (cached view), or read fresh.
     legacy: Option<crate::observe::legacy_cache::LegacyCache>,
+    /// The ports NAT rules match, with the ruleset versions they were computed from.
+    nat_ports: Option<(NatPortsInputs, BTreeSet<u16>)>,
     /// Listener owners resolved so far, by socket inode (None: held by no visible process).
     socket_owners: BTreeMap<u64, Option<ProcessInfo>>,
 }
+
+/// What the NAT-matched ports were computed from: the nftables generation and the identity of
+/// the legacy ruleset.
+type NatPortsInputs = (Option<Option<u32>>, Option<std::sync::Weak<Ruleset>>);
 
 /// Where the host's /proc is: `NETMEND_HOST_PROC` (a hostPath mount) or `/proc` (with hostPID).
 fn proc_root() -> PathBuf {
@@ -74,17 +80,41 @@ impl KernelReader {
             l2: crate::observe::l2_watch::L2Watch::new(),
             legacy: (view == NftView::Cached).then(crate::observe::legacy_cache::LegacyCache::new),
             socket_owners: BTreeMap::new(),
+            nat_ports: None,
         }
     }
 
     /// Fills the owner of every listener on a port some NAT rule matches, scanning /proc only for
     /// sockets not seen before (an inode keeps its owner for the socket's life).
     fn resolve_owners(&mut self, snapshot: &NodeSnapshot, listeners: &mut [ListeningSocket]) {
-        let ports = sockets::nat_matched_ports(
-            [snapshot.nftables.as_deref(), snapshot.legacy.as_deref()]
-                .into_iter()
-                .flatten(),
+        // The ports NAT rules match, walked again only when a ruleset changed (the nftables
+        // generation moved, or the legacy cache handed out another ruleset).
+        // (A Weak keeps its allocation alive, so a later ruleset cannot reuse its address.)
+        let inputs = (
+            snapshot.nftables.as_ref().map(|r| r.generation),
+            snapshot.legacy.as_ref().map(Arc::downgrade),
         );
+        let unchanged = |seen: &NatPortsInputs| {
+            seen.0 == inputs.0
+                && inputs.0.is_none_or(|g| g.is_some())
+                && match (&seen.1, &inputs.1) {
+                    (Some(a), Some(b)) => a.ptr_eq(b),
+                    (None, None) => true,
+                    _ => false,
+                }
+        };
+        let ports = match &self.nat_ports {
+            Some((seen, ports)) if unchanged(seen) => ports.clone(),
+            _ => {
+                let ports = sockets::nat_matched_ports(
+                    [snapshot.nftables.as_deref(), snapshot.legacy.as_deref()]
+                        .into_iter()
+                        .flatten(),
+                );
+                self.nat_ports = Some((inputs, ports.clone()));
+                ports
+            }
+        };
         let live: BTreeSet<u64> = listeners.iter().map(|l| l.inode).collect();
         self.socket_owners.retain(|inode, _| live.contains(inode));
         let wanted: BTreeSet<u64> = listeners

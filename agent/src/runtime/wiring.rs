@@ -11,6 +11,9 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How often the GET_INFO of the iptables-legacy tables is compared with the last one.
+pub const LEGACY_POLL: Duration = Duration::from_millis(100);
+
 /// Wires the kernel implementations and runs the agent: the engine reads nftables through the
 /// generation-checked cache, the feed turns nftables notifications into wakes.
 pub fn run_kernel_agent(
@@ -40,10 +43,12 @@ pub fn run_kernel_agent(
     })
 }
 
-/// Turns nftables notifications and link changes into wakes until `stop`. A transaction
-/// committed by netmend itself is not attributed (it is not a re-add). A socket that fails is
-/// reopened; without it, changes are still seen on the next tick.
+/// Turns nftables notifications, link changes and iptables-legacy changes into wakes until
+/// `stop`. A transaction committed by netmend itself is not attributed (it is not a re-add). A
+/// socket that fails is reopened; without it, changes are still seen on the next tick. x_tables
+/// sends no notifications: its tables' GET_INFO is polled every [`LEGACY_POLL`].
 fn change_feed(wakes: Sender<Wake>, stop: Arc<AtomicBool>, shared: Arc<Shared>) {
+    let mut legacy = crate::observe::legacy_cache::InfoWatch::default();
     use crate::observe::links::LinkWatcher;
     use crate::observe::nft_events::{NftEvent, NftEventSocket};
     let own_pid = std::process::id();
@@ -98,12 +103,16 @@ fn change_feed(wakes: Sender<Wake>, stop: Arc<AtomicBool>, shared: Arc<Shared>) 
         .into_iter()
         .flatten()
         .collect();
-        if fds.is_empty() {
-            std::thread::sleep(Duration::from_secs(1));
-            continue;
+        let ready = if fds.is_empty() {
+            std::thread::sleep(LEGACY_POLL);
+            false
+        } else {
+            crate::sys::poll::wait_readable(&fds, LEGACY_POLL).is_ok_and(|r| r.contains(&true))
+        };
+        if legacy.changed() && wakes.send(Wake::Changed { by: None }).is_err() {
+            return;
         }
-        let ready = crate::sys::poll::wait_readable(&fds, Duration::from_secs(1));
-        if !ready.is_ok_and(|r| r.contains(&true)) {
+        if !ready {
             continue;
         }
         let mut to_send: Vec<Wake> = Vec::new();
