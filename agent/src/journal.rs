@@ -19,6 +19,9 @@
 //! Lines that are not journal entries are counted by reason (`corrupt`, `torn`) and an entry whose
 //! outcome this version does not know is kept and counted (`unknown-outcome`): nothing is dropped
 //! silently ([`Journal::health`]).
+//!
+//! One file on purpose: the file format, the lock between writers, catch-up after another writer's
+//! appends or compaction, and what the guards and the verifier read back are one storage protocol.
 
 use crate::model::finding::{CheckId, FixId, Outcome};
 use crate::remediate::history::Attempt;

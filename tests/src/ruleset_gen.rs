@@ -41,6 +41,9 @@
 //! order. In nftables mode endpoint `j` (0-based) of service `i` (1-based) has the address
 //! 10.(180 + `j`).0.0 + `i` (10.180.0.`i` for the first endpoint of the first services, as in
 //! upstream's tests).
+//!
+//! Long because it writes both of kube-proxy's modes (iptables and nftables) with their naming
+//! rules; the two share the service model and hashes.
 
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;

@@ -29,6 +29,9 @@
 //!   then the line iptables-save prints.
 //! - A restore killed or timed out after it started may or may not have committed:
 //!   [`LegacyWriteError::CommitUnknown`]; the caller settles it with a re-read.
+//!
+//! One file on purpose: the lock, the re-read under it, the plan by content and the restore script
+//! are one write protocol; split, each part would be unsafe to call alone.
 
 use crate::model::finding::{FixAction, NarrowPorts, RuleRef};
 use crate::model::render::{action_fingerprint, rule_spec};

@@ -20,6 +20,9 @@
 //! [`prepare_narrow`] reads one rule written by iptables-nft (GETRULE by handle) and rewrites the
 //! port list of its `multiport` compat match, keeping every other expression and the comment
 //! (rule userdata) byte for byte: the pod's remaining host ports, in a rule otherwise identical.
+//!
+//! One file on purpose: the batch encoder, the generation guard, the acknowledgement reader and the
+//! in-place rewrite of a narrowed rule are one netlink write protocol sharing its message helpers.
 
 use crate::model::ruleset::{Family, PortRange};
 use crate::observe::netlink::{

@@ -23,6 +23,9 @@
 //! Fix: `set-promisc` when the interface is allowed (a physical NIC per
 //! [`Link::class`], or listed in `allowed_interfaces`) and not already promiscuous; otherwise the
 //! proposal carries no action and says why.
+//!
+//! Longer than most checks: it also owns its target syntax (`IP@IF[!always]` or an object) and who
+//! owns a target (assigned, responder map, configured), which nothing else uses.
 
 use crate::config::{
     duration_or, validate_interface_name, Config, ConfigError, HumanDuration, Settings,

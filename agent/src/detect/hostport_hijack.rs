@@ -28,6 +28,11 @@
 //! hijacked ports' rules go, and the jump's `multiport --dports` list is narrowed to the pod's other
 //! host ports; when none remains, the jumps and the chain go. Anything else (Docker, kube-proxy,
 //! unknown) is reported with the fix blocked and why.
+//!
+//! The longest check, on purpose: the path walk from the nat hooks, what is protected (ports, bound
+//! addresses, the API Service address), who published a DNAT and the fix plan (portmap narrowing,
+//! configured owners) all read the same walk state; each part is a section below, and the fix plan
+//! could move out once a second check proposes `remove-hijack-rule`.
 
 use crate::config::{ConfigError, Settings};
 use crate::detect::{Check, CheckContext, Inputs};

@@ -1,6 +1,9 @@
 //! Renders normalised rules back into text people know: iptables-save syntax for tables written by
 //! iptables (legacy, or iptables-nft's classic tables) and nft syntax for native nftables tables.
 //! Used in evidence and for the content hashes that guard fixes. Pure.
+//!
+//! Long because it speaks two syntaxes (iptables-save and nft) for every match and action the model
+//! has; both renderers share the field and value helpers.
 
 use crate::model::finding::FixAction;
 use crate::model::ruleset::{

@@ -5,6 +5,9 @@
 //! [`Action`]. Decoders turn nftables expressions and x_tables blobs into this shape; whatever they
 //! do not understand becomes [`Match::Opaque`] or [`Action::Opaque`] so that one odd rule never fails
 //! a chain, a table or the snapshot.
+//!
+//! Long because it is the whole vocabulary of both backends' rules (tables, chains, rules, matches,
+//! actions, sets); it has no logic beyond small accessors.
 
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -23,6 +23,9 @@
 //! kept per address.
 //! Gratuitous ARP (sender address = target address) is an announcement, not a question or an
 //! answer: it is counted only in `frames`.
+//!
+//! One file on purpose: the ARP frame decoder, the packet tap's classic BPF filter, the bounded
+//! ageing memory and the window accounting are one source.
 
 use crate::model::l2::{ArpCounters, MacAddr, Requester, TargetCounts, WatchedInterface};
 use crate::sys;

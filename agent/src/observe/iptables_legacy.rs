@@ -17,6 +17,9 @@
 //!   unconditional RETURN (its "policy" entry, not a rule); the table ends with an `ERROR` target
 //!   named "ERROR". A standard target's verdict < 0 is builtin, >= 0 the byte offset of the first
 //!   entry of the jumped-to chain (or of the next entry: no verdict).
+//!
+//! One file on purpose: the x_tables entry layout (IPv4 and IPv6), the table reader and the blob
+//! decoder share the layout constants; the match and target decoders are in `xt.rs`.
 
 use crate::model::ruleset::{
     Action, Backend, BaseChain, Chain, Cidr, Direction, Family, HookPoint, Match, Rule, Ruleset,

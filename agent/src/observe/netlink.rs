@@ -5,6 +5,9 @@
 //! It owns no protocol knowledge beyond the netlink header; decoding of message bodies lives with
 //! each source. Attribute walking is hand-written (a TLV walk is a few lines) because generic parsers
 //! cost too much on an 80,000-rule dump.
+//!
+//! Long because it is the whole netlink framing layer (messages, attributes, nested attributes,
+//! errors, dumps) the other readers build on.
 
 use crate::sys;
 use std::io;

@@ -20,6 +20,9 @@
 //!   (`observe::ipset`);
 //! - a DNAT/REDIRECT with `--random`/`--persistent` stays a redirection for the checks with a note
 //!   that its flags are not expressible; SNAT/MASQUERADE with flags keep their exact text.
+//!
+//! Long because it is one table of cases: every x_tables match and target blob netmend decodes,
+//! each beside its iptables-save rendering.
 
 use crate::model::render::{
     limit_rate_text, mark_text, save_string, tcp_flag_names, NOT_EXPRESSIBLE_MARK, SET_INDEX_PREFIX,

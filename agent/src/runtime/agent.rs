@@ -7,6 +7,8 @@
 //! The jobs around it live in their own files: the configuration file (`config_source`), the
 //! ruleset checks' memo (`ruleset_memo`), fixes waiting for proof (`verify`), the per-finding fix
 //! states (`reporting`). No check or fix is named here.
+//!
+//! Its tests make it long; the code is the engine's pass and loop only.
 
 use crate::config::Config;
 use crate::detect::{self, CheckContext, Inputs};

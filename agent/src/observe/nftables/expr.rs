@@ -16,6 +16,9 @@
 //!
 //! Whatever is not understood becomes [`Match::Opaque`] / [`Action::Opaque`]; an unknown expression
 //! also forgets every register so that nothing stale is misread.
+//!
+//! Long because it decodes every nftables expression netmend understands, with the register
+//! tracking that turns expression sequences into matches; one table of cases.
 
 use super::{attr_str_ref, decode_verdict, NFTA_DATA_VALUE, NFTA_DATA_VERDICT};
 use crate::model::ruleset::{

@@ -27,6 +27,9 @@
 //! marked and compacted once per affected chain/table when a snapshot is taken, so flushing a
 //! 10,000-rule chain is linear, not quadratic. The ruleset lives behind an [`Arc`]; changes go
 //! through [`Arc::make_mut`], so a pass without change clones nothing.
+//!
+//! One file on purpose: applying each kind of notification (tables, chains, rules, sets, elements)
+//! to the cached ruleset and deciding when only a full dump is safe.
 
 use super::{
     current_generation, decode_chain, decode_rule, decode_set, decode_set_elements, decode_table,

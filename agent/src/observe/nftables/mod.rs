@@ -16,6 +16,9 @@
 //!
 //! Wire decoding is pure (`expr` for rules, `set` for sets and elements, tables and chains here)
 //! and tested on captured bytes in `agent/testdata/nft/`.
+//!
+//! Long because it is the dump protocol (per chain, two threads, generation checks, retries) and
+//! the assembly of tables; expressions and sets are in their own files.
 
 mod expr;
 mod incremental;

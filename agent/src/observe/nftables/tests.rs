@@ -1,5 +1,7 @@
 //! Decoding tests on kernel replies captured from real rulesets (see `agent/testdata/nft/README.md`):
 //! exact model values, and no panic on truncated or corrupted bytes.
+//!
+//! Tests only: decoding of the captured kernel replies in `agent/testdata/nft`.
 
 use super::*;
 use crate::model::ruleset::{
