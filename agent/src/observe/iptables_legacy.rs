@@ -164,9 +164,8 @@ pub fn parse_table_names(text: &str) -> Vec<String> {
     names
 }
 
-/// Reads one table's GET_INFO and entry blob (the bytes after the `ipt_get_entries` header).
-/// Only call it for a listed table: asking for a missing one creates it.
-pub fn read_table_raw(family: Family, name: &str) -> Result<(TableInfo, Vec<u8>), LegacyError> {
+/// A raw socket of `family` for x_tables getsockopt, and the option level of that family.
+fn xt_socket(family: Family) -> Result<(std::os::fd::OwnedFd, libc::c_int), LegacyError> {
     let (af, level) = if family == Family::Ip6 {
         (libc::AF_INET6, libc::SOL_IPV6)
     } else {
@@ -181,35 +180,53 @@ pub fn read_table_raw(family: Family, name: &str) -> Result<(TableInfo, Vec<u8>)
             LegacyError::Socket { family, source }
         }
     })?;
-    let mut name_field = [0u8; 32];
+    Ok((sock, level))
+}
+
+/// One GET_INFO of table `name` on `sock`.
+fn get_info(
+    sock: std::os::fd::BorrowedFd<'_>,
+    level: libc::c_int,
+    family: Family,
+    name: &str,
+) -> Result<TableInfo, LegacyError> {
+    let mut info_buf = [0u8; GETINFO_LEN];
     let n = name.len().min(31);
-    name_field[..n].copy_from_slice(&name.as_bytes()[..n]);
-    let err = |step: &'static str, source: io::Error| {
-        if source.raw_os_error() == Some(libc::EPERM) {
-            LegacyError::Permission {
-                what: format!("{step} of table {family} {name}"),
-            }
-        } else {
-            LegacyError::Read {
-                family,
-                table: name.to_string(),
-                step,
-                source,
-            }
+    info_buf[..n].copy_from_slice(&name.as_bytes()[..n]);
+    sys::socket::getsockopt_bytes(sock, level, SO_GET_INFO, &mut info_buf)
+        .map_err(|source| read_error(family, name, "GET_INFO", source))?;
+    TableInfo::parse(&info_buf).ok_or_else(|| LegacyError::Malformed {
+        family,
+        table: name.to_string(),
+        detail: "short GET_INFO answer".into(),
+    })
+}
+
+/// What a failed x_tables getsockopt means: a missing privilege, or a read error.
+fn read_error(family: Family, name: &str, step: &'static str, source: io::Error) -> LegacyError {
+    if source.raw_os_error() == Some(libc::EPERM) {
+        LegacyError::Permission {
+            what: format!("{step} of table {family} {name}"),
         }
-    };
-    for _ in 0..EAGAIN_RETRIES {
-        let mut info_buf = [0u8; GETINFO_LEN];
-        info_buf[..32].copy_from_slice(&name_field);
-        sys::socket::getsockopt_bytes(sock.as_fd(), level, SO_GET_INFO, &mut info_buf)
-            .map_err(|e| err("GET_INFO", e))?;
-        let info = TableInfo::parse(&info_buf).ok_or_else(|| LegacyError::Malformed {
+    } else {
+        LegacyError::Read {
             family,
             table: name.to_string(),
-            detail: "short GET_INFO answer".into(),
-        })?;
+            step,
+            source,
+        }
+    }
+}
+
+/// Reads one table's GET_INFO and entry blob (the bytes after the `ipt_get_entries` header).
+/// Only call it for a listed table: asking for a missing one creates it.
+pub fn read_table_raw(family: Family, name: &str) -> Result<(TableInfo, Vec<u8>), LegacyError> {
+    let (sock, level) = xt_socket(family)?;
+    for _ in 0..EAGAIN_RETRIES {
+        let info = get_info(sock.as_fd(), level, family, name)?;
         let mut buf = vec![0u8; GET_ENTRIES_HEADER + info.size as usize];
-        buf[..32].copy_from_slice(&name_field);
+        let n = name.len().min(31);
+        buf[..n].copy_from_slice(&name.as_bytes()[..n]);
         buf[32..36].copy_from_slice(&info.size.to_ne_bytes());
         match sys::socket::getsockopt_bytes(sock.as_fd(), level, SO_GET_ENTRIES, &mut buf) {
             Ok(_) => {
@@ -217,7 +234,7 @@ pub fn read_table_raw(family: Family, name: &str) -> Result<(TableInfo, Vec<u8>)
                 return Ok((info, buf));
             }
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
-            Err(e) => return Err(err("GET_ENTRIES", e)),
+            Err(e) => return Err(read_error(family, name, "GET_ENTRIES", e)),
         }
     }
     Err(LegacyError::Unstable {
@@ -230,36 +247,8 @@ pub fn read_table_raw(family: Family, name: &str) -> Result<(TableInfo, Vec<u8>)
 /// change of the table except one that replaces entries by others of the same total size.
 /// Costs one small getsockopt, not a copy of the rules. Only call it for a listed table.
 pub fn read_table_info(family: Family, name: &str) -> Result<TableInfo, LegacyError> {
-    let (af, level) = if family == Family::Ip6 {
-        (libc::AF_INET6, libc::SOL_IPV6)
-    } else {
-        (libc::AF_INET, libc::SOL_IP)
-    };
-    let sock = sys::socket::socket(af, libc::SOCK_RAW, libc::IPPROTO_RAW).map_err(|source| {
-        if source.raw_os_error() == Some(libc::EPERM) {
-            LegacyError::Permission {
-                what: format!("raw {family} socket"),
-            }
-        } else {
-            LegacyError::Socket { family, source }
-        }
-    })?;
-    let mut info_buf = [0u8; GETINFO_LEN];
-    let n = name.len().min(31);
-    info_buf[..n].copy_from_slice(&name.as_bytes()[..n]);
-    sys::socket::getsockopt_bytes(sock.as_fd(), level, SO_GET_INFO, &mut info_buf).map_err(
-        |source| LegacyError::Read {
-            family,
-            table: name.to_string(),
-            step: "GET_INFO",
-            source,
-        },
-    )?;
-    TableInfo::parse(&info_buf).ok_or_else(|| LegacyError::Malformed {
-        family,
-        table: name.to_string(),
-        detail: "short GET_INFO answer".into(),
-    })
+    let (sock, level) = xt_socket(family)?;
+    get_info(sock.as_fd(), level, family, name)
 }
 
 /// A hash of a table's entries without their packet and byte counters: equal for equal rules,
