@@ -167,6 +167,28 @@ mod tests {
             .unwrap()
     }
 
+    /// `check --window 0s --apply` with `journal`, on the fake node's clock.
+    fn apply_once(node: &FakeNode, config: &Config, journal: &mut Journal) -> Report {
+        let mut probe = node.clone();
+        let mut actuator = node.clone();
+        let clock = node.clone();
+        run_check(
+            CheckOptions {
+                window: Duration::ZERO,
+                apply: true,
+            },
+            config,
+            "node-a",
+            CheckEnv {
+                probe: &mut probe,
+                actuator: &mut actuator,
+                journal: Some(journal),
+                now: &|| clock.0.borrow().clock,
+            },
+        )
+        .unwrap()
+    }
+
     fn run(node: &FakeNode, config: &Config, window: Duration, apply: bool) -> Report {
         let mut probe = node.clone();
         let mut actuator = node.clone();
@@ -233,24 +255,7 @@ mod tests {
             std::env::temp_dir().join(format!("netmend-oneshot-budget-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut journal = Journal::open(&dir).unwrap();
-        let mut probe = node.clone();
-        let mut actuator = node.clone();
-        let clock = node.clone();
-        let report = run_check(
-            CheckOptions {
-                window: Duration::ZERO,
-                apply: true,
-            },
-            &config,
-            "node-a",
-            CheckEnv {
-                probe: &mut probe,
-                actuator: &mut actuator,
-                journal: Some(&mut journal),
-                now: &|| clock.0.borrow().clock,
-            },
-        )
-        .unwrap();
+        let report = apply_once(&node, &config, &mut journal);
         let states: Vec<FixState> = report
             .findings
             .iter()
@@ -267,21 +272,7 @@ mod tests {
             "one fix within the budget of 1 per hour"
         );
         // A second run reads the first one's action back from the journal.
-        let report = run_check(
-            CheckOptions {
-                window: Duration::ZERO,
-                apply: true,
-            },
-            &config,
-            "node-a",
-            CheckEnv {
-                probe: &mut probe,
-                actuator: &mut actuator,
-                journal: Some(&mut journal),
-                now: &|| clock.0.borrow().clock,
-            },
-        )
-        .unwrap();
+        let report = apply_once(&node, &config, &mut journal);
         assert_eq!(report.findings.len(), 1);
         assert_eq!(
             report.findings[0].fix.as_ref().unwrap().state,
@@ -302,26 +293,7 @@ mod tests {
             std::env::temp_dir().join(format!("netmend-oneshot-persist-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut journal = Journal::open(&dir).unwrap();
-        let mut probe = node.clone();
-        let mut actuator = node.clone();
-        let clock = node.clone();
-        let mut check = |journal: &mut Journal| {
-            run_check(
-                CheckOptions {
-                    window: Duration::ZERO,
-                    apply: true,
-                },
-                &config,
-                "node-a",
-                CheckEnv {
-                    probe: &mut probe,
-                    actuator: &mut actuator,
-                    journal: Some(journal),
-                    now: &|| clock.0.borrow().clock,
-                },
-            )
-            .unwrap()
-        };
+        let check = |journal: &mut Journal| apply_once(&node, &config, journal);
         let first = check(&mut journal);
         let fix = first.findings[0].fix.as_ref().unwrap();
         assert_eq!(fix.state, FixState::Pending, "{fix:?}");
