@@ -129,7 +129,7 @@ impl Metrics {
         let ready = Gauge::default();
         registry.register(
             "ready",
-            "1 once the first full snapshot is done",
+            "1 once every ruleset source the node uses was read once (latched)",
             ready.clone(),
         );
         let nft_events = Counter::default();
