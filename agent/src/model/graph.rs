@@ -74,8 +74,7 @@ impl<'a> TableGraph<'a> {
                         }
                     }
                     Action::VerdictMap { .. } => {
-                        let mut targets: Vec<usize> =
-                            graph.edges(rule).map(|e| e.target).collect();
+                        let mut targets: Vec<usize> = graph.edges(rule).map(|e| e.target).collect();
                         targets.sort_unstable();
                         targets.dedup();
                         for t in targets {
