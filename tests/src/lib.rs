@@ -401,3 +401,54 @@ pub fn docker_proxy(
     wait_listening(ns, host_port);
     guard
 }
+
+/// A node namespace with the address 192.168.1.233 on `eth0`, and a LAN namespace at
+/// 192.168.1.1 on the other end of the veth (prerouting hooks see traffic to a real node
+/// address, which loopback alone is not).
+pub fn node_with_lan(tag: &str) -> (NetNs, NetNs) {
+    for tool in ["iptables-nft-restore", "iptables-legacy-restore", "ip"] {
+        require_tool(tool);
+    }
+    let node = NetNs::new(tag);
+    let lan = NetNs::new(&format!("{tag}-lan"));
+    veth_pair(&node, "eth0", &lan, "uplink").unwrap();
+    node.sh("ip addr add 192.168.1.233/24 dev eth0").unwrap();
+    lan.sh("ip addr add 192.168.1.1/24 dev uplink").unwrap();
+    (node, lan)
+}
+
+/// The JSON report netmend printed, or a panic showing what it printed instead.
+pub fn json_of(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "netmend printed no JSON ({e}); status {}; stdout {}; stderr {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The findings of `check` in a JSON report.
+pub fn findings_of<'a>(report: &'a serde_json::Value, check: &str) -> Vec<&'a serde_json::Value> {
+    report["findings"]
+        .as_array()
+        .expect("findings array")
+        .iter()
+        .filter(|f| f["check"] == check)
+        .collect()
+}
+
+/// Writes a config file for the namespace's netmend runs; its path.
+pub fn write_config(ns: &NetNs, text: &str) -> String {
+    let path = std::env::temp_dir().join(format!("netmend-config-{}.yaml", ns.name));
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// An empty state directory for the namespace's netmend runs; its path.
+pub fn fresh_state_dir(ns: &NetNs) -> String {
+    let path = std::env::temp_dir().join(format!("netmend-state-{}", ns.name));
+    let _ = std::fs::remove_dir_all(&path);
+    path.display().to_string()
+}

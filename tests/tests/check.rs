@@ -2,57 +2,21 @@
 //! `iptables-nft`, `iptables-legacy` and `nft` binaries, shaped like the field reports. Fixes are
 //! applied by the binary and the result read back with the real tools.
 
-use netmend_e2e::{kube_proxy_nft_fixture, kube_proxy_ruleset, require_tool, veth_pair, NetNs};
+use netmend_e2e::{
+    findings_of, fresh_state_dir, json_of, kube_proxy_nft_fixture, kube_proxy_ruleset,
+    node_with_lan, require_tool, write_config, NetNs,
+};
 use serde_json::Value;
-use std::process::Output;
 
-/// A namespace that looks like a k3s node: an uplink with the node address 192.168.1.233.
+/// The node and LAN namespaces of these tests (nft is used too).
 fn node(tag: &str) -> (NetNs, NetNs) {
-    for tool in [
-        "iptables-nft-restore",
-        "iptables-legacy-restore",
-        "nft",
-        "ip",
-    ] {
-        require_tool(tool);
-    }
-    let node = NetNs::new(tag);
-    let lan = NetNs::new(&format!("{tag}-lan"));
-    veth_pair(&node, "eth0", &lan, "uplink").unwrap();
-    node.sh("ip addr add 192.168.1.233/24 dev eth0").unwrap();
-    lan.sh("ip addr add 192.168.1.1/24 dev uplink").unwrap();
-    (node, lan)
-}
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "netmend printed no JSON ({e}); status {}; stdout {}; stderr {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-fn findings_of<'a>(report: &'a Value, check: &str) -> Vec<&'a Value> {
-    report["findings"]
-        .as_array()
-        .expect("findings array")
-        .iter()
-        .filter(|f| f["check"] == check)
-        .collect()
-}
-
-fn write_config(ns: &NetNs, text: &str) -> String {
-    let path = std::env::temp_dir().join(format!("netmend-config-{}.yaml", ns.name));
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
+    require_tool("nft");
+    node_with_lan(tag)
 }
 
 /// `netmend check --window 0s --apply --output json --config CONFIG` with a fresh state dir.
 fn check_and_apply(ns: &NetNs, config: &str) -> Value {
-    check_and_apply_in(ns, config, &state_dir(ns))
+    check_and_apply_in(ns, config, &fresh_state_dir(ns))
 }
 
 /// The same with the state dir `state` (kept between runs).
@@ -69,12 +33,6 @@ fn check_and_apply_in(ns: &NetNs, config: &str, state: &str) -> Value {
         "--state-dir",
         state,
     ]))
-}
-
-fn state_dir(ns: &NetNs) -> String {
-    let path = std::env::temp_dir().join(format!("netmend-state-{}", ns.name));
-    let _ = std::fs::remove_dir_all(&path);
-    path.display().to_string()
 }
 
 /// Cilium's feeder rules and its live masquerade chain, plus the stale backup chain of
@@ -148,7 +106,7 @@ fn stale_cilium_backup_chains_are_found_in_both_backends_and_flushed() {
         "0s",
         "--apply",
         "--state-dir",
-        &state_dir(&ns),
+        &fresh_state_dir(&ns),
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(ns
@@ -170,7 +128,7 @@ fn stale_cilium_backup_chains_are_found_in_both_backends_and_flushed() {
         &ns,
         "mode: enforce\nchecks:\n  cilium-stale-backup-chain: { staleAfter: 2s }\nfixes:\n  flush-stale-chain: { enabled: true }\n",
     );
-    let state = state_dir(&ns);
+    let state = fresh_state_dir(&ns);
     let first = check_and_apply_in(&ns, &config, &state);
     let stale = findings_of(&first, "cilium-stale-backup-chain");
     assert_eq!(stale.len(), 2, "{first:#}");

@@ -4,27 +4,17 @@
 //! 6443 to the fix (443 still DNATs real traffic), and on an IPVS node a hostPort 443 capturing the
 //! API server's Service address (local on kube-ipvs0) is found.
 
-use netmend_e2e::{docker_proxy, require_tool, veth_pair, wait_listening, Background, NetNs};
+use netmend_e2e::{
+    docker_proxy, node_with_lan, require_tool, veth_pair, wait_listening, Background, NetNs,
+};
 use serde_json::Value;
 use std::process::{Command, Output, Stdio};
 
-/// A namespace with the node address 192.168.1.233 on eth0, and a LAN peer at 192.168.1.1.
+/// The node and LAN namespaces of these tests (listeners are checked with ss, run by python3).
 fn node(tag: &str) -> (NetNs, NetNs) {
-    for tool in [
-        "iptables-nft-restore",
-        "iptables-legacy-restore",
-        "ip",
-        "ss",
-        "python3",
-    ] {
-        require_tool(tool);
-    }
-    let node = NetNs::new(tag);
-    let lan = NetNs::new(&format!("{tag}-lan"));
-    veth_pair(&node, "eth0", &lan, "uplink").unwrap();
-    node.sh("ip addr add 192.168.1.233/24 dev eth0").unwrap();
-    lan.sh("ip addr add 192.168.1.1/24 dev uplink").unwrap();
-    (node, lan)
+    require_tool("ss");
+    require_tool("python3");
+    node_with_lan(tag)
 }
 
 fn netmend_with_env(ns: &NetNs, args: &[&str], env: &[(&str, &str)]) -> Output {

@@ -4,7 +4,7 @@
 //! promiscuous. `netmend check` reports it; the agent sets promisc, verifies replies, restores the
 //! flag when it is cleared by hand, and reverts a fix that did not help.
 
-use netmend_e2e::{require_tool, veth_pair, wait_for, Background, NetNs};
+use netmend_e2e::{json_of, require_tool, veth_pair, wait_for, Background, NetNs};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -59,16 +59,6 @@ impl Lan {
             .unwrap()
             .contains("PROMISC")
     }
-}
-
-fn json_of(out: &std::process::Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
 }
 
 #[test]

@@ -5,43 +5,12 @@
 
 use netmend::model::l2::MacAddr;
 use netmend::observe::arp::ArpMonitor;
-use netmend_e2e::{require_tool, veth_pair, wait_for, NetNs};
+use netmend_e2e::{
+    findings_of, fresh_state_dir, json_of, require_tool, veth_pair, wait_for, write_config, NetNs,
+};
 use serde_json::Value;
 use std::net::Ipv4Addr;
-use std::process::Output;
 use std::time::{Duration, Instant};
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "netmend printed no JSON ({e}); status {}; stdout {}; stderr {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-fn findings_of<'a>(report: &'a Value, check: &str) -> Vec<&'a Value> {
-    report["findings"]
-        .as_array()
-        .expect("findings array")
-        .iter()
-        .filter(|f| f["check"] == check)
-        .collect()
-}
-
-fn write_config(ns: &NetNs, text: &str) -> String {
-    let path = std::env::temp_dir().join(format!("netmend-config-{}.yaml", ns.name));
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
-}
-
-fn fresh_state_dir(ns: &NetNs) -> String {
-    let path = std::env::temp_dir().join(format!("netmend-state-{}", ns.name));
-    let _ = std::fs::remove_dir_all(&path);
-    path.display().to_string()
-}
 
 /// `netmend check --window 0s --apply` in enforce mode with flush-stale-chain enabled.
 fn enforce_stale_chain(ns: &NetNs) -> Value {
