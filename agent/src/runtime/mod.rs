@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod backoff;
+pub mod cluster;
 pub mod config_source;
 pub mod decide;
 pub mod oneshot;

@@ -1,0 +1,136 @@
+//! The engine's one window onto the cluster: what it tells the Kubernetes API about this node
+//! (per-check state for NodeConditions, findings and fix outcomes for Events), what it asks of it
+//! (the node's opt-out label, a cluster-wide fix slot, the pod behind an IP). The engine is
+//! synchronous and never waits on the API for longer than a call's bounded timeout; the
+//! implementation behind this trait (`crate::cluster`) runs on its own tokio tasks.
+//!
+//! [`NodeLocal`] is the node-local answer when there is no API: no opt-out, no cluster limit, no
+//! pod names.
+
+use crate::model::finding::{CheckId, FixId, Outcome};
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// The node's own opt-out, from the label `netmend.io/mode` on the Node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NodeMode {
+    /// No label (or an unknown value, which is logged): the configuration decides.
+    #[default]
+    Configured,
+    /// `dry-run`: this node never applies fixes.
+    DryRun,
+    /// `off`: no checks run on this node.
+    Off,
+}
+
+/// One check's state on this node after a pass, for its NodeCondition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckState {
+    pub check: CheckId,
+    /// The check has at least one finding now.
+    pub failing: bool,
+    /// The findings' subjects with their fix state, already short; the condition's message is
+    /// cut to 1024 characters by the reporter.
+    pub summary: String,
+}
+
+/// Something that happened on this node, for an Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    FindingRaised {
+        check: CheckId,
+        subject: String,
+        message: String,
+    },
+    FindingCleared {
+        check: CheckId,
+        subject: String,
+    },
+    /// A fix outcome worth an Event: applied, verified, ineffective, failed, reverted, or the
+    /// breaker opening.
+    Fix {
+        check: CheckId,
+        subject: String,
+        fix: FixId,
+        outcome: Outcome,
+        detail: String,
+    },
+}
+
+/// After a pass: every enabled check's state (a check missing here is disabled or gone and its
+/// condition is removed) and the events of the pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterReport {
+    pub checks: Vec<CheckState>,
+    pub events: Vec<NodeEvent>,
+}
+
+/// The answer to "may this node apply a fix now?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotDecision {
+    /// No cluster limit applies (node-local mode, `fixSlots: 0`, or the exception for a fault
+    /// that cuts this node off from the API).
+    Unlimited,
+    /// This node holds slot `index` until [`Cluster::release_slot`].
+    Held { index: u32 },
+    /// No slot: the fix is not applied (`skipped_no_slot`), with the reason.
+    NoSlot { reason: String },
+}
+
+/// The cluster as the engine sees it.
+pub trait Cluster: Send {
+    /// Hands over the state after a pass; never blocks (the reporter folds, rate-limits and
+    /// patches in the background).
+    fn publish(&mut self, report: ClusterReport);
+
+    /// The node's opt-out label as last seen.
+    fn node_mode(&self) -> NodeMode;
+
+    /// Asks for a fix slot before applying `fix`, waiting at most `wait`. `cuts_off_api`: the
+    /// fault itself cuts this node off from the API (the contract's one exception).
+    fn acquire_slot(&mut self, fix: FixId, cuts_off_api: bool, wait: Duration) -> SlotDecision;
+
+    /// The fix and its verification are over: frees the slot this node holds, if any.
+    fn release_slot(&mut self);
+
+    /// The pod (`namespace/name`) on this node that has `ip`, when known.
+    fn pod_owner(&self, ip: IpAddr) -> Option<String>;
+}
+
+/// No API: the node decides alone.
+#[derive(Debug, Default)]
+pub struct NodeLocal;
+
+impl Cluster for NodeLocal {
+    fn publish(&mut self, _report: ClusterReport) {}
+
+    fn node_mode(&self) -> NodeMode {
+        NodeMode::Configured
+    }
+
+    fn acquire_slot(&mut self, _fix: FixId, _cuts_off_api: bool, _wait: Duration) -> SlotDecision {
+        SlotDecision::Unlimited
+    }
+
+    fn release_slot(&mut self) {}
+
+    fn pod_owner(&self, _ip: IpAddr) -> Option<String> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_local_never_limits_and_knows_no_pods() {
+        let mut local = NodeLocal;
+        assert_eq!(local.node_mode(), NodeMode::Configured);
+        assert_eq!(
+            local.acquire_slot(FixId::new("x"), false, Duration::from_secs(1)),
+            SlotDecision::Unlimited
+        );
+        assert_eq!(local.pod_owner("10.42.0.5".parse().unwrap()), None);
+    }
+}
