@@ -77,6 +77,25 @@ pub enum SlotDecision {
     NoSlot { reason: String },
 }
 
+/// The API connection as `/status` and the metrics show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Connection {
+    /// The API answered the last request (or watch) in time.
+    pub connected: bool,
+    /// Why not, or why node-local mode ("no in-cluster service account, no --kubeconfig, no
+    /// KUBECONFIG").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The fix slot this node holds now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot_held: Option<u32>,
+    /// Failed requests since start, by verb and HTTP status code ("timeout" and "connect" when
+    /// there was no answer): `(verb, code) -> count`.
+    #[serde(skip)]
+    pub request_errors: std::collections::BTreeMap<(String, String), u64>,
+}
+
 /// The cluster as the engine sees it.
 pub trait Cluster: Send {
     /// Hands over the state after a pass; never blocks (the reporter folds, rate-limits and
@@ -95,6 +114,9 @@ pub trait Cluster: Send {
 
     /// The pod (`namespace/name`) on this node that has `ip`, when known.
     fn pod_owner(&self, ip: IpAddr) -> Option<String>;
+
+    /// The API connection now.
+    fn connection(&self) -> Connection;
 }
 
 /// No API: the node decides alone.
@@ -116,6 +138,14 @@ impl Cluster for NodeLocal {
 
     fn pod_owner(&self, _ip: IpAddr) -> Option<String> {
         None
+    }
+
+    fn connection(&self) -> Connection {
+        Connection {
+            connected: false,
+            reason: Some("node-local mode: no Kubernetes API configured".into()),
+            ..Connection::default()
+        }
     }
 }
 
