@@ -1,6 +1,7 @@
 //! The agent's read-only HTTP surface (axum): `/healthz` (every loop alive), `/readyz` (every
-//! ruleset source in use read once, latched), `/metrics` (OpenMetrics), `/status` (the JSON of
-//! docs/interface.md plus the journal, its health, each source's health and the config state). No
+//! ruleset source in use read once, latched; and the Kubernetes API connected when
+//! `kubernetes.required`), `/metrics` (OpenMetrics), `/status` (the JSON of docs/interface.md plus
+//! the journal, its health, each source's health, the config state and the API connection). No
 //! endpoint changes anything.
 
 use crate::journal::{JournalEntry, JournalHealth};
@@ -33,6 +34,18 @@ pub struct ConfigState {
     pub effective: serde_json::Value,
 }
 
+/// The Kubernetes API as `/status` shows it: the connection and slot, and the node's opt-out.
+#[derive(Debug, Clone, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesState {
+    #[serde(flatten)]
+    pub connection: crate::runtime::cluster::Connection,
+    /// The node's `netmend.io/mode` label when it holds netmend back: `dry-run` (no fix is
+    /// applied) or `off` (no check runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_mode: Option<&'static str>,
+}
+
 /// The document of `GET /status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusDocument {
@@ -46,6 +59,7 @@ pub struct StatusDocument {
     #[serde(rename = "sourceHealth")]
     pub source_health: BTreeMap<String, crate::runtime::sources::SourceHealth>,
     pub config: ConfigState,
+    pub kubernetes: KubernetesState,
 }
 
 /// Liveness: each loop beats; a loop silent for longer than its allowance is dead.
@@ -82,6 +96,9 @@ pub struct Shared {
     pub metrics: Metrics,
     pub heartbeats: Heartbeats,
     pub ready: AtomicBool,
+    /// Why the agent is not ready although its sources were read (`kubernetes.required` and no
+    /// API connection); cleared when it connects.
+    pub kube_unready: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -97,11 +114,24 @@ impl Shared {
                 journal_health: JournalHealth::default(),
                 source_health: BTreeMap::new(),
                 config,
+                kubernetes: KubernetesState::default(),
             }),
             metrics: Metrics::new(),
             heartbeats: Heartbeats::default(),
             ready: AtomicBool::new(false),
+            kube_unready: Mutex::new(None),
         }
+    }
+
+    /// Why `/readyz` answers 503, or `None` when ready.
+    pub fn not_ready(&self) -> Option<String> {
+        if !self.ready.load(Ordering::SeqCst) {
+            return Some(
+                "a ruleset source the node uses was not read yet (see sourceHealth on /status)"
+                    .to_string(),
+            );
+        }
+        self.kube_unready.lock().expect("readiness lock").clone()
     }
 
     /// Latches readiness.
@@ -136,14 +166,13 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    if shared.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (
+    match shared.not_ready() {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: a ruleset source the node uses was not read yet (see sourceHealth on /status)\n",
+            format!("not ready: {why}\n"),
         )
-            .into_response()
+            .into_response(),
     }
 }
 

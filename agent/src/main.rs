@@ -65,6 +65,12 @@ enum Command {
         /// Where the journal lives.
         #[arg(long, default_value = "/var/lib/netmend")]
         state_dir: PathBuf,
+        /// Kubeconfig file for the Kubernetes API when not in a cluster (else KUBECONFIG).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// This node's name in the cluster (else NODE_NAME, else the host name).
+        #[arg(long)]
+        node_name: Option<String>,
     },
     /// The catalog: every check and fix with a one-line description (JSON: with what each
     /// reads, the fix it proposes and its configuration defaults).
@@ -154,6 +160,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             config,
             listen,
             state_dir,
+            kubeconfig,
+            node_name: node_flag,
         } => {
             let text = match &config {
                 Some(path) => Some(
@@ -169,13 +177,23 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 None => Config::default(),
             };
             let journal = Journal::open(&state_dir)?;
+            let node = node_flag
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(node_name);
+            let kubeconfig = kubeconfig.or_else(|| {
+                std::env::var_os("KUBECONFIG")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            });
+            let cluster = cluster_for(&parsed.kubernetes, kubeconfig.as_deref(), &node)?;
             netmend::runtime::wiring::run_kernel_agent(
                 parsed,
                 config.clone(),
                 text.as_deref(),
                 journal,
                 listen,
-                node_name(),
+                node,
+                cluster,
             )?;
             Ok(ExitCode::SUCCESS)
         }
@@ -332,6 +350,22 @@ fn catalog_json() -> serde_json::Value {
         .map(|f| serde_json::json!({"id": f.id(), "description": f.description()}))
         .collect();
     serde_json::json!({"checks": checks, "fixes": fixes, "defaults": defaults})
+}
+
+/// The cluster the agent reports into and takes fix slots from. Node-local (no API): this build
+/// has no Kubernetes client, so `kubernetes.required: true` cannot be met and is exit status 2.
+fn cluster_for(
+    settings: &netmend::config::KubernetesConfig,
+    kubeconfig: Option<&Path>,
+    node: &str,
+) -> anyhow::Result<Box<dyn netmend::runtime::cluster::Cluster>> {
+    if settings.required {
+        return Err(anyhow!(
+            "kubernetes.required is true but no Kubernetes API can be used for node {node} (kubeconfig: {})",
+            kubeconfig.map_or("none".to_string(), |p| p.display().to_string())
+        ));
+    }
+    Ok(Box::new(netmend::runtime::cluster::NodeLocal))
 }
 
 /// The node name: `NODE_NAME` (the chart sets it from spec.nodeName), else the hostname.

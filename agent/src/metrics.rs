@@ -55,6 +55,12 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestErrorLabels {
+    pub verb: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     pub version: String,
 }
@@ -72,6 +78,9 @@ pub struct Metrics {
     nft_events: Counter,
     resyncs: Family<ResultLabel, Counter>,
     journal_skipped: Family<ReasonLabel, Counter>,
+    kube_up: Gauge,
+    kube_request_errors: Family<RequestErrorLabels, Counter>,
+    fix_slot_held: Gauge,
 }
 
 impl Default for Metrics {
@@ -157,6 +166,24 @@ impl Metrics {
                 })
                 .inc_by(0);
         }
+        let kube_up = Gauge::default();
+        registry.register(
+            "kube_up",
+            "1 while the Kubernetes API answers in time (0 in node-local mode)",
+            kube_up.clone(),
+        );
+        let kube_request_errors = Family::<RequestErrorLabels, Counter>::default();
+        registry.register(
+            "kube_request_errors",
+            "Failed requests to the Kubernetes API, by verb and HTTP status code (timeout, connect when there was no answer)",
+            kube_request_errors.clone(),
+        );
+        let fix_slot_held = Gauge::default();
+        registry.register(
+            "fix_slot_held",
+            "1 while this node holds a cluster-wide fix slot",
+            fix_slot_held.clone(),
+        );
         // Zero series for the closed sets, so dashboards and alerts see them before they move.
         for check in crate::detect::CHECKS {
             findings
@@ -191,6 +218,9 @@ impl Metrics {
             nft_events,
             resyncs,
             journal_skipped,
+            kube_up,
+            kube_request_errors,
+            fix_slot_held,
         }
     }
 
@@ -310,6 +340,25 @@ impl Metrics {
         }
     }
 
+    /// Shows the Kubernetes API connection: up or not, the slot, and the request errors brought
+    /// up to the connection's totals since start (a counter only moves up). The verb and code come
+    /// from the client's closed sets (HTTP verbs, status codes, `timeout`, `connect`).
+    pub fn kube_connection(&self, connection: &crate::runtime::cluster::Connection) {
+        self.kube_up.set(i64::from(connection.connected));
+        self.fix_slot_held
+            .set(i64::from(connection.slot_held.is_some()));
+        for ((verb, code), total) in &connection.request_errors {
+            let counter = self.kube_request_errors.get_or_create(&RequestErrorLabels {
+                verb: verb.clone(),
+                code: code.clone(),
+            });
+            let seen = counter.get();
+            if *total > seen {
+                counter.inc_by(total - seen);
+            }
+        }
+    }
+
     /// Counts and logs a full re-read of the rulesets.
     pub fn resync(&self, reason: &'static str) {
         self.resyncs
@@ -335,6 +384,19 @@ mod tests {
         m.set_ready(true);
         m.journal_skipped(&[("corrupt".to_string(), 2)].into_iter().collect());
         m.journal_skipped(&[("corrupt".to_string(), 3)].into_iter().collect());
+        let mut connection = crate::runtime::cluster::Connection {
+            connected: true,
+            slot_held: Some(0),
+            ..Default::default()
+        };
+        connection
+            .request_errors
+            .insert(("patch".into(), "403".into()), 2);
+        m.kube_connection(&connection);
+        connection
+            .request_errors
+            .insert(("patch".into(), "403".into()), 5);
+        m.kube_connection(&connection);
         let text = m.encode();
         for needle in [
             "netmend_findings{check=\"hostport-hijack\"} 2",
@@ -348,6 +410,9 @@ mod tests {
             "netmend_circuit_open{fix=\"set-promisc\"} 0",
             "netmend_journal_skipped_lines_total{reason=\"corrupt\"} 3",
             "netmend_journal_skipped_lines_total{reason=\"unknown-outcome\"} 0",
+            "netmend_kube_up 1",
+            "netmend_fix_slot_held 1",
+            "netmend_kube_request_errors_total{verb=\"patch\",code=\"403\"} 5",
             "# EOF",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");

@@ -22,6 +22,11 @@
 //! ClusterIP rules (`-d 10.43.x.y`) end there at once, which keeps the walk linear on
 //! 10,000-service rulesets.
 //!
+//! Beyond the walk, a finding says whether it cuts the node off from the Kubernetes API
+//! (`cutsOffApi`: it captures the API server's Service address, or the API server's port: 6443 and
+//! the ports kube-proxy sends the API Service to), which lets its fix run without a cluster-wide
+//! fix slot; and it names the pod a DNAT sends the traffic to (`pod`) when the cluster knows it.
+//!
 //! Proposes `remove-hijack-rule` only for what netmend knows how to mend: CNI portmap plumbing
 //! (a `CNI-DN-*` chain reached through a jump carrying portmap's `dnat name: "..." id: "..."`
 //! comment) and rules matching `fixes.remove-hijack-rule.owners`. For a portmap chain only the
@@ -61,6 +66,11 @@ const MAX_PATHS: usize = 4;
 const KUBERNETES_SVC_COMMENT: &str = "default/kubernetes:https";
 /// The part of kube-proxy's nftables-mode service chain name that names the API server Service.
 const KUBERNETES_SVC_CHAIN: &str = "-default/kubernetes/tcp/https";
+/// The part of kube-proxy's nftables-mode chain names (service and endpoint chains) that names the
+/// API server Service.
+const KUBERNETES_CHAIN_PART: &str = "default/kubernetes/tcp/https";
+/// The API server's default secure port (kube-apiserver's `--secure-port`, k3s' `--https-listen-port`).
+pub const API_SERVER_PORT: u16 = 6443;
 
 /// A rule's position: (chain index, rule index) in the table.
 type RulePos = (usize, usize);
@@ -299,21 +309,94 @@ struct Hit {
     hooks: BTreeSet<&'static str>,
 }
 
+/// What a finding says beyond the walk: the API server's ports (for `cutsOffApi`) and the pod
+/// behind a DNAT target (for its owner's name).
+struct Naming<'a> {
+    api_server_ports: BTreeSet<u16>,
+    pod_owner: &'a dyn Fn(IpAddr) -> Option<String>,
+}
+
+/// The check on one snapshot, without the cluster's pod names.
 pub fn detect(snapshot: &NodeSnapshot, config: &HijackConfig) -> Vec<Finding> {
+    detect_naming_pods(snapshot, config, &crate::detect::no_pods)
+}
+
+/// The check on one snapshot; `pod_owner` names the pod behind a DNAT target.
+pub fn detect_naming_pods(
+    snapshot: &NodeSnapshot,
+    config: &HijackConfig,
+    pod_owner: &dyn Fn(IpAddr) -> Option<String>,
+) -> Vec<Finding> {
     let protections = protections(snapshot, config);
     if protections.is_empty() {
         return Vec::new();
     }
+    let naming = Naming {
+        api_server_ports: api_server_ports(snapshot),
+        pod_owner,
+    };
     let mut findings = Vec::new();
     for backend in [Backend::Nft, Backend::Legacy] {
         let Some(ruleset) = snapshot.ruleset(backend) else {
             continue;
         };
         for table in &ruleset.tables {
-            findings.extend(detect_in_table(snapshot, table, &protections, config));
+            findings.extend(detect_in_table(
+                snapshot,
+                table,
+                &protections,
+                config,
+                &naming,
+            ));
         }
     }
     findings
+}
+
+/// The ports the API server is served on: its default port, and the ports kube-proxy sends the
+/// `default/kubernetes` Service to (the DNATs of its endpoint chains: in iptables mode the
+/// `KUBE-SEP-*` chains below the Service's cluster-IP rule or commented with its name, in
+/// nftables mode the chains named after it).
+fn api_server_ports(snapshot: &NodeSnapshot) -> BTreeSet<u16> {
+    let mut ports = BTreeSet::from([API_SERVER_PORT]);
+    let dnat_port = |rule: &Rule| match &rule.action {
+        Action::Dnat { range } => range.ports.map(|p| p.first),
+        _ => None,
+    };
+    for ruleset in [snapshot.nftables.as_deref(), snapshot.legacy.as_deref()]
+        .into_iter()
+        .flatten()
+    {
+        for table in &ruleset.tables {
+            let chain_named = |name: &str| table.chains.iter().find(|c| c.name == name);
+            let jumps = |rule: &Rule| match &rule.action {
+                Action::Verdict { verdict } => verdict.target_chain().map(str::to_string),
+                _ => None,
+            };
+            for chain in &table.chains {
+                let names_api = chain.name.contains(KUBERNETES_CHAIN_PART);
+                for rule in &chain.rules {
+                    let comment = rule.comment.as_deref().unwrap_or("");
+                    if names_api || comment.starts_with(KUBERNETES_SVC_COMMENT) {
+                        ports.extend(dnat_port(rule));
+                    }
+                    // Cluster-IP rule -> KUBE-SVC chain -> KUBE-SEP chains -> DNAT.
+                    if !comment.starts_with(KUBERNETES_SVC_COMMENT) {
+                        continue;
+                    }
+                    let Some(service) = jumps(rule).and_then(|name| chain_named(&name)) else {
+                        continue;
+                    };
+                    for endpoint in service.rules.iter().filter_map(&jumps) {
+                        if let Some(endpoint) = chain_named(&endpoint) {
+                            ports.extend(endpoint.rules.iter().filter_map(dnat_port));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    ports
 }
 
 /// What a listening process publishes, judged from its comm and arguments.
@@ -553,6 +636,7 @@ fn detect_in_table(
     table: &Table,
     protections: &[Protection],
     config: &HijackConfig,
+    naming: &Naming<'_>,
 ) -> Vec<Finding> {
     let has_candidate = table
         .chains
@@ -601,7 +685,15 @@ fn detect_in_table(
     per_chain
         .into_iter()
         .map(|(chain_index, hits)| {
-            finding_for(&graph, chain_index, hits, protections, config, budget == 0)
+            finding_for(
+                &graph,
+                chain_index,
+                hits,
+                protections,
+                config,
+                naming,
+                budget == 0,
+            )
         })
         .collect()
 }
@@ -932,6 +1024,7 @@ fn finding_for(
     hits: Vec<(RulePos, Hit)>,
     protections: &[Protection],
     config: &HijackConfig,
+    naming: &Naming<'_>,
     truncated: bool,
 ) -> Finding {
     let table = graph.table;
@@ -982,6 +1075,32 @@ fn finding_for(
             }
         }
     }
+    // The fault cuts the node off from the API when it captures the API Service's address or
+    // the API server's port.
+    let cuts_off_api = why.iter().any(|(port, i)| {
+        matches!(protections[*i].reason, Reason::ApiService { .. })
+            || naming.api_server_ports.contains(port)
+    });
+    // The pods the DNATs send the traffic to, when the cluster knows them.
+    let mut pods: Vec<String> = Vec::new();
+    for ((ci, ri), _) in &hits {
+        if let Action::Dnat {
+            range:
+                NatRange {
+                    addresses: Some((first, last)),
+                    ..
+                },
+        } = &graph.chain(*ci).rules[*ri].action
+        {
+            if first == last {
+                if let Some(pod) = (naming.pod_owner)(*first) {
+                    if !pods.contains(&pod) {
+                        pods.push(pod);
+                    }
+                }
+            }
+        }
+    }
     let reasons: Vec<String> = why
         .iter()
         .map(|(p, i)| match &protections[*i].reason {
@@ -1021,9 +1140,14 @@ fn finding_for(
         table.id.name,
         chain.name,
         table.id.backend.as_str(),
-        match &owner {
-            Some((net, id)) => format!("; installed by CNI portmap for container {id} on network {net} (e.g. a ServiceLB svclb pod with hostPort {port_list})"),
-            None => String::new(),
+        match (&owner, pods.is_empty()) {
+            (Some((net, id)), true) => format!("; installed by CNI portmap for container {id} on network {net} (e.g. a ServiceLB svclb pod with hostPort {port_list})"),
+            (Some((net, id)), false) => format!(
+                "; installed by CNI portmap for container {id} on network {net}: pod {} with hostPort {port_list}",
+                pods.join(", ")
+            ),
+            (None, false) => format!("; the DNAT goes to pod {}", pods.join(", ")),
+            (None, true) => String::new(),
         }
     );
     let table_ref = TableRef {
@@ -1086,6 +1210,24 @@ fn finding_for(
             ),
         },
     };
+    let mut evidence = json!({
+        "backend": table.id.backend,
+        "family": table.id.family,
+        "table": table.id.name,
+        "chain": chain.name,
+        "ports": ports,
+        "protectedBecause": reasons,
+        "rules": rules,
+        "targets": targets,
+        "paths": paths,
+        "hooks": hooks,
+        "owner": owner.as_ref().map(|(net, id)| json!({"network": net, "containerId": id})),
+        "searchTruncated": truncated,
+        "cutsOffApi": cuts_off_api,
+    });
+    if let Some(pod) = pods.first() {
+        evidence["pod"] = json!(pod);
+    }
     Finding {
         check: CheckId::HOSTPORT_HIJACK,
         subject,
@@ -1095,20 +1237,7 @@ fn finding_for(
             Severity::Warning
         },
         message,
-        evidence: json!({
-            "backend": table.id.backend,
-            "family": table.id.family,
-            "table": table.id.name,
-            "chain": chain.name,
-            "ports": ports,
-            "protectedBecause": reasons,
-            "rules": rules,
-            "targets": targets,
-            "paths": paths,
-            "hooks": hooks,
-            "owner": owner.as_ref().map(|(net, id)| json!({"network": net, "containerId": id})),
-            "searchTruncated": truncated,
-        }),
+        evidence,
         proposal: Some(proposal),
         discriminator: Some(table.id.backend.as_str().to_string()),
     }
@@ -1385,14 +1514,23 @@ impl Check for HostportHijack {
         Some(FixId::REMOVE_HIJACK_RULE)
     }
 
+    fn cuts_off_api(&self, finding: &Finding) -> bool {
+        finding
+            .evidence
+            .get("cutsOffApi")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
+    }
+
     fn detect(&self, context: &CheckContext<'_>) -> Vec<Finding> {
-        detect(
+        detect_naming_pods(
             context.snapshot,
             context
                 .config
                 .check(self.id())
                 .settings
                 .get::<HijackConfig>(),
+            context.pod_owner,
         )
     }
 }
@@ -2150,6 +2288,103 @@ mod tests {
         let findings = detect(&snapshot, &config());
         assert_eq!(findings.len(), 1);
         assert_eq!(findings[0].evidence["paths"][0], "PREROUTING -> A -> B");
+    }
+
+    #[test]
+    fn a_hijack_of_the_api_server_port_or_address_cuts_off_the_api_and_others_do_not() {
+        // CNI portmap takes 6443: the API server's port.
+        let table = iptables_table(Backend::Nft, "nat", PORTMAP);
+        let mut snapshot = snapshot_with(Some(vec![table]), None);
+        node(&mut snapshot);
+        let findings = detect(&snapshot, &config());
+        assert_eq!(findings[0].evidence["cutsOffApi"], true);
+        assert!(HostportHijack.cuts_off_api(&findings[0]));
+        // A listener's port (traefik's 443 under a slirp4netns listener) does not.
+        snapshot.listeners = Some(vec![listener("0.0.0.0", 443, Some(("nginx", &["nginx"])))]);
+        let findings = detect(&snapshot, &config());
+        let traefik = findings
+            .iter()
+            .find(|f| f.subject.ends_with("traefik0000000000000"))
+            .unwrap();
+        assert_eq!(traefik.evidence["cutsOffApi"], false);
+        assert!(!HostportHijack.cuts_off_api(traefik));
+        // The API Service's address does, whatever its port.
+        let table = iptables_table(
+            Backend::Nft,
+            "nat",
+            ":OUTPUT ACCEPT\n-A OUTPUT -p tcp --dport 443 -d 10.96.0.1/32 -j DNAT --to-destination 10.42.0.7:443\n",
+        );
+        let mut snapshot = snapshot_with(Some(vec![table]), None);
+        node(&mut snapshot);
+        snapshot.kube_api_service = Some(("10.96.0.1".parse().unwrap(), 443));
+        let findings = detect(&snapshot, &config());
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert_eq!(findings[0].evidence["cutsOffApi"], true);
+    }
+
+    #[test]
+    fn the_api_servers_ports_come_from_kube_proxys_endpoint_rules() {
+        // iptables mode: cluster-IP rule -> KUBE-SVC -> KUBE-SEP -> DNAT to :8443.
+        let rules = r#"
+:OUTPUT ACCEPT
+:KUBE-SERVICES -
+:KUBE-SVC-NPX46M4PTMTKRN6Y -
+:KUBE-SEP-A -
+-A OUTPUT -j KUBE-SERVICES
+-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m comment --comment "default/kubernetes:https cluster IP" -m tcp --dport 443 -j KUBE-SVC-NPX46M4PTMTKRN6Y
+-A KUBE-SVC-NPX46M4PTMTKRN6Y -j KUBE-SEP-A
+-A KUBE-SEP-A -p tcp -j DNAT --to-destination 192.168.1.10:8443
+"#;
+        let snapshot = snapshot_with(Some(vec![iptables_table(Backend::Nft, "nat", rules)]), None);
+        assert_eq!(api_server_ports(&snapshot), BTreeSet::from([6443, 8443]));
+        // nftables mode: the endpoint chain named after the Service.
+        let rules = ":endpoint-5OJB2KTY-default/kubernetes/tcp/https__172.18.0.2/7443 -\n-A endpoint-5OJB2KTY-default/kubernetes/tcp/https__172.18.0.2/7443 -p tcp -j DNAT --to-destination 172.18.0.2:7443\n";
+        let snapshot = snapshot_with(
+            Some(vec![iptables_table(Backend::Nft, "kube-proxy", rules)]),
+            None,
+        );
+        assert_eq!(api_server_ports(&snapshot), BTreeSet::from([6443, 7443]));
+    }
+
+    #[test]
+    fn the_pod_behind_a_dnat_is_named_when_the_cluster_knows_it() {
+        let table = iptables_table(Backend::Nft, "nat", PORTMAP);
+        let mut snapshot = snapshot_with(Some(vec![table]), None);
+        node(&mut snapshot);
+        let pods = |ip: IpAddr| {
+            (ip == "10.42.0.244".parse::<IpAddr>().unwrap())
+                .then(|| "kube-system/svclb-apiproxy-x7k2p".to_string())
+        };
+        let findings = detect_naming_pods(&snapshot, &config(), &pods);
+        let f = &findings[0];
+        assert_eq!(f.evidence["pod"], "kube-system/svclb-apiproxy-x7k2p");
+        assert!(
+            f.message.ends_with(
+                "installed by CNI portmap for container 8e92d16fab on network cbr0: pod kube-system/svclb-apiproxy-x7k2p with hostPort 6443"
+            ),
+            "{}",
+            f.message
+        );
+        // Unknown to the cluster: no name, the portmap guess stays.
+        let findings = detect(&snapshot, &config());
+        assert!(findings[0].evidence.get("pod").is_none());
+        assert!(findings[0].message.contains("e.g. a ServiceLB svclb pod"));
+        // A DNAT of another owner to a pod IP names it too.
+        let table = iptables_table(
+            Backend::Nft,
+            "nat",
+            ":PREROUTING ACCEPT\n-A PREROUTING -p tcp --dport 22 -j DNAT --to-destination 10.42.0.244:2222\n",
+        );
+        let mut snapshot = snapshot_with(Some(vec![table]), None);
+        node(&mut snapshot);
+        let findings = detect_naming_pods(&snapshot, &config(), &pods);
+        assert!(
+            findings[0]
+                .message
+                .ends_with("; the DNAT goes to pod kube-system/svclb-apiproxy-x7k2p"),
+            "{}",
+            findings[0].message
+        );
     }
 
     #[test]

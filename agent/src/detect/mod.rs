@@ -4,6 +4,9 @@
 //! the engine's scheduling and persistence all come from the trait. No I/O, no tokio, no
 //! processes: everything a check needs is in the snapshot or the configuration.
 //!
+//! What the cluster knows reaches a check through [`CheckContext`] as plain data or a pure
+//! function (the pod behind an IP), so checks stay testable without an API server.
+//!
 //! Persistence (a finding must last [`Check::persist_for`] before it counts) is not decided
 //! here: checks report what the snapshot shows, and the tracker in `remediate` keeps `since`.
 
@@ -19,6 +22,7 @@ pub(crate) mod test_support;
 use crate::config::{Config, ConfigError, Settings};
 use crate::model::finding::{CheckId, Finding, FixId};
 use crate::model::snapshot::NodeSnapshot;
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// Every check netmend has, in the order the catalog lists them.
@@ -58,6 +62,13 @@ pub struct CheckContext<'a> {
     pub config: &'a Config,
     /// Interfaces netmend made promiscuous and still holds (from the journal).
     pub promisc_held: &'a [String],
+    /// The pod (`namespace/name`) on this node that has an IP, when the cluster says so.
+    pub pod_owner: &'a dyn Fn(IpAddr) -> Option<String>,
+}
+
+/// The answer of a node without the Kubernetes API: no IP is known to belong to a pod.
+pub fn no_pods(_ip: IpAddr) -> Option<String> {
+    None
 }
 
 /// One check. Implementations are unit structs listed in [`CHECKS`].
@@ -86,12 +97,23 @@ pub trait Check: Sync {
     fn persist_for(&self, _config: &Config) -> Duration {
         Duration::ZERO
     }
+    /// Whether this finding's fault itself cuts the node off from the Kubernetes API (a hijack
+    /// of the API server's port or address): then its fix may run without a cluster-wide fix
+    /// slot, which could never be had while the fault lasts.
+    fn cuts_off_api(&self, _finding: &Finding) -> bool {
+        false
+    }
     fn detect(&self, context: &CheckContext<'_>) -> Vec<Finding>;
 }
 
 /// The registered check with this id.
 pub fn check(id: CheckId) -> Option<&'static dyn Check> {
     CHECKS.iter().copied().find(|c| c.id() == id)
+}
+
+/// Whether `finding`'s fault cuts this node off from the Kubernetes API (its check decides).
+pub fn cuts_off_api(finding: &Finding) -> bool {
+    check(finding.check).is_some_and(|c| c.cuts_off_api(finding))
 }
 
 /// The registered check whose id is `text` (journal lines and metric labels carry ids as text).
@@ -118,6 +140,7 @@ pub fn run_checks(
         snapshot,
         config,
         promisc_held,
+        pod_owner: &no_pods,
     };
     let mut findings = run(Inputs::Ruleset, &context);
     findings.extend(run(Inputs::Links, &context));

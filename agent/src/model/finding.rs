@@ -262,6 +262,9 @@ pub enum Outcome {
     SkippedBudget,
     SkippedUnconfirmed,
     SkippedPreconditionMoved,
+    /// In `mode: enforce` with the Kubernetes API in use: no cluster-wide fix slot was free (all
+    /// taken, or the API did not answer), so the fix was not applied.
+    SkippedNoSlot,
     /// The write was sent but whether it committed is not known (nft ack lost, timed out or
     /// malformed; legacy restore killed or timed out): counted for the breaker as an attempt, then
     /// settled by a re-read.
@@ -269,7 +272,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 14] = [
+    pub const ALL: [Outcome; 15] = [
         Outcome::Applied,
         Outcome::Verified,
         Outcome::Ineffective,
@@ -283,6 +286,7 @@ impl Outcome {
         Outcome::SkippedBudget,
         Outcome::SkippedUnconfirmed,
         Outcome::SkippedPreconditionMoved,
+        Outcome::SkippedNoSlot,
         Outcome::Unknown,
     ];
 
@@ -301,6 +305,7 @@ impl Outcome {
             Outcome::SkippedBudget => "skipped_budget",
             Outcome::SkippedUnconfirmed => "skipped_unconfirmed",
             Outcome::SkippedPreconditionMoved => "skipped_precondition_moved",
+            Outcome::SkippedNoSlot => "skipped_no_slot",
             Outcome::Unknown => "unknown",
         }
     }
@@ -316,7 +321,11 @@ impl Outcome {
             Outcome::Blocked | Outcome::SkippedPreconditionMoved => FixState::Blocked,
             Outcome::SkippedDisabled => FixState::Disabled,
             Outcome::SkippedDryRun => FixState::DryRun,
-            Outcome::SkippedCooldown | Outcome::SkippedBudget => FixState::Cooldown,
+            // Held back by a budget, the node's hourly one or the cluster's fix slots: it runs
+            // once the budget allows.
+            Outcome::SkippedCooldown | Outcome::SkippedBudget | Outcome::SkippedNoSlot => {
+                FixState::Cooldown
+            }
             Outcome::SkippedCircuitOpen => FixState::CircuitOpen,
             Outcome::SkippedUnconfirmed => FixState::Pending,
             Outcome::Unknown => FixState::Unknown,

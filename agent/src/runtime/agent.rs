@@ -1,28 +1,36 @@
 //! The engine of `netmend run`: level-triggered passes over the node. Change events only mark the
 //! state dirty; a pass (at most one per `minPassInterval`) reads the snapshot, settles fixes
 //! waiting for proof, evaluates the checks, keeps `since`, runs the shared decision loop
-//! (`runtime::decide`), counts, journals and publishes `/status`. A tick every second lets
-//! time-based guards (confirmation, cooldown) and periodic resyncs move without events.
+//! (`runtime::decide`), counts, journals and publishes `/status`, and hands the cluster what the
+//! pass saw (`runtime::cluster`: check states and events). A tick every second lets time-based
+//! guards (confirmation, cooldown) and periodic resyncs move without events.
+//!
+//! The cluster decides two things per pass: the node's opt-out label (`dry-run`: nothing is
+//! applied; `off`: no check runs) and, per fix, whether a cluster-wide fix slot is free.
 //!
 //! The jobs around it live in their own files: the configuration file (`config_source`), the
 //! ruleset checks' memo (`ruleset_memo`), fixes waiting for proof (`verify`), the per-finding fix
-//! states (`reporting`). No check or fix is named here.
+//! states (`reporting`), the fix slot (`slots`), what the cluster is told (`cluster_report`). No
+//! check or fix is named here.
 //!
 //! Its tests make it long; the code is the engine's pass and loop only.
 
 use crate::config::Config;
 use crate::detect::{self, CheckContext, Inputs};
-use crate::http::Shared;
+use crate::http::{KubernetesState, Shared};
 use crate::journal::{Journal, JournalEntry};
 use crate::model::finding::{CheckId, FixAction, FixId, Outcome};
 use crate::remediate::guard::GuardScope;
 use crate::remediate::history::FixHistory;
 use crate::remediate::tracker::{persistent, Tracker};
 use crate::report::FindingReport;
-use crate::runtime::decide::{decide_and_act, record, Decided, Round, Step};
+use crate::runtime::cluster::{Cluster, ClusterReport, NodeEvent, NodeLocal, NodeMode};
+use crate::runtime::cluster_report::{check_states, fix_event, FindingTransitions, Reported};
+use crate::runtime::decide::{decide_and_act, record, ClusterSide, Decided, Round, Step};
 use crate::runtime::oneshot::history_of;
 use crate::runtime::reporting::FixLedger;
 use crate::runtime::ruleset_memo::RulesetMemo;
+use crate::runtime::slots::SlotKeeper;
 use crate::runtime::verify::PendingVerifications;
 use crate::runtime::{Actuator, NodeReader};
 use std::collections::{HashMap, HashSet};
@@ -79,6 +87,16 @@ pub struct Engine<P: NodeReader, A: Actuator> {
     ruleset_memo: RulesetMemo,
     /// The guards' view of the journal, kept in step with every append.
     history: FixHistory,
+    /// The Kubernetes API as the engine sees it (node-local without one).
+    cluster: Box<dyn Cluster>,
+    /// The fix slot this node holds and the fixes using it.
+    slots: SlotKeeper,
+    /// The node's opt-out label as the last pass saw it.
+    node_mode: NodeMode,
+    /// The findings reported on the last pass, for raised/cleared events.
+    transitions: FindingTransitions,
+    /// Fix outcomes journaled during the pass in progress, for events.
+    fix_events: Vec<NodeEvent>,
 }
 
 /// The closed label of a full nftables re-read's reason.
@@ -133,7 +151,19 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
             pending,
             ruleset_memo: RulesetMemo::default(),
             history,
+            cluster: Box::new(NodeLocal),
+            slots: SlotKeeper::default(),
+            node_mode: NodeMode::Configured,
+            transitions: FindingTransitions::default(),
+            fix_events: Vec::new(),
         }
+    }
+
+    /// The engine with the cluster it reports into and takes fix slots from (node-local without).
+    pub fn with_cluster(mut self, cluster: Box<dyn Cluster>) -> Engine<P, A> {
+        self.cluster = cluster;
+        self.show_connection();
+        self
     }
 
     /// Interfaces netmend made promiscuous and has not released (from the journal).
@@ -154,12 +184,27 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
                 before.get(interface).copied().unwrap_or(false)
             });
         for done in settled {
+            self.slots.finished(&mut *self.cluster, &done.key);
             for outcome in &done.outcomes {
                 self.shared
                     .metrics
                     .fix_outcome(done.fix, *outcome, &done.subject, &done.detail);
             }
             let outcome = *done.outcomes.last().expect("a settled fix has an outcome");
+            // Only the last outcome is journaled (and becomes an event there): the ones before
+            // it (`ineffective` before `reverted`) are events of their own.
+            for earlier in &done.outcomes[..done.outcomes.len() - 1] {
+                let line = JournalEntry::new(
+                    now,
+                    Some(done.check),
+                    done.fix,
+                    &done.subject,
+                    &done.key,
+                    *earlier,
+                    &done.detail,
+                );
+                self.fix_events.extend(fix_event(&line));
+            }
             let mut entry = JournalEntry::new(
                 now,
                 Some(done.check),
@@ -286,6 +331,7 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
 
     fn pass_inner(&mut self, now: SystemTime) {
         self.catch_up_journal(now);
+        self.follow_node_mode();
         let snapshot = match self.probe.snapshot() {
             Ok(s) => s,
             Err(fatal) => {
@@ -299,6 +345,7 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
                     .write()
                     .expect("status lock")
                     .source_health = self.sources.view();
+                self.show_connection();
                 return;
             }
         };
@@ -320,16 +367,28 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
         }
         self.sources.observe(&snapshot.sources, now);
         let held = self.promisc_held();
+        // A fix already applied is finished even on a node that opted out since.
         self.settle_pending(&snapshot, now);
-        let mut findings = self.ruleset_memo.findings(&snapshot, &self.config);
-        findings.extend(detect::run(
-            Inputs::Links,
-            &CheckContext {
-                snapshot: &snapshot,
-                config: &self.config,
-                promisc_held: &held,
-            },
-        ));
+        let checks_run = self.node_mode != NodeMode::Off;
+        let findings = if checks_run {
+            let cluster = &*self.cluster;
+            let pod_owner = |ip: std::net::IpAddr| cluster.pod_owner(ip);
+            let mut findings = self
+                .ruleset_memo
+                .findings(&snapshot, &self.config, &pod_owner);
+            findings.extend(detect::run(
+                Inputs::Links,
+                &CheckContext {
+                    snapshot: &snapshot,
+                    config: &self.config,
+                    promisc_held: &held,
+                    pod_owner: &pod_owner,
+                },
+            ));
+            findings
+        } else {
+            Vec::new()
+        };
         let tracked = self.tracker.observe(findings, now);
         let config = &self.config;
         let active = persistent(tracked, now, |f| {
@@ -343,6 +402,7 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
             act: true,
             promisc_held: &held,
             readded_by: &|finding| Self::readded_by(&self.chain_writers, finding),
+            node_mode: self.node_mode,
         };
         let mut appended = Vec::new();
         let decided = decide_and_act(
@@ -352,6 +412,10 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
             now,
             &mut self.probe,
             &mut self.actuator,
+            ClusterSide {
+                cluster: &mut *self.cluster,
+                slots: &mut self.slots,
+            },
             &|| now,
             &mut |entry| appended.push(entry),
         );
@@ -364,6 +428,10 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
             }
             self.append(entry);
         }
+        // The slot stays only with fixes whose proof is still pending.
+        let pending = &self.pending;
+        self.slots
+            .retain(&mut *self.cluster, |key| pending.waits_for(key));
         let mut counts: Vec<(CheckId, usize)> = Vec::new();
         for d in &decided {
             match counts
@@ -375,6 +443,7 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
             }
         }
         self.shared.metrics.set_findings(&counts);
+        self.publish_to_cluster(&decided, &reports, checks_run);
         {
             let mut doc = self.shared.status.write().expect("status lock");
             doc.report.findings = reports;
@@ -383,12 +452,85 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
             doc.journal_health = self.journal.health();
             doc.source_health = self.sources.view();
         }
+        self.show_connection();
         // Ready once every ruleset source the node uses was read once (a source it does not use,
         // such as nf_tables on an iptables-legacy-only node, does not hold it back).
         match self.sources.ready() {
             Ok(()) => self.shared.set_ready(),
             Err(waiting) => tracing::debug!(?waiting, "not ready yet"),
         }
+    }
+
+    /// Reads the node's opt-out label; logs when it changes.
+    fn follow_node_mode(&mut self) {
+        let mode = self.cluster.node_mode();
+        if mode != self.node_mode {
+            match mode {
+                NodeMode::Configured => {
+                    tracing::info!("node opt-out label removed: the configuration decides again")
+                }
+                NodeMode::DryRun => tracing::info!(
+                    label = crate::runtime::cluster::NODE_MODE_LABEL,
+                    "node labelled dry-run: no fix is applied on this node"
+                ),
+                NodeMode::Off => tracing::info!(
+                    label = crate::runtime::cluster::NODE_MODE_LABEL,
+                    "node labelled off: no check runs on this node"
+                ),
+            }
+            self.node_mode = mode;
+        }
+    }
+
+    /// Hands the cluster every enabled check's state and the pass's events (none of the checks
+    /// when they did not run: the node is labelled `off`).
+    fn publish_to_cluster(
+        &mut self,
+        decided: &[Decided],
+        reports: &[FindingReport],
+        checks_run: bool,
+    ) {
+        let reported: Vec<Reported<'_>> = decided
+            .iter()
+            .zip(reports)
+            .map(|(d, r)| Reported {
+                finding: &d.tracked.finding,
+                fix: r.fix.as_ref(),
+            })
+            .collect();
+        let (checks, mut events) = if checks_run {
+            (
+                check_states(&self.config, &reported),
+                self.transitions.next(&self.config, &reported),
+            )
+        } else {
+            self.transitions.forget();
+            (Vec::new(), Vec::new())
+        };
+        events.append(&mut self.fix_events);
+        self.cluster.publish(ClusterReport { checks, events });
+    }
+
+    /// The API connection, the slot and the node's opt-out on /status, in the metrics and in
+    /// readiness (`kubernetes.required` without a connection is not ready).
+    fn show_connection(&self) {
+        let connection = self.cluster.connection();
+        self.shared.metrics.kube_connection(&connection);
+        let unready = (self.config.kubernetes.required && !connection.connected).then(|| {
+            format!(
+                "kubernetes.required is true and the Kubernetes API is not connected ({})",
+                connection.reason.as_deref().unwrap_or("no reason given")
+            )
+        });
+        *self.shared.kube_unready.lock().expect("readiness lock") = unready;
+        self.shared.status.write().expect("status lock").kubernetes = KubernetesState {
+            connection,
+            node_mode: match self.node_mode {
+                NodeMode::Configured => None,
+                NodeMode::DryRun => Some("dry-run"),
+                NodeMode::Off => Some("off"),
+            },
+        };
     }
 
     /// Counts, journals and remembers what the decision loop did, and builds the reports. Also
@@ -427,7 +569,10 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
                             .fix_outcome(*fix, *outcome, &finding.subject, detail);
                         if matches!(
                             outcome,
-                            Outcome::SkippedCircuitOpen | Outcome::Blocked | Outcome::SkippedBudget
+                            Outcome::SkippedCircuitOpen
+                                | Outcome::Blocked
+                                | Outcome::SkippedBudget
+                                | Outcome::SkippedNoSlot
                         ) {
                             self.journal_entry(JournalEntry::new(
                                 now,
@@ -491,8 +636,9 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
         self.append(entry);
     }
 
-    /// Appends a line already recorded in the history.
+    /// Appends a line already recorded in the history; a fix outcome worth an event becomes one.
     fn append(&mut self, entry: JournalEntry) {
+        self.fix_events.extend(fix_event(&entry));
         if let Err(e) = self.journal.append(entry) {
             tracing::error!(error = %e, "journal write failed");
         }
@@ -520,7 +666,7 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
                     if !stop.load(Ordering::SeqCst) {
                         tracing::error!("the change feed stopped; stopping the engine");
                     }
-                    return;
+                    break;
                 }
             };
             self.reload_config(Duration::from_secs(2));
@@ -552,6 +698,14 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
                 last_change_pass = Some(now);
             }
         }
+        self.shut_down();
+    }
+
+    /// Gives back the fix slot this node holds, whatever still uses it: a pending proof is
+    /// finished by the next run, which takes a slot again if it must act.
+    pub fn shut_down(&mut self) {
+        self.slots.release_all(&mut *self.cluster);
+        self.show_connection();
     }
 }
 

@@ -11,6 +11,9 @@ use crate::model::finding::{CheckId, FixId, Outcome};
 use std::net::IpAddr;
 use std::time::Duration;
 
+/// The label on the Node by which a node opts out: `dry-run` or `off`.
+pub const NODE_MODE_LABEL: &str = "netmend.io/mode";
+
 /// The node's own opt-out, from the label `netmend.io/mode` on the Node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum NodeMode {

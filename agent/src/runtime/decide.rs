@@ -2,6 +2,9 @@
 //! order (most severe first, then check, then subject), each through the guards, the allowed ones
 //! executed (re-check, act, verify), and the guards' history updated after every action so the
 //! next decision in the same pass already counts it (the hourly budget, cooldowns, the breaker).
+//! The cluster has the last word: a node labelled `dry-run` applies nothing, and a fix runs only
+//! under a cluster-wide fix slot (`runtime::slots`), released as soon as the fix is over unless
+//! its proof is still pending.
 //! What the caller does with the results (print them, count them, show them on /status) is its
 //! own business.
 
@@ -11,7 +14,9 @@ use crate::model::finding::{FixId, FixReport, FixState, Outcome};
 use crate::remediate::guard::{decide, Decision, GuardScope};
 use crate::remediate::history::FixHistory;
 use crate::remediate::tracker::TrackedFinding;
+use crate::runtime::cluster::{Cluster, NodeMode, NODE_MODE_LABEL};
 use crate::runtime::pass::{execute, Execution};
+use crate::runtime::slots::{Admission, SlotKeeper};
 use crate::runtime::{Actuator, NodeReader};
 use std::time::SystemTime;
 
@@ -72,6 +77,14 @@ pub struct Round<'a> {
     pub promisc_held: &'a [String],
     /// Who re-created a finding's subject, asked on a repeat application ("re-added by").
     pub readded_by: &'a dyn Fn(&crate::model::finding::Finding) -> Option<String>,
+    /// The node's opt-out label: `DryRun` applies nothing.
+    pub node_mode: NodeMode,
+}
+
+/// The cluster as one round of decisions uses it: the fix slots.
+pub struct ClusterSide<'a> {
+    pub cluster: &'a mut dyn Cluster,
+    pub slots: &'a mut SlotKeeper,
 }
 
 /// The order findings are decided and shown in: most severe first, then check, then subject.
@@ -85,8 +98,10 @@ pub fn sort(findings: &mut [TrackedFinding]) {
     });
 }
 
-/// Decides for every finding in order; executes allowed fixes; records every journal line into
-/// `history` and hands it to `journal`.
+/// Decides for every finding in order; executes allowed fixes (each under a fix slot from
+/// `cluster`); records every journal line into `history` and hands it to `journal`. A fix whose
+/// proof is still pending when this returns (its final outcome is `applied`) keeps its slot: the
+/// caller finishes it when the proof settles.
 #[allow(clippy::too_many_arguments)]
 pub fn decide_and_act(
     mut findings: Vec<TrackedFinding>,
@@ -95,13 +110,30 @@ pub fn decide_and_act(
     now: SystemTime,
     probe: &mut dyn NodeReader,
     actuator: &mut dyn Actuator,
+    cluster: ClusterSide<'_>,
     clock: &dyn Fn() -> SystemTime,
     journal: &mut dyn FnMut(JournalEntry),
 ) -> Vec<Decided> {
     sort(&mut findings);
     let mut decided = Vec::with_capacity(findings.len());
     for tracked in findings {
-        let step = match decide(&tracked, round.config, history, now, round.scope) {
+        let proposal = tracked.finding.proposal.as_ref();
+        let proposed = || proposal.map(|p| p.detail.as_str()).unwrap_or("");
+        let decision = match proposal {
+            // The label holds back every fix that could be applied, as `mode: dry-run` does.
+            Some(p) if round.node_mode == NodeMode::DryRun && p.action.is_some() => {
+                Some(Decision::Skip {
+                    fix: p.fix,
+                    outcome: Outcome::SkippedDryRun,
+                    detail: format!(
+                        "{}; this node is labelled {NODE_MODE_LABEL}=dry-run",
+                        p.detail
+                    ),
+                })
+            }
+            _ => decide(&tracked, round.config, history, now, round.scope),
+        };
+        let step = match decision {
             None => Step::NoFix,
             Some(Decision::Skip {
                 fix,
@@ -114,18 +146,28 @@ pub fn decide_and_act(
             },
             Some(Decision::Apply { fix, .. }) if !round.act => Step::WouldApply {
                 fix,
-                detail: format!(
-                    "{}; run with --apply to apply",
-                    tracked
-                        .finding
-                        .proposal
-                        .as_ref()
-                        .map(|p| p.detail.as_str())
-                        .unwrap_or("")
-                ),
+                detail: format!("{}; run with --apply to apply", proposed()),
             },
             Some(apply @ Decision::Apply { .. }) => {
                 let key = tracked.finding.key();
+                let fix = apply.fix();
+                let cuts_off_api = crate::detect::cuts_off_api(&tracked.finding);
+                if let Admission::NoSlot(reason) =
+                    cluster
+                        .slots
+                        .admit(cluster.cluster, &key, fix, cuts_off_api, now)
+                {
+                    let detail = format!("{}; not applied: no fix slot ({reason})", proposed());
+                    decided.push(Decided {
+                        tracked,
+                        step: Step::Held {
+                            fix,
+                            outcome: Outcome::SkippedNoSlot,
+                            detail,
+                        },
+                    });
+                    continue;
+                }
                 let mut execution = execute(
                     apply,
                     &tracked,
@@ -143,6 +185,10 @@ pub fn decide_and_act(
                     entry.readded_by = readded.clone();
                     record(history, &entry);
                     journal(entry);
+                }
+                // Over unless its proof is pending: the slot goes back now.
+                if execution.final_outcome() != Outcome::Applied {
+                    cluster.slots.finished(cluster.cluster, &key);
                 }
                 Step::Executed(execution)
             }

@@ -1,6 +1,7 @@
 //! A recording fake of the node for engine tests: a probe that returns the current in-memory
 //! snapshot and an actuator that applies fix actions to it (or fails as scripted), recording every
-//! call. Test-only.
+//! call; and a scripted cluster that records what the engine told it and answers slot requests
+//! as scripted. Test-only.
 
 use crate::model::finding::FixAction;
 use crate::model::snapshot::NodeSnapshot;
@@ -149,5 +150,76 @@ impl Actuator for FakeNode {
             detail,
             was_promisc_before: None,
         })
+    }
+}
+
+/// What the scripted cluster was told and will answer.
+#[derive(Debug, Default)]
+pub struct ClusterScript {
+    /// Answers to slot requests in order (a fault that cuts off the API is answered
+    /// `Unlimited` without using one, as the contract says); `Unlimited` once they run out.
+    pub slots: std::collections::VecDeque<crate::runtime::cluster::SlotDecision>,
+    /// Every slot request: the fix and whether it cut off the API.
+    pub acquired: Vec<(crate::model::finding::FixId, bool)>,
+    pub released: usize,
+    pub mode: crate::runtime::cluster::NodeMode,
+    pub pods: std::collections::HashMap<std::net::IpAddr, String>,
+    pub published: Vec<crate::runtime::cluster::ClusterReport>,
+    pub connection: crate::runtime::cluster::Connection,
+}
+
+/// A scripted fake of the cluster for engine tests: records every call, answers as scripted.
+#[derive(Debug, Clone, Default)]
+pub struct ScriptedCluster(pub std::sync::Arc<std::sync::Mutex<ClusterScript>>);
+
+impl ScriptedCluster {
+    pub fn script(&self) -> std::sync::MutexGuard<'_, ClusterScript> {
+        self.0.lock().expect("cluster script lock")
+    }
+
+    /// Every event published so far.
+    pub fn events(&self) -> Vec<crate::runtime::cluster::NodeEvent> {
+        self.script()
+            .published
+            .iter()
+            .flat_map(|r| r.events.clone())
+            .collect()
+    }
+}
+
+impl crate::runtime::cluster::Cluster for ScriptedCluster {
+    fn publish(&mut self, report: crate::runtime::cluster::ClusterReport) {
+        self.script().published.push(report);
+    }
+
+    fn node_mode(&self) -> crate::runtime::cluster::NodeMode {
+        self.script().mode
+    }
+
+    fn acquire_slot(
+        &mut self,
+        fix: crate::model::finding::FixId,
+        cuts_off_api: bool,
+        _wait: std::time::Duration,
+    ) -> crate::runtime::cluster::SlotDecision {
+        use crate::runtime::cluster::SlotDecision;
+        let mut script = self.script();
+        script.acquired.push((fix, cuts_off_api));
+        if cuts_off_api {
+            return SlotDecision::Unlimited;
+        }
+        script.slots.pop_front().unwrap_or(SlotDecision::Unlimited)
+    }
+
+    fn release_slot(&mut self) {
+        self.script().released += 1;
+    }
+
+    fn pod_owner(&self, ip: std::net::IpAddr) -> Option<String> {
+        self.script().pods.get(&ip).cloned()
+    }
+
+    fn connection(&self) -> crate::runtime::cluster::Connection {
+        self.script().connection.clone()
     }
 }

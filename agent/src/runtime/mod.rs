@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod backoff;
 pub mod cluster;
+pub mod cluster_report;
 pub mod config_source;
 pub mod decide;
 pub mod oneshot;
@@ -15,6 +16,7 @@ pub mod pass;
 pub mod reporting;
 pub mod ruleset_memo;
 pub mod serve;
+pub mod slots;
 pub mod sources;
 pub mod verify;
 pub mod wiring;
@@ -84,5 +86,7 @@ pub trait Actuator {
     ) -> Result<ActReport, ActError>;
 }
 
+#[cfg(test)]
+mod engine_cluster_tests;
 #[cfg(test)]
 pub(crate) mod fake;

@@ -2,6 +2,9 @@
 //! run the fixes through the same guards as the agent (so in dry-run it reports and changes
 //! nothing).
 //!
+//! A one-shot run is node-local: it neither reports into the Kubernetes API nor takes a fix slot
+//! (the agent on the same node does both); `runtime::cluster::NodeLocal` answers for the cluster.
+//!
 //! Persistence in one-shot mode: a finding that needs to persist (`staleAfter`) must be present at
 //! both ends of the window; with `--window 0s` the single snapshot is both ends, so instantaneous
 //! evaluation still reports it.
@@ -14,8 +17,10 @@ use crate::remediate::guard::GuardScope;
 use crate::remediate::history::FixHistory;
 use crate::remediate::tracker::{persistent, Tracker};
 use crate::report::{FindingReport, Report};
-use crate::runtime::decide::{decide_and_act, Round};
+use crate::runtime::cluster::{Cluster, NodeLocal, NodeMode};
+use crate::runtime::decide::{decide_and_act, ClusterSide, Round};
 use crate::runtime::pass::evaluate;
+use crate::runtime::slots::SlotKeeper;
 use crate::runtime::{Actuator, NodeReader, ProbeFatal};
 use std::time::{Duration, SystemTime};
 
@@ -100,6 +105,7 @@ pub fn run_check(
         act: options.apply,
         promisc_held: &held,
         readded_by: &|_| None,
+        node_mode: NodeMode::Configured,
     };
     let mut append = |entry| {
         if let Some(journal) = journal.as_deref_mut() {
@@ -108,6 +114,8 @@ pub fn run_check(
             }
         }
     };
+    let mut cluster = NodeLocal;
+    let mut slots = SlotKeeper::default();
     let decided = decide_and_act(
         findings,
         &round,
@@ -115,9 +123,15 @@ pub fn run_check(
         t1,
         probe,
         actuator,
+        ClusterSide {
+            cluster: &mut cluster,
+            slots: &mut slots,
+        },
         now,
         &mut append,
     );
+    // Nothing waits for a later proof in a one-shot run.
+    slots.release_all(&mut cluster as &mut dyn Cluster);
     let reports = decided
         .iter()
         .map(|d| FindingReport::new(&d.tracked, d.step.report()))

@@ -157,6 +157,11 @@ impl PendingVerifications {
         Some(spec)
     }
 
+    /// Whether the fix of finding `key` still waits for its proof.
+    pub fn waits_for(&self, key: &str) -> bool {
+        self.waiting.iter().any(|w| w.pending.key == key)
+    }
+
     /// Settles what can be settled on `snapshot`. `was_promisc_before` tells whether an
     /// interface already had the flag before netmend set it (then it is left on).
     pub fn settle(

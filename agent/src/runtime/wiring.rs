@@ -15,7 +15,8 @@ use std::time::Duration;
 pub const LEGACY_POLL: Duration = Duration::from_millis(100);
 
 /// Wires the kernel implementations and runs the agent: the engine reads nftables through the
-/// generation-checked cache, the feed turns nftables notifications into wakes.
+/// generation-checked cache, the feed turns nftables notifications into wakes, and `cluster` is
+/// the Kubernetes API (or the node-local answer).
 pub fn run_kernel_agent(
     config: crate::config::Config,
     config_path: Option<std::path::PathBuf>,
@@ -23,6 +24,7 @@ pub fn run_kernel_agent(
     journal: crate::journal::Journal,
     listen: SocketAddr,
     node: String,
+    cluster: Box<dyn crate::runtime::cluster::Cluster>,
 ) -> Result<(), ServeError> {
     use crate::runtime::agent::ConfigSource;
     let source = ConfigSource::new(config_path, config_text);
@@ -34,7 +36,8 @@ pub fn run_kernel_agent(
         shared.clone(),
         crate::observe::node::KernelReader::new(crate::observe::node::NftView::Cached),
         crate::act::kernel::KernelActuator::new(),
-    );
+    )
+    .with_cluster(cluster);
     serve(AgentParts {
         engine,
         shared,
