@@ -47,11 +47,22 @@ app.kubernetes.io/component: agent
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 {{- end }}
 
-{{/* The config file exactly as the agent reads it. */}}
+{{/* The config file exactly as the agent reads it: `config`, and `kubernetes` as its section. */}}
 {{- define "netmend.configYaml" -}}
-# netmend configuration, rendered by Helm from the chart's `config` values.
-# Edit it with `helm upgrade --set config....`: the agent reloads it live.
-{{ toYaml .Values.config }}
+# netmend configuration, rendered by Helm from the chart's `config` and `kubernetes` values.
+# Edit it with `helm upgrade --set config....`: the agent reloads it live (the kubernetes section
+# is read at start).
+{{ toYaml (set (deepCopy .Values.config) "kubernetes" .Values.kubernetes) }}
+{{- end }}
+
+{{/* "true" when the agent may use the Kubernetes API (kubernetes.enabled is not false). */}}
+{{- define "netmend.kubeEnabled" -}}
+{{- if ne (toString .Values.kubernetes.enabled) "false" }}true{{- end }}
+{{- end }}
+
+{{/* Whether the pod mounts the service account token. */}}
+{{- define "netmend.automountToken" -}}
+{{- if or .Values.serviceAccount.automountServiceAccountToken (include "netmend.kubeEnabled" .) }}true{{- else }}false{{- end }}
 {{- end }}
 
 {{/* Whether a Service is needed. */}}

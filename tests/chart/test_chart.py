@@ -65,6 +65,7 @@ FULL = {
     "image": {"tag": "0.1.0-rc1", "pullPolicy": "Always"},
     "imagePullSecrets": [{"name": "regcred"}],
     "rbac": {"create": True},
+    "kubernetes": {"fixSlots": 3, "slotLease": "45s", "requestTimeout": "5s"},
     "service": {"enabled": True, "annotations": {"a": "b"}},
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"},
@@ -209,7 +210,8 @@ def test_chart_metadata_helm3_and_4():
 
 def test_defaults_render_exactly_the_core_objects():
     kinds = {k: len(v) for k, v in by_kind(objects()).items()}
-    assert kinds == {"DaemonSet": 1, "ConfigMap": 1, "ServiceAccount": 1}
+    assert kinds == {"DaemonSet": 1, "ConfigMap": 1, "ServiceAccount": 1, "ClusterRole": 1,
+                     "ClusterRoleBinding": 1, "Role": 1, "RoleBinding": 1}
 
 
 def test_full_values_render_every_optional_object():
@@ -217,7 +219,8 @@ def test_full_values_render_every_optional_object():
     kinds = {k: len(v) for k, v in by_kind(objs).items()}
     assert kinds == {
         "DaemonSet": 1, "ConfigMap": 2, "ServiceAccount": 1, "ClusterRole": 1,
-        "ClusterRoleBinding": 1, "Service": 1, "ServiceMonitor": 1, "PrometheusRule": 1,
+        "ClusterRoleBinding": 1, "Role": 1, "RoleBinding": 1, "Service": 1, "ServiceMonitor": 1,
+        "PrometheusRule": 1,
     }
     notes = render(FULL)["netmend/templates/NOTES.txt"]
     assert "Mode: enforce" in notes and "flush-stale-chain" in notes and "set-promisc" in notes
@@ -519,7 +522,7 @@ def test_security_context(values):
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert sc["runAsUser"] == 0
-    assert pod["automountServiceAccountToken"] is (values is FULL)  # only with rbac.create
+    assert pod["automountServiceAccountToken"] is True  # the agent talks to the API
 
 
 def test_capabilities_beyond_the_three_are_refused():
@@ -541,6 +544,7 @@ def test_daemonset_shape_defaults():
                          "--state-dir=/var/lib/netmend"]
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["NETMEND_LOG_FORMAT"]["value"] == "json" and env["RUST_LOG"]["value"] == "info"
     assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -569,7 +573,7 @@ def test_daemonset_shape_defaults():
     # live reload is the design: no restart-on-config annotation unless asked
     assert "checksum/config" not in spec["template"]["metadata"].get("annotations", {})
     sa = the(objs, "ServiceAccount")
-    assert sa["automountServiceAccountToken"] is False
+    assert sa["automountServiceAccountToken"] is True
     assert pod["serviceAccountName"] == sa["metadata"]["name"]
 
 
@@ -604,17 +608,75 @@ def test_host_proc_is_opt_out_and_movable():
         render({"hostProc": {"path": "proc"}})
 
 
-def test_rbac_is_minimal_and_opt_in():
-    objs = objects(FULL)
-    role = the(objs, "ClusterRole")
-    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): sorted(r["verbs"]) for r in role["rules"]}
-    assert rules == {
-        (("",), ("events",)): ["create", "patch"],
-        (("events.k8s.io",), ("events",)): ["create", "patch"],
-        (("",), ("nodes/status",)): ["get", "patch"],
-    }
-    binding = the(objs, "ClusterRoleBinding")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "netmend", "namespace": NAMESPACE}]
+def _rules(role: dict) -> list[tuple]:
+    """A role's rules as comparable tuples: (api group, resource, resource names, verbs), one per
+    group and resource, so that no rule can hide a broader grant."""
+    out = []
+    for r in role["rules"]:
+        assert set(r) <= {"apiGroups", "resources", "resourceNames", "verbs"}, r
+        for group in r["apiGroups"]:
+            for resource in r["resources"]:
+                out.append((group, resource, tuple(r.get("resourceNames", ())), tuple(sorted(r["verbs"]))))
+    return sorted(out)
+
+
+# The contract's RBAC (docs/operating.md): nothing broader.
+CLUSTER_RULES = sorted([
+    ("", "nodes", (), ("get", "list", "watch")),
+    ("", "nodes/status", (), ("patch",)),
+    ("", "events", (), ("create", "patch")),
+    ("events.k8s.io", "events", (), ("create", "patch")),
+    ("", "pods", (), ("list", "watch")),
+    ("", "services", (), ("list", "watch")),
+    ("discovery.k8s.io", "endpointslices", (), ("list", "watch")),
+    ("coordination.k8s.io", "leases", (), ("get", "list", "watch")),
+])
+
+
+def _slot_rules(n: int) -> list[tuple]:
+    names = tuple(f"netmend-fix-slot-{i}" for i in range(n))
+    return sorted([
+        ("coordination.k8s.io", "leases", (), ("create",)),
+        ("coordination.k8s.io", "leases", names, ("get", "patch", "update")),
+    ])
+
+
+def test_rbac_is_exactly_the_contracts():
+    objs = objects()
+    assert _rules(the(objs, "ClusterRole")) == CLUSTER_RULES
+    role = the(objs, "Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert _rules(role) == _slot_rules(1)
+    for kind in ("ClusterRoleBinding", "RoleBinding"):
+        binding = the(objs, kind)
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "netmend", "namespace": NAMESPACE}]
+        assert binding["roleRef"]["name"] == "netmend"
+    assert the(objs, "RoleBinding")["roleRef"]["kind"] == "Role"
+    # one name per slot, as many as fixSlots
+    assert _rules(the(objects(FULL), "Role")) == _slot_rules(3)
+
+
+def test_each_part_switches_its_rbac_off():
+    no_conditions = _rules(the(objects({"kubernetes": {"conditions": False}}), "ClusterRole"))
+    assert no_conditions == [r for r in CLUSTER_RULES if r[1] != "nodes/status"]
+    no_events = _rules(the(objects({"kubernetes": {"events": False}}), "ClusterRole"))
+    assert no_events == [r for r in CLUSTER_RULES if r[1] != "events"]
+    # no cluster limit: no slot Leases, so no Role (an empty resourceNames would grant every Lease)
+    kinds = by_kind(objects({"kubernetes": {"fixSlots": 0}}))
+    assert "Role" not in kinds and "RoleBinding" not in kinds and "ClusterRole" in kinds
+    # rbac.create off: the agent still gets its token (RBAC is the operator's), no objects
+    objs = objects({"rbac": {"create": False}})
+    assert not {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} & set(by_kind(objs))
+    assert the(objs, "DaemonSet")["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    # node-local: no RBAC and no token
+    objs = objects({"kubernetes": {"enabled": False}})
+    assert not {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} & set(by_kind(objs))
+    assert the(objs, "DaemonSet")["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert the(objs, "ServiceAccount")["automountServiceAccountToken"] is False
+    with pytest.raises(helm.HelmValuesError):
+        render({"kubernetes": {"fixSlots": 101}})
+    with pytest.raises(helm.HelmValuesError):
+        render({"kubernetes": {"enabled": "sometimes"}})
 
 
 # ---- the config block -----------------------------------------------------------------------
@@ -624,6 +686,7 @@ def test_rbac_is_minimal_and_opt_in():
 def test_rendered_config_is_accepted_by_netmend(values, tmp_path):
     text, parsed = rendered_config(values)
     expected = deep_merge(default_values()["config"], (values or {}).get("config", {}))
+    expected["kubernetes"] = deep_merge(default_values()["kubernetes"], (values or {}).get("kubernetes", {}))
     assert parsed == expected
     result = validate_config(text, tmp_path)
     assert result.returncode == 0, result.stderr
@@ -722,6 +785,25 @@ def test_chart_config_follows_the_agents_registries():
             for key, default in agent_defaults.items():
                 assert _same_setting(chart[key], default), (kind, ident, key, chart[key], default)
                 assert f"config.{kind}.{ident}.{key}" in readme, f"chart README lacks config.{kind}.{ident}.{key}"
+
+
+def test_kubernetes_values_are_the_agents_section_and_reach_it(tmp_path):
+    """`kubernetes` holds exactly the agent's `kubernetes:` keys with its defaults, and each one
+    set to another valid value reaches the rendered config and passes `netmend validate-config`."""
+    agent_defaults = agent_catalog()["defaults"]["kubernetes"]
+    values = default_values()["kubernetes"]
+    assert sorted(values) == sorted(agent_defaults)
+    for key, default in agent_defaults.items():
+        assert _same_setting(values[key], default), (key, values[key], default)
+    schema = values_schema()["properties"]["kubernetes"]["properties"]
+    assert sorted(schema) == sorted(values)
+    for key, value in [("enabled", False), ("enabled", True), ("required", True),
+                       ("conditions", False), ("events", False), ("fixSlots", 0), ("fixSlots", 5),
+                       ("slotLease", "2m"), ("requestTimeout", "3s")]:
+        text, parsed = rendered_config({"kubernetes": {key: value}})
+        assert parsed["kubernetes"][key] == value, key
+        result = validate_config(text, tmp_path)
+        assert result.returncode == 0, (key, value, result.stderr)
 
 
 def test_schema_config_keys_match_values_yaml():
