@@ -13,7 +13,8 @@
 //! states (`reporting`), the fix slot (`slots`), what the cluster is told (`cluster_report`). No
 //! check or fix is named here.
 //!
-//! Its tests make it long; the code is the engine's pass and loop only.
+//! Long: the pass, the loop, and how each pass is shown (counted, journaled, on /status, handed
+//! to the cluster) all work on the same per-pass state the engine owns; its tests make it longer.
 
 use crate::config::Config;
 use crate::detect::{self, CheckContext, Inputs};

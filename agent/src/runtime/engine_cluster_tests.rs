@@ -1,6 +1,7 @@
 //! The engine against a scripted cluster: the fix slot gate, the node's opt-out label, what is
 //! published after a pass (check states, events on transitions only), owner names, and what
-//! `/status`, the metrics and readiness show of the API connection. Test-only.
+//! `/status`, the metrics and readiness show of the API connection. Test-only; over 500 lines
+//! because each scenario builds its own node (ruleset, links, ARP counters) in the open.
 
 use crate::config::Config;
 use crate::detect::test_support::{iptables_table, snapshot_with};
