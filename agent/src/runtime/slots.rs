@@ -54,7 +54,9 @@ impl SlotKeeper {
         }
         if !cuts_off_api {
             if let Some((until, why)) = &self.refused {
-                if now < *until {
+                // A clock that jumped back never stretches the wait beyond NO_SLOT_RETRY.
+                let left = until.duration_since(now).unwrap_or_default();
+                if !left.is_zero() && left <= NO_SLOT_RETRY {
                     return Admission::NoSlot(why.clone());
                 }
             }
@@ -174,6 +176,16 @@ mod tests {
             Admission::Go
         );
         assert_eq!(cluster.script().acquired.len(), 2);
+        // The wall clock jumped back an hour: asked again rather than waiting for it.
+        cluster.script().slots.push_back(SlotDecision::NoSlot {
+            reason: "still taken".into(),
+        });
+        let back = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 - 3600);
+        assert_eq!(
+            keeper.admit(&mut cluster, "a", fix, false, back),
+            Admission::NoSlot("still taken".into())
+        );
+        assert_eq!(cluster.script().acquired.len(), 3);
         cluster
             .script()
             .slots
