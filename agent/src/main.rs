@@ -185,7 +185,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     .filter(|v| !v.is_empty())
                     .map(PathBuf::from)
             });
-            let cluster = cluster_for(&parsed.kubernetes, kubeconfig.as_deref(), &node)?;
+            let runtime = netmend::runtime::serve::io_runtime()?;
+            let cluster = cluster_for(
+                &parsed.kubernetes,
+                kubeconfig.as_deref(),
+                &node,
+                runtime.handle(),
+            )?;
             netmend::runtime::wiring::run_kernel_agent(
                 parsed,
                 config.clone(),
@@ -194,6 +200,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 listen,
                 node,
                 cluster,
+                runtime,
             )?;
             Ok(ExitCode::SUCCESS)
         }
@@ -352,12 +359,14 @@ fn catalog_json() -> serde_json::Value {
     serde_json::json!({"checks": checks, "fixes": fixes, "defaults": defaults})
 }
 
-/// The cluster the agent reports into and takes fix slots from. Node-local (no API): this build
-/// has no Kubernetes client, so `kubernetes.required: true` cannot be met and is exit status 2.
+/// The cluster the agent reports into and takes fix slots from; a client would run its tasks on
+/// `_runtime`. Node-local (no API): this build has no Kubernetes client, so
+/// `kubernetes.required: true` cannot be met and is exit status 2.
 fn cluster_for(
     settings: &netmend::config::KubernetesConfig,
     kubeconfig: Option<&Path>,
     node: &str,
+    _runtime: &tokio::runtime::Handle,
 ) -> anyhow::Result<Box<dyn netmend::runtime::cluster::Cluster>> {
     if settings.required {
         return Err(anyhow!(

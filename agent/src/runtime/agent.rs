@@ -31,7 +31,7 @@ use crate::runtime::decide::{decide_and_act, record, ClusterSide, Decided, Round
 use crate::runtime::oneshot::history_of;
 use crate::runtime::reporting::FixLedger;
 use crate::runtime::ruleset_memo::RulesetMemo;
-use crate::runtime::slots::SlotKeeper;
+use crate::runtime::slots::SlotGate;
 use crate::runtime::verify::PendingVerifications;
 use crate::runtime::{Actuator, NodeReader};
 use std::collections::{HashMap, HashSet};
@@ -91,7 +91,7 @@ pub struct Engine<P: NodeReader, A: Actuator> {
     /// The Kubernetes API as the engine sees it (node-local without one).
     cluster: Box<dyn Cluster>,
     /// The fix slot this node holds and the fixes using it.
-    slots: SlotKeeper,
+    slots: SlotGate,
     /// The node's opt-out label as the last pass saw it.
     node_mode: NodeMode,
     /// The findings reported on the last pass, for raised/cleared events.
@@ -153,7 +153,7 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
             ruleset_memo: RulesetMemo::default(),
             history,
             cluster: Box::new(NodeLocal),
-            slots: SlotKeeper::default(),
+            slots: SlotGate::default(),
             node_mode: NodeMode::Configured,
             transitions: FindingTransitions::default(),
             fix_events: Vec::new(),

@@ -16,7 +16,7 @@ use crate::remediate::history::FixHistory;
 use crate::remediate::tracker::TrackedFinding;
 use crate::runtime::cluster::{Cluster, NodeMode, NODE_MODE_LABEL};
 use crate::runtime::pass::{execute, Execution};
-use crate::runtime::slots::{Admission, SlotKeeper};
+use crate::runtime::slots::{Admission, SlotGate};
 use crate::runtime::{Actuator, NodeReader};
 use std::time::SystemTime;
 
@@ -84,7 +84,7 @@ pub struct Round<'a> {
 /// The cluster as one round of decisions uses it: the fix slots.
 pub struct ClusterSide<'a> {
     pub cluster: &'a mut dyn Cluster,
-    pub slots: &'a mut SlotKeeper,
+    pub slots: &'a mut SlotGate,
 }
 
 /// The order findings are decided and shown in: most severe first, then check, then subject.

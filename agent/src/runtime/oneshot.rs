@@ -20,7 +20,7 @@ use crate::report::{FindingReport, Report};
 use crate::runtime::cluster::{Cluster, NodeLocal, NodeMode};
 use crate::runtime::decide::{decide_and_act, ClusterSide, Round};
 use crate::runtime::pass::evaluate;
-use crate::runtime::slots::SlotKeeper;
+use crate::runtime::slots::SlotGate;
 use crate::runtime::{Actuator, NodeReader, ProbeFatal};
 use std::time::{Duration, SystemTime};
 
@@ -115,7 +115,7 @@ pub fn run_check(
         }
     };
     let mut cluster = NodeLocal;
-    let mut slots = SlotKeeper::default();
+    let mut slots = SlotGate::default();
     let decided = decide_and_act(
         findings,
         &round,

@@ -1,5 +1,7 @@
 //! The lifecycle of `netmend run`: the engine on its own thread (it owns the kernel sockets), the
-//! change feed on another, the HTTP server on tokio, one cancellation for all of them.
+//! change feed on another, the HTTP server on tokio, one cancellation for all of them. The tokio
+//! runtime is made first ([`io_runtime`]) so that the Kubernetes client's tasks can run on it
+//! before the engine starts.
 //!
 //! - SIGTERM/SIGINT: stop taking new work; the engine finishes the pass in progress (every action
 //!   is one atomic batch, so nothing is left half-applied) and the process exits 0 within the
@@ -45,18 +47,25 @@ pub struct AgentParts<P: NodeReader, A: Actuator> {
     pub feed: FeedStarter,
 }
 
-/// Runs the agent until a signal or a dead loop.
-pub fn serve<P, A>(parts: AgentParts<P, A>) -> Result<(), ServeError>
-where
-    P: NodeReader + Send + 'static,
-    A: Actuator + Send + 'static,
-{
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// The agent's tokio runtime: the HTTP server and the Kubernetes client run on it.
+pub fn io_runtime() -> Result<tokio::runtime::Runtime, ServeError> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .thread_name("netmend-io")
         .build()
-        .map_err(ServeError::Runtime)?;
+        .map_err(ServeError::Runtime)
+}
+
+/// Runs the agent on `runtime` until a signal or a dead loop.
+pub fn serve<P, A>(
+    parts: AgentParts<P, A>,
+    runtime: tokio::runtime::Runtime,
+) -> Result<(), ServeError>
+where
+    P: NodeReader + Send + 'static,
+    A: Actuator + Send + 'static,
+{
     runtime.block_on(run(parts))
 }
 

@@ -27,14 +27,14 @@ pub enum Admission {
 
 /// The slot this node holds and the fixes (by finding key) that use it.
 #[derive(Debug, Default)]
-pub struct SlotKeeper {
+pub struct SlotGate {
     held: Option<u32>,
     users: BTreeSet<String>,
     /// After a refusal: until when, and why.
     refused: Option<(SystemTime, String)>,
 }
 
-impl SlotKeeper {
+impl SlotGate {
     /// Asks whether the fix of finding `key` may run at `now`. `cuts_off_api`: the fault cuts the
     /// node off from the API (the contract's exception; always asked, never held back by an
     /// earlier refusal).
@@ -125,7 +125,7 @@ mod tests {
             .script()
             .slots
             .push_back(SlotDecision::Held { index: 0 });
-        let mut keeper = SlotKeeper::default();
+        let mut keeper = SlotGate::default();
         let fix = FixId::new("f");
         assert_eq!(
             keeper.admit(&mut cluster, "a", fix, false, t(0)),
@@ -160,7 +160,7 @@ mod tests {
         cluster.script().slots.push_back(SlotDecision::NoSlot {
             reason: "all 1 slots taken".into(),
         });
-        let mut keeper = SlotKeeper::default();
+        let mut keeper = SlotGate::default();
         let fix = FixId::new("f");
         let no = Admission::NoSlot("all 1 slots taken".into());
         assert_eq!(keeper.admit(&mut cluster, "a", fix, false, t(0)), no);

@@ -16,7 +16,8 @@ pub const LEGACY_POLL: Duration = Duration::from_millis(100);
 
 /// Wires the kernel implementations and runs the agent: the engine reads nftables through the
 /// generation-checked cache, the feed turns nftables notifications into wakes, and `cluster` is
-/// the Kubernetes API (or the node-local answer).
+/// the Kubernetes API (or the node-local answer) whose tasks run on `runtime`.
+#[allow(clippy::too_many_arguments)]
 pub fn run_kernel_agent(
     config: crate::config::Config,
     config_path: Option<std::path::PathBuf>,
@@ -25,6 +26,7 @@ pub fn run_kernel_agent(
     listen: SocketAddr,
     node: String,
     cluster: Box<dyn crate::runtime::cluster::Cluster>,
+    runtime: tokio::runtime::Runtime,
 ) -> Result<(), ServeError> {
     use crate::runtime::agent::ConfigSource;
     let source = ConfigSource::new(config_path, config_text);
@@ -38,12 +40,15 @@ pub fn run_kernel_agent(
         crate::act::kernel::KernelActuator::new(),
     )
     .with_cluster(cluster);
-    serve(AgentParts {
-        engine,
-        shared,
-        listen,
-        feed: Box::new(change_feed),
-    })
+    serve(
+        AgentParts {
+            engine,
+            shared,
+            listen,
+            feed: Box::new(change_feed),
+        },
+        runtime,
+    )
 }
 
 /// Turns nftables notifications, link changes and iptables-legacy changes into wakes until
