@@ -3,6 +3,7 @@
 
 pub mod finding;
 pub mod graph;
+pub mod kube_proxy;
 pub mod l2;
 pub mod render;
 pub mod ruleset;
