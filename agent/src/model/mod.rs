@@ -7,4 +7,5 @@ pub mod kube_proxy;
 pub mod l2;
 pub mod render;
 pub mod ruleset;
+pub mod service_intent;
 pub mod snapshot;
