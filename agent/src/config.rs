@@ -833,7 +833,7 @@ checks:
                 request_timeout: Duration::from_secs(10),
             }
         );
-        let shown = serde_json::to_value(&Config::default()).unwrap();
+        let shown = serde_json::to_value(Config::default()).unwrap();
         assert_eq!(
             shown["kubernetes"],
             serde_json::json!({

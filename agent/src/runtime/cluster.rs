@@ -117,6 +117,10 @@ pub trait Cluster: Send {
 
     /// The API connection now.
     fn connection(&self) -> Connection;
+
+    /// The agent is stopping: frees the slot held (waiting at most `within`) and stops talking
+    /// to the API. Called once, from the engine's thread, while the async runtime still runs.
+    fn shutdown(&mut self, _within: Duration) {}
 }
 
 /// No API: the node decides alone.
