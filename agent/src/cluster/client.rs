@@ -499,4 +499,161 @@ mod tests {
         assert_eq!(c.request_errors[&("patch".into(), "503".into())], 2);
         assert_eq!(c.request_errors[&("get".into(), "404".into())], 1);
     }
+
+    /// A one-trick HTTP/1.1 server on 127.0.0.1: answers every request with `status` and
+    /// `body` (or never, with `None`), and keeps the request heads it saw.
+    async fn tiny_server(answer: Option<(u16, &'static str)>) -> (String, Arc<Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&head).to_string());
+                    let Some((status, body)) = answer else {
+                        // hold the connection open, never answer
+                        let _ = socket.read(&mut byte).await;
+                        return;
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        (format!("127.0.0.1:{}", addr.port()), heads)
+    }
+
+    fn kubeconfig(server: &str, extra_cluster: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "netmend-kc-{}-{}",
+            std::process::id(),
+            server.replace([':', '/', '.'], "-")
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: t\n\
+                 clusters:\n- name: t\n  cluster:\n    server: {server}\n{extra_cluster}\
+                 contexts:\n- name: t\n  context: {{cluster: t, user: t}}\n\
+                 users:\n- name: t\n  user: {{token: sekret}}\n"
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    async fn calls_for(server: &str, extra: &str, timeout: Duration) -> ApiCalls {
+        let path = kubeconfig(server, extra);
+        let config = load_config(&ApiSource::Kubeconfig(vec![path.clone()]))
+            .await
+            .unwrap()
+            .unwrap();
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+        let (requests, watches) = build_clients(config, timeout).unwrap();
+        ApiCalls::new(requests, watches, timeout)
+    }
+
+    #[tokio::test]
+    async fn a_plain_http_api_from_a_kubeconfig_is_spoken_to() {
+        let (addr, heads) = tiny_server(Some((
+            200,
+            r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-a","uid":"u-1"}}"#,
+        )))
+        .await;
+        let calls = calls_for(&format!("http://{addr}"), "", Duration::from_secs(5)).await;
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> =
+            kube::Api::all(calls.requests.clone());
+        let node = calls
+            .call("get", "nodes/node-a", nodes.get("node-a"))
+            .await
+            .unwrap();
+        assert_eq!(node.metadata.uid.as_deref(), Some("u-1"));
+        let head = heads.lock().unwrap()[0].to_lowercase();
+        assert!(
+            head.starts_with("get /api/v1/nodes/node-a http/1.1"),
+            "{head}"
+        );
+        assert!(head.contains("authorization: bearer sekret"), "{head}");
+        assert!(calls.book.snapshot().connected);
+    }
+
+    #[tokio::test]
+    async fn a_server_error_is_not_retried_behind_the_callers_back() {
+        let (addr, heads) = tiny_server(Some((
+            503,
+            r#"{"kind":"Status","apiVersion":"v1","status":"Failure","code":503,"reason":"ServiceUnavailable","message":"later"}"#,
+        )))
+        .await;
+        let calls = calls_for(&format!("http://{addr}"), "", Duration::from_secs(5)).await;
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> =
+            kube::Api::all(calls.requests.clone());
+        let err = calls
+            .call("get", "nodes/node-a", nodes.get("node-a"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), Some(503));
+        assert_eq!(heads.lock().unwrap().len(), 1, "kube's retry layer is off");
+        let c = calls.book.snapshot();
+        assert_eq!(c.request_errors[&("get".to_string(), "503".to_string())], 1);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_is_a_timeout() {
+        let (addr, heads) = tiny_server(None).await;
+        let calls = calls_for(&format!("http://{addr}"), "", Duration::from_millis(300)).await;
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> =
+            kube::Api::all(calls.requests.clone());
+        let err = calls
+            .call("get", "nodes/node-a", nodes.get("node-a"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code_label(), "timeout", "{err}");
+        assert_eq!(heads.lock().unwrap().len(), 1);
+        assert!(!calls.book.snapshot().connected);
+    }
+
+    #[tokio::test]
+    async fn https_goes_through_rustls_and_a_failed_handshake_is_a_connect_error() {
+        // a listener that closes every connection: the TLS handshake fails
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                drop(socket);
+            }
+        });
+        let calls = calls_for(
+            &format!("https://127.0.0.1:{port}"),
+            "    insecure-skip-tls-verify: true\n",
+            Duration::from_secs(5),
+        )
+        .await;
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> =
+            kube::Api::all(calls.requests.clone());
+        let err = calls
+            .call("get", "nodes/node-a", nodes.get("node-a"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code_label(), "connect", "{err}");
+        assert!(!calls.book.snapshot().connected);
+    }
 }
