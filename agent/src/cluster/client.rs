@@ -4,6 +4,8 @@
 //! (explicit connect/read/write timeouts, no retry layer), and [`ApiCalls`]: the one door every
 //! request goes through, which bounds it in time, classifies its failure and counts it by verb
 //! and code into the [`ConnectionBook`] that `/status` and the metrics read.
+//!
+//! Its tests (against real plain-HTTP and TLS servers on the loopback) make this file long.
 
 use crate::runtime::cluster::Connection;
 use kube::config::{KubeConfigOptions, Kubeconfig};

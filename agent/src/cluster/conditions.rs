@@ -9,6 +9,9 @@
 //! is the task: it learns what the node carries at start, then writes a strategic merge patch on
 //! `nodes/<node>/status` that names only netmend's conditions (entries merged by `type`, removals
 //! by `$patch: delete`), at most once a second, and backs off after a failure.
+//!
+//! Its tests (the policy, the wire format, churn, heartbeat and failures in paused time) make
+//! this file long.
 
 use crate::cluster::client::{ApiCalls, CallError};
 use crate::cluster::node_watch::NodeFacts;

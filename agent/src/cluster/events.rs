@@ -9,7 +9,8 @@
 //! ([`BURST`], one more every [`REFILL`]) and back off after a failure. Memory is bounded: at most
 //! [`MAX_SERIES`] series are remembered (the least recently seen is forgotten first).
 //!
-//! [`EventFolder`] is the policy (pure, time passed in); [`EventsReporter`] is the task.
+//! [`EventFolder`] is the policy (pure, time passed in); [`EventsReporter`] is the task. Its
+//! tests (folding, budget, the wire format, an outage) make this file long.
 
 use crate::cluster::client::{ApiCalls, CallError};
 use crate::cluster::node_watch::NodeFacts;

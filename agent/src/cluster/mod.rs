@@ -8,6 +8,8 @@
 //! over (never blocking), reads what the watches keep current, and waits a bounded time for a fix
 //! slot. Every request goes through [`client::ApiCalls`], which bounds it in time and counts its
 //! failures for `/status` and the metrics.
+//!
+//! Its tests (the whole adapter against the in-memory API) make this file long.
 
 pub mod client;
 pub mod conditions;
@@ -86,6 +88,9 @@ pub fn connect(
         }
         tracing::info!(%reason, "no Kubernetes API");
         return Ok(Box::new(Detached::new(reason)));
+    }
+    if source == ApiSource::InCluster && kubeconfig.is_some() {
+        tracing::warn!("--kubeconfig is ignored: the in-cluster service account comes first");
     }
     let node = client::node_name(
         node_name.as_deref(),
