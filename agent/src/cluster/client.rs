@@ -17,9 +17,10 @@ use std::time::Duration;
 /// Where the namespace of netmend's own objects comes from when `POD_NAMESPACE` is not set.
 pub const DEFAULT_NAMESPACE: &str = "netmend";
 
-/// How long the API server keeps a watch open before the client opens the next one; the watch
+/// How long the API server keeps a watch open before the client opens the next one (kube's and
+/// client-go's order of magnitude: cheap for the API server with a watch per node); the watch
 /// client's read timeout is a little longer, so a connection that died silently is noticed.
-pub const WATCH_SECONDS: u32 = 60;
+pub const WATCH_SECONDS: u32 = 290;
 
 /// Why the API could not be used although it was configured.
 #[derive(Debug, thiserror::Error)]

@@ -193,7 +193,7 @@ mod tests {
         assert_eq!(params["watch"], "true");
         assert_eq!(params["resourceVersion"], "10");
         assert_eq!(params["fieldSelector"], "metadata.name=node-a");
-        assert_eq!(params["timeoutSeconds"], "60");
+        assert_eq!(params["timeoutSeconds"], "290");
         assert_eq!(params["allowWatchBookmarks"], "true");
         stream(
             send,
