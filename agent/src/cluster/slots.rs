@@ -761,6 +761,36 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn nodes_racing_for_one_slot_never_both_get_it() {
+        let fake = FakeApi::default();
+        let (mut a, _) = node(&fake, "node-a", 1);
+        let (mut b, _) = node(&fake, "node-b", 1);
+        let (mut c, _) = node(&fake, "node-c", 1);
+        for round in 0..20 {
+            // all three read the same state, then race to write it
+            let (da, db, dc) = tokio::join!(a.acquire(FIX), b.acquire(FIX), c.acquire(FIX));
+            let winners: Vec<&str> = [("node-a", &da), ("node-b", &db), ("node-c", &dc)]
+                .iter()
+                .filter(|(_, d)| matches!(d, SlotDecision::Held { .. }))
+                .map(|(n, _)| *n)
+                .collect();
+            assert_eq!(winners.len(), 1, "round {round}: {da:?} {db:?} {dc:?}");
+            assert_eq!(fake.holder(NS, "netmend-fix-slot-0"), winners[0]);
+            for keeper in [&mut a, &mut b, &mut c] {
+                keeper.release().await;
+            }
+        }
+        // the losers lost on a 409 (create or update), not by reading a taken slot
+        let conflicts: u64 = [&a, &b, &c]
+            .iter()
+            .flat_map(|k| k.calls.book.snapshot().request_errors.into_iter())
+            .filter(|((_, code), _)| code == "409")
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(conflicts, 40);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_holder_that_stops_renewing_loses_the_slot_after_the_lease_on_the_local_clock() {
         let fake = FakeApi::default();
         let (mut a, a_faults) = node(&fake, "node-a", 1);
