@@ -1341,6 +1341,10 @@ impl Check for HostportHijack {
         "DNAT/REDIRECT reachable from a nat hook captures a protected node port (API server, kubelet, ssh, ...)"
     }
 
+    fn condition_reasons(&self) -> super::ConditionReasons {
+        super::ConditionReasons::new("HijackPresent", "NoHijack")
+    }
+
     fn inputs(&self) -> Inputs {
         Inputs::Ruleset
     }
