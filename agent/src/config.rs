@@ -1,6 +1,7 @@
 //! netmend's configuration: the YAML file (mounted from the chart's ConfigMap) parsed strictly
 //! into raw serde types (unknown keys rejected, every error naming its key path), defaulted, then
 //! validated into [`Config`] with cross-field rules. Pure: reading the file is the caller's job.
+//! Its tests (an error path for every section) make this file long.
 
 use crate::model::finding::{CheckId, FixId};
 use serde::Deserialize;
