@@ -65,7 +65,8 @@ enum Command {
         /// Where the journal lives.
         #[arg(long, default_value = "/var/lib/netmend")]
         state_dir: PathBuf,
-        /// Kubeconfig file for the Kubernetes API when not in a cluster (else KUBECONFIG).
+        /// Kubeconfig file for the Kubernetes API when not in a cluster (else the files KUBECONFIG
+        /// lists).
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
         /// This node's name in the cluster (else NODE_NAME, else the host name).
@@ -180,11 +181,6 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let node = node_flag
                 .filter(|n| !n.is_empty())
                 .unwrap_or_else(node_name);
-            let kubeconfig = kubeconfig.or_else(|| {
-                std::env::var_os("KUBECONFIG")
-                    .filter(|v| !v.is_empty())
-                    .map(PathBuf::from)
-            });
             let runtime = netmend::runtime::serve::io_runtime()?;
             let cluster = cluster_for(
                 &parsed.kubernetes,
@@ -359,22 +355,21 @@ fn catalog_json() -> serde_json::Value {
     serde_json::json!({"checks": checks, "fixes": fixes, "defaults": defaults})
 }
 
-/// The cluster the agent reports into and takes fix slots from; a client would run its tasks on
-/// `_runtime`. Node-local (no API): this build has no Kubernetes client, so
-/// `kubernetes.required: true` cannot be met and is exit status 2.
+/// The cluster the agent reports into and takes fix slots from: the Kubernetes API (its tasks run
+/// on `runtime`), or node-local when it is switched off or cannot be found; an error (exit status
+/// 2) when it cannot be found and `kubernetes.required` or `kubernetes.enabled: true` asks for it.
 fn cluster_for(
     settings: &netmend::config::KubernetesConfig,
     kubeconfig: Option<&Path>,
     node: &str,
-    _runtime: &tokio::runtime::Handle,
+    runtime: &tokio::runtime::Handle,
 ) -> anyhow::Result<Box<dyn netmend::runtime::cluster::Cluster>> {
-    if settings.required {
-        return Err(anyhow!(
-            "kubernetes.required is true but no Kubernetes API can be used for node {node} (kubeconfig: {})",
-            kubeconfig.map_or("none".to_string(), |p| p.display().to_string())
-        ));
-    }
-    Ok(Box::new(netmend::runtime::cluster::NodeLocal))
+    Ok(netmend::cluster::connect(
+        settings,
+        kubeconfig.map(Path::to_path_buf),
+        Some(node.to_string()),
+        runtime,
+    )?)
 }
 
 /// The node name: `NODE_NAME` (the chart sets it from spec.nodeName), else the hostname.
