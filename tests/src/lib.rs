@@ -7,6 +7,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod fake_apiserver;
 pub mod ruleset_gen;
 
 use anyhow::{bail, Context, Result};
