@@ -1,8 +1,8 @@
 //! The fake API server (`netmend_e2e::fake_apiserver`) tested with a real client: kube-rs's typed
-//! `Api`, its watcher and its event recorder, over HTTP on the host's loopback (no root needed).
-//! What the agent's end-to-end tests rely on is checked here first: resourceVersions, 409s,
-//! strategic merge of node conditions, watch streams with bookmarks and 410s, selectors, faults,
-//! and the API going down and coming back.
+//! `Api`, its watcher and its event recorder, over HTTP on the host's loopback (no root needed;
+//! the last test, in a network namespace, needs it). What the agent's end-to-end tests rely on is
+//! checked here first: resourceVersions, 409s, strategic merge of node conditions, watch streams
+//! with bookmarks and 410s, selectors, faults, and the API going down and coming back.
 //!
 //! Over 500 lines: one file per server under test, each test one behaviour a client relies on.
 
@@ -686,4 +686,35 @@ async fn kubes_event_recorder_folds_repeats_into_a_series() {
         .map(|r| r.method.clone())
         .collect();
     assert_eq!(methods[..3], ["POST", "PATCH", "PATCH"]);
+}
+
+#[test]
+fn in_a_network_namespace_it_listens_there_and_only_there() {
+    let ns = netmend_e2e::NetNs::new("fake-api");
+    let server = FakeApiServer::start_in(&ns.path());
+    server.put(&NODES, objects::node("node-a"));
+    let port = server.port();
+    let (code, body) = ns.http_get(port, "/api/v1/nodes/node-a").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let node: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(node["metadata"]["name"], "node-a");
+    let (code, body) = ns.http_get(port, "/api/v1/nodes/node-b").unwrap();
+    assert_eq!(code, 404);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["reason"],
+        "NotFound"
+    );
+    // From the host's loopback the server is not there (whatever else may listen on that port
+    // number, the request never reaches this server).
+    let seen = server.requests().len();
+    if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+        use std::io::Write;
+        let _ = stream.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(server.requests().len(), seen);
+    server.stop_listening();
+    assert!(ns.http_get(port, "/version").is_err());
+    server.start_listening();
+    assert_eq!(ns.http_get(port, "/version").unwrap().0, 200);
 }

@@ -277,6 +277,15 @@ impl FakeApiServer {
         self.shared.faults.lock().expect("faults lock").add(fault);
     }
 
+    /// Replaces every fault with `faults` in one step (no request sees a moment without them).
+    pub fn set_faults(&self, faults: Vec<Fault>) {
+        let mut scripted = self.shared.faults.lock().expect("faults lock");
+        scripted.clear();
+        for fault in faults {
+            scripted.add(fault);
+        }
+    }
+
     /// Removes every fault.
     pub fn clear_faults(&self) {
         self.shared.faults.lock().expect("faults lock").clear();
