@@ -24,6 +24,7 @@ pub mod selectors;
 mod server;
 pub mod status;
 pub mod store;
+pub mod validation;
 mod watch;
 
 pub use faults::{Fault, FaultAction, RecordedRequest};

@@ -2,7 +2,8 @@
 //! them: one global resourceVersion bumped by every write (a write that changes nothing is no
 //! write and keeps it), `uid`, `creationTimestamp` and `generation` set by the server, 409
 //! `AlreadyExists` on create, 409 `Conflict` on a stale resourceVersion or UID precondition,
-//! namespaces that must exist, the `status` subresource (writes to it change only `status`, writes
+//! namespaces that must exist, the real server's validation (`super::validation`: typed decoding,
+//! names, labels, Events, Leases), the `status` subresource (writes to it change only `status`, writes
 //! to the object keep the stored `status`), deletion held by finalizers, and a bounded history of
 //! changes for watches (a watch from a resourceVersion older than the history is 410 `Expired`).
 //!
@@ -14,6 +15,7 @@
 use super::patch::{PatchError, PatchFormat};
 use super::resources::{ResourceType, NAMESPACES};
 use super::status::{self, ApiError};
+use super::validation;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -423,14 +425,13 @@ impl Store {
         if self.objects.contains_key(&key) {
             return Err(ApiError::already_exists(resource, &name));
         }
-        self.resource_version += 1;
         let uid = self.new_uid();
         let metadata = metadata_mut(&mut object);
         metadata.insert("name".into(), json!(name));
         metadata.insert("uid".into(), json!(uid));
         metadata.insert(
             "resourceVersion".into(),
-            json!(self.resource_version.to_string()),
+            json!((self.resource_version + 1).to_string()),
         );
         metadata.insert("creationTimestamp".into(), json!(now_timestamp()));
         metadata.insert("generation".into(), json!(1));
@@ -441,6 +442,9 @@ impl Store {
         ] {
             metadata.remove(server_only);
         }
+        let object = validation::normalize(resource, object)?;
+        validation::validate_create(resource, &object)?;
+        self.resource_version += 1;
         self.objects.insert(key, object.clone());
         self.record(resource, ChangeKind::Added, object.clone(), None);
         Ok(object)
@@ -552,7 +556,7 @@ impl Store {
         body: Value,
         scope: WriteScope,
     ) -> Result<Value, ApiError> {
-        let mut object = match scope {
+        let object = match scope {
             WriteScope::Status => {
                 let mut object = stored.clone();
                 match body.get("status") {
@@ -579,6 +583,7 @@ impl Store {
             }
             WriteScope::Object | WriteScope::Whole => body,
         };
+        let mut object = validation::normalize(resource, object)?;
         // Server-owned metadata comes from the stored object.
         let generation = stored["metadata"]["generation"].as_i64().unwrap_or(1);
         let bumped = if spec_part(&object) != spec_part(&stored) {
@@ -604,6 +609,7 @@ impl Store {
             metadata.insert("generation".into(), json!(bumped));
             metadata.insert("name".into(), json!(name));
         }
+        validation::validate_update(resource, &stored, &object)?;
         if object == stored {
             return Ok(stored);
         }
