@@ -1,6 +1,7 @@
 //! netmend's configuration: the YAML file (mounted from the chart's ConfigMap) parsed strictly
 //! into raw serde types (unknown keys rejected, every error naming its key path), defaulted, then
 //! validated into [`Config`] with cross-field rules. Pure: reading the file is the caller's job.
+//! Its tests (an error path for every section) make this file long.
 
 use crate::model::finding::{CheckId, FixId};
 use serde::Deserialize;
@@ -92,6 +93,8 @@ struct RawConfig {
     budget: RawBudget,
     #[serde(default)]
     engine: RawEngine,
+    #[serde(default)]
+    kubernetes: RawKubernetes,
 }
 
 /// The guard keys every fix section has; the rest of the section belongs to the fix.
@@ -122,6 +125,18 @@ struct RawBudget {
 struct RawEngine {
     resync_interval: Option<HumanDuration>,
     min_pass_interval: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawKubernetes {
+    enabled: Option<ApiUse>,
+    required: Option<bool>,
+    conditions: Option<bool>,
+    events: Option<bool>,
+    fix_slots: Option<u32>,
+    slot_lease: Option<HumanDuration>,
+    request_timeout: Option<HumanDuration>,
 }
 
 // ---- validated config -----------------------------------------------------------------------
@@ -242,6 +257,131 @@ pub struct EngineConfig {
     pub min_pass_interval: Duration,
 }
 
+/// Whether netmend uses the Kubernetes API: `auto` (when it can be found), `true` (it must be
+/// found), `false` (never: node-local mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ApiUse {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl<'de> Deserialize<'de> for ApiUse {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ApiUse;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("auto, true or false")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<ApiUse, E> {
+                Ok(if v { ApiUse::Always } else { ApiUse::Never })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ApiUse, E> {
+                match v {
+                    "auto" => Ok(ApiUse::Auto),
+                    "true" => Ok(ApiUse::Always),
+                    "false" => Ok(ApiUse::Never),
+                    other => Err(E::custom(format!(
+                        "invalid value {other:?}, expected auto, true or false"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl serde::Serialize for ApiUse {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ApiUse::Auto => s.serialize_str("auto"),
+            ApiUse::Always => s.serialize_bool(true),
+            ApiUse::Never => s.serialize_bool(false),
+        }
+    }
+}
+
+/// The `kubernetes:` section: how netmend uses the API when it runs in a cluster. Read at start.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesConfig {
+    pub enabled: ApiUse,
+    /// No API is an error at start (exit 2) and makes the agent not ready later.
+    pub required: bool,
+    /// NodeConditions on this node.
+    pub conditions: bool,
+    /// Events on this node.
+    pub events: bool,
+    /// At most this many nodes apply fixes at the same time; 0: no cluster limit.
+    pub fix_slots: u32,
+    /// A fix slot not renewed for this long is free again.
+    #[serde(with = "humantime_serde_compat")]
+    pub slot_lease: Duration,
+    /// The longest any one request to the API may take.
+    #[serde(with = "humantime_serde_compat")]
+    pub request_timeout: Duration,
+}
+
+/// The most fix slots a cluster may have (each acquisition may read every one of them).
+pub const MAX_FIX_SLOTS: u32 = 100;
+
+impl KubernetesConfig {
+    fn from_raw(raw: RawKubernetes) -> Result<KubernetesConfig, ConfigError> {
+        let enabled = raw.enabled.unwrap_or_default();
+        let required = raw.required.unwrap_or(false);
+        if required && enabled == ApiUse::Never {
+            return Err(ConfigError::new(
+                "kubernetes.required",
+                "cannot be true while kubernetes.enabled is false",
+            ));
+        }
+        let fix_slots = raw.fix_slots.unwrap_or(1);
+        if fix_slots > MAX_FIX_SLOTS {
+            return Err(ConfigError::new(
+                "kubernetes.fixSlots",
+                format!("must be at most {MAX_FIX_SLOTS} (0: no cluster limit)"),
+            ));
+        }
+        let request_timeout = duration_or(raw.request_timeout, 10);
+        if request_timeout < Duration::from_millis(100)
+            || request_timeout > Duration::from_secs(300)
+        {
+            return Err(ConfigError::new(
+                "kubernetes.requestTimeout",
+                "must be between 100ms and 5m",
+            ));
+        }
+        let slot_lease = duration_or(raw.slot_lease, 30);
+        if slot_lease > Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                "kubernetes.slotLease",
+                "must be at most 1h",
+            ));
+        }
+        if slot_lease < request_timeout * 3 {
+            return Err(ConfigError::new(
+                "kubernetes.slotLease",
+                format!(
+                    "must be at least 3 x kubernetes.requestTimeout ({}), so that a renewal can \
+                     time out and be retried before the slot expires",
+                    humantime::format_duration(request_timeout * 3)
+                ),
+            ));
+        }
+        Ok(KubernetesConfig {
+            enabled,
+            required,
+            conditions: raw.conditions.unwrap_or(true),
+            events: raw.events.unwrap_or(true),
+            fix_slots,
+            slot_lease,
+            request_timeout,
+        })
+    }
+}
+
 /// The validated configuration. `checks` and `fixes` hold a section for every check and fix of
 /// the registries, defaulted where the file says nothing.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -252,6 +392,7 @@ pub struct Config {
     pub fixes: BTreeMap<FixId, FixSection>,
     pub fixes_per_hour: u32,
     pub engine: EngineConfig,
+    pub kubernetes: KubernetesConfig,
 }
 
 impl Default for Config {
@@ -396,6 +537,7 @@ impl Config {
                 "must be at most 60s",
             ));
         }
+        let kubernetes = KubernetesConfig::from_raw(raw.kubernetes)?;
         Ok(Config {
             mode: raw.mode.unwrap_or(Mode::DryRun),
             checks,
@@ -405,6 +547,7 @@ impl Config {
                 resync_interval,
                 min_pass_interval,
             },
+            kubernetes,
         })
     }
 }
@@ -674,5 +817,97 @@ checks:
         assert_eq!(err.path, "checks.hostport-hijack.enabled");
         let err = Config::from_yaml("- a\n- b\n").unwrap_err();
         assert_eq!(err.path, "(document)");
+    }
+
+    #[test]
+    fn the_kubernetes_section_defaults_to_the_contract() {
+        let k = Config::default().kubernetes;
+        assert_eq!(
+            k,
+            KubernetesConfig {
+                enabled: ApiUse::Auto,
+                required: false,
+                conditions: true,
+                events: true,
+                fix_slots: 1,
+                slot_lease: Duration::from_secs(30),
+                request_timeout: Duration::from_secs(10),
+            }
+        );
+        let shown = serde_json::to_value(Config::default()).unwrap();
+        assert_eq!(
+            shown["kubernetes"],
+            serde_json::json!({
+                "enabled": "auto", "required": false, "conditions": true, "events": true,
+                "fixSlots": 1, "slotLease": "30s", "requestTimeout": "10s"
+            })
+        );
+    }
+
+    #[test]
+    fn the_kubernetes_section_parses_every_key() {
+        let c = Config::from_yaml(
+            "kubernetes:\n  enabled: true\n  required: true\n  conditions: false\n  events: false\n  fixSlots: 3\n  slotLease: 1m\n  requestTimeout: 2s\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.kubernetes,
+            KubernetesConfig {
+                enabled: ApiUse::Always,
+                required: true,
+                conditions: false,
+                events: false,
+                fix_slots: 3,
+                slot_lease: Duration::from_secs(60),
+                request_timeout: Duration::from_secs(2),
+            }
+        );
+        let enabled = |text: &str| {
+            Config::from_yaml(&format!("kubernetes:\n  enabled: {text}\n"))
+                .map(|c| c.kubernetes.enabled)
+        };
+        assert_eq!(enabled("auto"), Ok(ApiUse::Auto));
+        assert_eq!(enabled("false"), Ok(ApiUse::Never));
+        assert_eq!(enabled("\"true\""), Ok(ApiUse::Always));
+        let shown = serde_json::to_value(
+            Config::from_yaml("kubernetes: {enabled: false, fixSlots: 0}\n").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(shown["kubernetes"]["enabled"], false);
+        assert_eq!(shown["kubernetes"]["fixSlots"], 0);
+    }
+
+    #[test]
+    fn bad_kubernetes_keys_are_named_by_path() {
+        let err = |text: &str| Config::from_yaml(&format!("kubernetes:\n  {text}\n")).unwrap_err();
+        let e = err("fixslots: 2");
+        assert_eq!(e.path, "kubernetes.fixslots");
+        assert!(e.reason.contains("unknown field `fixslots`"), "{e}");
+        let e = err("enabled: sometimes");
+        assert_eq!(e.path, "kubernetes.enabled");
+        assert!(e.reason.contains("expected auto, true or false"), "{e}");
+        let e = err("enabled: 3");
+        assert_eq!(e.path, "kubernetes.enabled");
+        let e = err("fixSlots: -1");
+        assert_eq!(e.path, "kubernetes.fixSlots");
+        let e = err("fixSlots: 101");
+        assert_eq!(e.path, "kubernetes.fixSlots");
+        let e = err("slotLease: soon");
+        assert_eq!(e.path, "kubernetes.slotLease");
+        assert!(e.reason.contains("invalid duration"), "{e}");
+        let e = err("slotLease: 20s");
+        assert_eq!(e.path, "kubernetes.slotLease");
+        assert!(
+            e.reason
+                .contains("at least 3 x kubernetes.requestTimeout (30s)"),
+            "{e}"
+        );
+        assert!(Config::from_yaml("kubernetes: {slotLease: 20s, requestTimeout: 5s}\n").is_ok());
+        let e = err("requestTimeout: 10ms");
+        assert_eq!(e.path, "kubernetes.requestTimeout");
+        let e = Config::from_yaml("kubernetes: {enabled: false, required: true}\n").unwrap_err();
+        assert_eq!(e.path, "kubernetes.required");
+        let e = Config::from_yaml("kubernetes: [a]\n").unwrap_err();
+        assert_eq!(e.path, "kubernetes");
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod act;
 pub mod arp_probe;
+pub mod cluster;
 pub mod config;
 pub mod detect;
 pub mod http;

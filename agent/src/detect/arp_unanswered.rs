@@ -437,6 +437,10 @@ impl Check for ArpUnanswered {
         "ARP requests for a VIP this node owns arrive on its interface and no reply leaves"
     }
 
+    fn condition_reasons(&self) -> super::ConditionReasons {
+        super::ConditionReasons::new("ArpUnanswered", "ArpAnswered")
+    }
+
     fn inputs(&self) -> Inputs {
         Inputs::Links
     }

@@ -201,6 +201,10 @@ impl Check for IptablesBackendSplit {
         "rules of one owner (kube-proxy, Cilium, flannel, CNI, Calico) split across iptables-legacy and iptables-nft"
     }
 
+    fn condition_reasons(&self) -> super::ConditionReasons {
+        super::ConditionReasons::new("BackendSplit", "NoBackendSplit")
+    }
+
     fn inputs(&self) -> Inputs {
         Inputs::Ruleset
     }

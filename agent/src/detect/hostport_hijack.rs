@@ -40,6 +40,7 @@ use crate::model::finding::{
     CheckId, Finding, FixAction, FixId, FixProposal, NarrowPorts, RuleRef, Severity, TableRef,
 };
 use crate::model::graph::{Edge, TableGraph};
+use crate::model::portmap::cni_owner;
 use crate::model::render::{action_fingerprint, render_iptables, render_rule, rule_spec};
 use crate::model::ruleset::{
     Action, Backend, Direction, Field, HookPoint, KeyValue, Match, NatRange, PortRange, Rule,
@@ -828,15 +829,6 @@ fn targets_node_itself(locals: &[IpAddr], action: &Action, port: u16) -> bool {
     }
 }
 
-/// Parses the CNI portmap comment `dnat name: "cbr0" id: "<container id>"`.
-pub fn cni_owner(comment: &str) -> Option<(String, String)> {
-    let rest = comment.strip_prefix("dnat name: \"")?;
-    let (network, rest) = rest.split_once('"')?;
-    let rest = rest.trim_start().strip_prefix("id: \"")?;
-    let (id, _) = rest.split_once('"')?;
-    Some((network.to_string(), id.to_string()))
-}
-
 fn owned_by_kube_proxy(table: &Table, chain: &str) -> bool {
     table.id.name == "kube-proxy" || chain.starts_with("KUBE-")
 }
@@ -1347,6 +1339,10 @@ impl Check for HostportHijack {
 
     fn description(&self) -> &'static str {
         "DNAT/REDIRECT reachable from a nat hook captures a protected node port (API server, kubelet, ssh, ...)"
+    }
+
+    fn condition_reasons(&self) -> super::ConditionReasons {
+        super::ConditionReasons::new("HijackPresent", "NoHijack")
     }
 
     fn inputs(&self) -> Inputs {

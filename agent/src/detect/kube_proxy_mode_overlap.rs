@@ -109,6 +109,10 @@ impl Check for KubeProxyModeOverlap {
         "Service rules of kube-proxy's iptables and nftables modes are both live (left over from a mode switch)"
     }
 
+    fn condition_reasons(&self) -> super::ConditionReasons {
+        super::ConditionReasons::new("ModeOverlap", "NoModeOverlap")
+    }
+
     fn inputs(&self) -> Inputs {
         Inputs::Ruleset
     }

@@ -52,6 +52,32 @@ pub enum Verification {
     ArpReplies { within: Duration, min_requests: u32 },
 }
 
+/// The reasons of a check's NodeCondition, CamelCase: while the check has findings on the node,
+/// and while it has none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConditionReasons {
+    pub failing: std::borrow::Cow<'static, str>,
+    pub passing: std::borrow::Cow<'static, str>,
+}
+
+impl ConditionReasons {
+    pub const fn new(failing: &'static str, passing: &'static str) -> ConditionReasons {
+        ConditionReasons {
+            failing: std::borrow::Cow::Borrowed(failing),
+            passing: std::borrow::Cow::Borrowed(passing),
+        }
+    }
+
+    /// `<Id>Found` / `No<Id>`, for a check that names none of its own.
+    pub fn derived(id: CheckId) -> ConditionReasons {
+        let name = id.pascal_case();
+        ConditionReasons {
+            failing: format!("{name}Found").into(),
+            passing: format!("No{name}").into(),
+        }
+    }
+}
+
 /// What a check sees in one pass.
 pub struct CheckContext<'a> {
     pub snapshot: &'a NodeSnapshot,
@@ -87,6 +113,10 @@ pub trait Check: Sync {
         Duration::ZERO
     }
     fn detect(&self, context: &CheckContext<'_>) -> Vec<Finding>;
+    /// The reasons of its NodeCondition (`HijackPresent` / `NoHijack`).
+    fn condition_reasons(&self) -> ConditionReasons {
+        ConditionReasons::derived(self.id())
+    }
 }
 
 /// The registered check with this id.
@@ -153,6 +183,29 @@ mod tests {
         let before = ids.len();
         ids.dedup();
         assert_eq!(before, ids.len(), "duplicate check id");
+    }
+
+    #[test]
+    fn condition_reasons_are_camel_case_and_differ() {
+        let camel = |s: &str| {
+            s.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+                && s.chars().all(|c| c.is_ascii_alphanumeric())
+        };
+        for check in CHECKS {
+            let reasons = check.condition_reasons();
+            assert!(camel(&reasons.failing), "{reasons:?}");
+            assert!(camel(&reasons.passing), "{reasons:?}");
+            assert_ne!(reasons.failing, reasons.passing);
+        }
+        assert_eq!(
+            check(CheckId::HOSTPORT_HIJACK).unwrap().condition_reasons(),
+            ConditionReasons::new("HijackPresent", "NoHijack")
+        );
+        assert_eq!(
+            ConditionReasons::derived(CheckId::new("cilium-stale-backup-chain")),
+            ConditionReasons::new("CiliumStaleBackupChainFound", "NoCiliumStaleBackupChain")
+        );
+        assert_eq!(CheckId::new("a--b-c1").pascal_case(), "ABC1");
     }
 
     #[test]

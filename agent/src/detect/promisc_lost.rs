@@ -103,6 +103,10 @@ impl Check for PromiscLost {
         "an interface that must stay promiscuous lost IFF_PROMISC (link reset, driver reload, reboot)"
     }
 
+    fn condition_reasons(&self) -> super::ConditionReasons {
+        super::ConditionReasons::new("PromiscLost", "PromiscHeld")
+    }
+
     fn inputs(&self) -> Inputs {
         Inputs::Links
     }

@@ -301,6 +301,10 @@ impl Check for CiliumStaleBackupChain {
         "Cilium OLD_CILIUM_* backup chain left behind; Cilium's reconcile fails and pods lose egress"
     }
 
+    fn condition_reasons(&self) -> super::ConditionReasons {
+        super::ConditionReasons::new("StaleChainPresent", "NoStaleChain")
+    }
+
     fn inputs(&self) -> Inputs {
         Inputs::Ruleset
     }

@@ -237,6 +237,9 @@ pub fn iptables_table(backend: Backend, name: &str, text: &str) -> Table {
                         "MARK" => Action::Opaque {
                             description: "-j MARK".into(),
                         },
+                        "REJECT" => Action::Opaque {
+                            description: "-j REJECT".into(),
+                        },
                         chain if word == "-j" => Action::Verdict {
                             verdict: Verdict::Jump(chain.to_string()),
                         },
@@ -262,7 +265,8 @@ pub fn iptables_table(backend: Backend, name: &str, text: &str) -> Table {
                         _ => Action::Redirect { ports: Some(p) },
                     };
                 }
-                "--mark" | "--set-xmark" | "--mode" | "--probability" | "--random-fully" => {
+                "--mark" | "--set-xmark" | "--mode" | "--probability" | "--reject-with"
+                | "--random-fully" => {
                     if word == "--random-fully" {
                         i += 1;
                         continue;

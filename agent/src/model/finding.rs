@@ -21,6 +21,22 @@ impl CheckId {
     pub fn as_str(self) -> &'static str {
         self.0
     }
+
+    /// The id in PascalCase (`hostport-hijack` -> `HostportHijack`), as Kubernetes names it in
+    /// condition types and reasons.
+    pub fn pascal_case(self) -> String {
+        self.0
+            .split('-')
+            .filter(|word| !word.is_empty())
+            .map(|word| {
+                let mut chars = word.chars();
+                match chars.next() {
+                    Some(first) => first.to_ascii_uppercase().to_string() + chars.as_str(),
+                    None => String::new(),
+                }
+            })
+            .collect()
+    }
 }
 
 impl fmt::Display for CheckId {

@@ -3,7 +3,10 @@
 
 pub mod finding;
 pub mod graph;
+pub mod kube_proxy;
 pub mod l2;
+pub mod portmap;
 pub mod render;
 pub mod ruleset;
+pub mod service_intent;
 pub mod snapshot;

@@ -90,8 +90,9 @@ pub struct Connection {
     /// The fix slot this node holds now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slot_held: Option<u32>,
-    /// Failed requests since start, by verb and HTTP status code ("timeout" and "connect" when
-    /// there was no answer): `(verb, code) -> count`.
+    /// Failed requests since start, by verb (`get`, `list`, `watch`, `create`, `update`,
+    /// `patch`) and HTTP status code ("timeout" and "connect" when there was no answer,
+    /// "invalid" when the answer could not be read): `(verb, code) -> count`.
     #[serde(skip)]
     pub request_errors: std::collections::BTreeMap<(String, String), u64>,
 }
@@ -117,6 +118,10 @@ pub trait Cluster: Send {
 
     /// The API connection now.
     fn connection(&self) -> Connection;
+
+    /// The agent is stopping: frees the slot held (waiting at most `within`) and stops talking
+    /// to the API. Called once, from the engine's thread, while the async runtime still runs.
+    fn shutdown(&mut self, _within: Duration) {}
 }
 
 /// No API: the node decides alone.

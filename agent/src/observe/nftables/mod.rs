@@ -475,7 +475,7 @@ fn record(recorder: &mut Recorder<'_>, msg: &crate::observe::netlink::Message<'_
         buf.extend_from_slice(&msg.seq.to_ne_bytes());
         buf.extend_from_slice(&msg.pid.to_ne_bytes());
         buf.extend_from_slice(msg.payload);
-        while buf.len() % 4 != 0 {
+        while !buf.len().is_multiple_of(4) {
             buf.push(0);
         }
     }

@@ -1,0 +1,363 @@
+//! The CNI portmap plugin's hostPort plumbing, read back from the `nat` tables: per `CNI-DN-*`
+//! chain, the container that owns it (from the jump's `dnat name: "<network>" id: "<id>"`
+//! comment), where it is jumped to from `CNI-HOSTPORT-DNAT` (in order: for one host port only
+//! the first jump is live), and the host ports it sends to which pod address. And which of those
+//! chains are stale: their pod address belongs to no pod on this node, or a chain earlier in
+//! `CNI-HOSTPORT-DNAT` already takes every one of their host ports. Pure: the pods come from the
+//! caller.
+//!
+//! The plugin writes, per container (iptables mode of `plugins/meta/portmap`):
+//! `-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: ..." -m multiport --dports 80,443
+//! -j CNI-DN-<hash>`, and in `CNI-DN-<hash>` per host port the SETMARK rules for hairpin and
+//! local traffic, then `-p tcp --dport 80 -j DNAT --to-destination <pod>:<port>` (with `-d <host
+//! IP>` when the hostPort names one).
+
+use crate::model::graph::TableGraph;
+use crate::model::ruleset::{Action, Direction, Family, Match, Ruleset, Table, TableId};
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+
+/// The chain portmap jumps to every container's chain from.
+pub const DISPATCH_CHAIN: &str = "CNI-HOSTPORT-DNAT";
+
+/// One host port a container chain DNATs.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct HostPort {
+    pub protocol: u8,
+    pub port: u16,
+    /// The host address the hostPort is bound to, when it names one.
+    pub host_ip: Option<IpAddr>,
+}
+
+/// One `CNI-DN-*` chain and what it does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerChain {
+    pub table: TableId,
+    pub chain: String,
+    /// CNI network name and container (sandbox) id, from the jump's comment.
+    pub network: String,
+    pub container_id: String,
+    /// Positions (0-based) of the jumps to it in `CNI-HOSTPORT-DNAT`.
+    pub jump_positions: Vec<usize>,
+    /// Host ports and where each is sent.
+    pub ports: Vec<(HostPort, SocketAddr)>,
+}
+
+impl ContainerChain {
+    /// The pod addresses this chain sends traffic to.
+    pub fn pod_ips(&self) -> BTreeSet<IpAddr> {
+        self.ports.iter().map(|(_, to)| to.ip()).collect()
+    }
+
+    fn first_jump(&self) -> usize {
+        self.jump_positions
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(usize::MAX)
+    }
+}
+
+/// Every portmap container chain reached from `CNI-HOSTPORT-DNAT` in `ruleset`'s `nat` tables.
+pub fn container_chains(ruleset: &Ruleset) -> Vec<ContainerChain> {
+    let mut out = Vec::new();
+    for table in &ruleset.tables {
+        if table.id.name == "nat" && matches!(table.id.family, Family::Ip | Family::Ip6) {
+            read_table(table, &mut out);
+        }
+    }
+    out
+}
+
+fn read_table(table: &Table, out: &mut Vec<ContainerChain>) {
+    let Some(dispatch) = table.chain(DISPATCH_CHAIN) else {
+        return;
+    };
+    let graph = TableGraph::new(table);
+    let start = out.len();
+    for (position, rule) in dispatch.rules.iter().enumerate() {
+        let Some(owner) = rule.comment.as_deref().and_then(cni_owner) else {
+            continue;
+        };
+        for edge in graph.edges(rule) {
+            let chain = graph.chain(edge.target);
+            if !chain.name.starts_with("CNI-DN-") {
+                continue;
+            }
+            if let Some(known) = out[start..].iter_mut().find(|c| c.chain == chain.name) {
+                known.jump_positions.push(position);
+                continue;
+            }
+            let ports = chain
+                .rules
+                .iter()
+                .filter_map(|rule| {
+                    let Action::Dnat { range } = &rule.action else {
+                        return None;
+                    };
+                    let (first, last) = range.addresses?;
+                    let to_port = range.ports.map(|p| p.first)?;
+                    if first != last {
+                        return None;
+                    }
+                    let mut protocol = None;
+                    let mut port = None;
+                    let mut host_ip = None;
+                    for m in &rule.matches {
+                        match m {
+                            Match::L4Proto {
+                                proto,
+                                negated: false,
+                            } => protocol = Some(*proto),
+                            Match::Ports {
+                                direction: Direction::Destination,
+                                ranges,
+                                negated: false,
+                            } if ranges.len() == 1 && ranges[0].first == ranges[0].last => {
+                                port = Some(ranges[0].first)
+                            }
+                            Match::Address {
+                                direction: Direction::Destination,
+                                cidr,
+                                negated: false,
+                            } if cidr.prefix == if cidr.addr.is_ipv4() { 32 } else { 128 } => {
+                                host_ip = Some(cidr.addr)
+                            }
+                            _ => {}
+                        }
+                    }
+                    Some((
+                        HostPort {
+                            protocol: protocol?,
+                            port: port?,
+                            host_ip,
+                        },
+                        SocketAddr::new(first, to_port),
+                    ))
+                })
+                .collect();
+            out.push(ContainerChain {
+                table: table.id.clone(),
+                chain: chain.name.clone(),
+                network: owner.0.clone(),
+                container_id: owner.1.clone(),
+                jump_positions: vec![position],
+                ports,
+            });
+        }
+    }
+}
+
+/// Parses portmap's comment `dnat name: "cbr0" id: "<container id>"`.
+pub fn cni_owner(comment: &str) -> Option<(String, String)> {
+    let rest = comment.strip_prefix("dnat name: \"")?;
+    let (network, rest) = rest.split_once('"')?;
+    let rest = rest.trim_start().strip_prefix("id: \"")?;
+    let (id, _) = rest.split_once('"')?;
+    Some((network.to_string(), id.to_string()))
+}
+
+/// Why a container chain is stale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Staleness {
+    /// No pod on this node has the address the chain sends to.
+    NoPod { pod_ips: BTreeSet<IpAddr> },
+    /// Every host port of the chain is taken by an earlier chain: its rules never match. Only
+    /// stale when the earlier chain sends to a live pod (else the earlier one is the stale one).
+    Shadowed { by: String },
+}
+
+/// A stale chain, and the live pod's chains it keeps from working (chains later in
+/// `CNI-HOSTPORT-DNAT` that want one of its host ports).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StaleChain {
+    pub chain: ContainerChain,
+    pub why: Staleness,
+    pub shadows: Vec<String>,
+}
+
+fn same_port(a: &HostPort, b: &HostPort) -> bool {
+    a.protocol == b.protocol
+        && a.port == b.port
+        && (a.host_ip.is_none() || b.host_ip.is_none() || a.host_ip == b.host_ip)
+}
+
+/// The stale chains among `chains`, judged with `pod_on_node(ip)`: whether some pod on this node
+/// has `ip` (only call this with a complete, current view of the node's pods).
+pub fn stale_chains(
+    chains: &[ContainerChain],
+    pod_on_node: &dyn Fn(IpAddr) -> bool,
+) -> Vec<StaleChain> {
+    let live = |chain: &ContainerChain| chain.pod_ips().into_iter().any(pod_on_node);
+    let mut out = Vec::new();
+    for chain in chains {
+        let same_table =
+            |other: &&ContainerChain| other.table == chain.table && other.chain != chain.chain;
+        let shadows: Vec<String> = chains
+            .iter()
+            .filter(same_table)
+            .filter(|later| later.first_jump() > chain.first_jump())
+            .filter(|later| {
+                later
+                    .ports
+                    .iter()
+                    .any(|(p, _)| chain.ports.iter().any(|(q, _)| same_port(p, q)))
+            })
+            .map(|later| later.chain.clone())
+            .collect();
+        if !chain.ports.is_empty() && !live(chain) {
+            out.push(StaleChain {
+                chain: chain.clone(),
+                why: Staleness::NoPod {
+                    pod_ips: chain.pod_ips(),
+                },
+                shadows,
+            });
+            continue;
+        }
+        let shadowed_by = chains
+            .iter()
+            .filter(same_table)
+            .filter(|earlier| earlier.first_jump() < chain.first_jump() && live(earlier))
+            .find(|earlier| {
+                !chain.ports.is_empty()
+                    && chain
+                        .ports
+                        .iter()
+                        .all(|(p, _)| earlier.ports.iter().any(|(q, _)| same_port(p, q)))
+            });
+        if let Some(earlier) = shadowed_by {
+            // The earlier chain sends to a live pod and takes every port of this one: this
+            // one's pod (live too) never gets the traffic. Only a chain to the same pod address
+            // is a left-over duplicate; a different live pod wanting the same port is a
+            // scheduling conflict, not netmend's to mend.
+            if earlier.pod_ips() == chain.pod_ips() {
+                out.push(StaleChain {
+                    chain: chain.clone(),
+                    why: Staleness::Shadowed {
+                        by: earlier.chain.clone(),
+                    },
+                    shadows: Vec::new(),
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::test_support::iptables_table;
+    use crate::model::ruleset::Backend;
+
+    /// A dead pod's chain (10.42.0.5, host port 8080) left first in `CNI-HOSTPORT-DNAT`, the new
+    /// pod's chain for the same host port behind it, and an unrelated live pod on 9000.
+    const LEFT_BEHIND: &str = r#"
+:PREROUTING ACCEPT [0:0]
+:CNI-HOSTPORT-DNAT - [0:0]
+:CNI-HOSTPORT-SETMARK - [0:0]
+:CNI-DN-dead00000000000000000 - [0:0]
+:CNI-DN-new000000000000000000 - [0:0]
+:CNI-DN-other0000000000000000 - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
+-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \"cbr0\" id: \"deadbeef\"" -m multiport --dports 8080 -j CNI-DN-dead00000000000000000
+-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \"cbr0\" id: \"c0ffee\"" -m multiport --dports 8080 -j CNI-DN-new000000000000000000
+-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \"cbr0\" id: \"abc123\"" -m multiport --dports 9000 -j CNI-DN-other0000000000000000
+-A CNI-DN-dead00000000000000000 -s 10.42.0.0/24 -p tcp --dport 8080 -j CNI-HOSTPORT-SETMARK
+-A CNI-DN-dead00000000000000000 -p tcp --dport 8080 -j DNAT --to-destination 10.42.0.5:80
+-A CNI-DN-new000000000000000000 -s 10.42.0.0/24 -p tcp --dport 8080 -j CNI-HOSTPORT-SETMARK
+-A CNI-DN-new000000000000000000 -p tcp --dport 8080 -j DNAT --to-destination 10.42.0.17:80
+-A CNI-DN-other0000000000000000 -p tcp -d 192.168.1.10/32 --dport 9000 -j DNAT --to-destination 10.42.0.9:9000
+"#;
+
+    fn ruleset(text: &str) -> Ruleset {
+        Ruleset {
+            tables: vec![iptables_table(Backend::Legacy, "nat", text)],
+            generation: None,
+        }
+    }
+
+    fn pods(list: &'static [&'static str]) -> impl Fn(IpAddr) -> bool {
+        move |ip| list.iter().any(|p| p.parse::<IpAddr>().unwrap() == ip)
+    }
+
+    #[test]
+    fn reads_each_container_chain_with_its_owner_jumps_and_ports() {
+        let chains = container_chains(&ruleset(LEFT_BEHIND));
+        assert_eq!(chains.len(), 3);
+        let other = &chains[2];
+        assert_eq!(other.chain, "CNI-DN-other0000000000000000");
+        assert_eq!(
+            (other.network.as_str(), other.container_id.as_str()),
+            ("cbr0", "abc123")
+        );
+        assert_eq!(other.jump_positions, vec![2]);
+        assert_eq!(
+            other.ports,
+            vec![(
+                HostPort {
+                    protocol: 6,
+                    port: 9000,
+                    host_ip: Some("192.168.1.10".parse().unwrap())
+                },
+                "10.42.0.9:9000".parse().unwrap()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_dead_pods_chain_is_stale_and_names_the_live_chain_it_shadows() {
+        let chains = container_chains(&ruleset(LEFT_BEHIND));
+        let stale = stale_chains(&chains, &pods(&["10.42.0.17", "10.42.0.9"]));
+        assert_eq!(stale.len(), 1, "{stale:#?}");
+        assert_eq!(stale[0].chain.chain, "CNI-DN-dead00000000000000000");
+        assert!(matches!(stale[0].why, Staleness::NoPod { .. }));
+        assert_eq!(stale[0].shadows, vec!["CNI-DN-new000000000000000000"]);
+    }
+
+    #[test]
+    fn every_live_pods_chain_is_kept() {
+        let chains = container_chains(&ruleset(LEFT_BEHIND));
+        let stale = stale_chains(&chains, &pods(&["10.42.0.5", "10.42.0.17", "10.42.0.9"]));
+        assert_eq!(
+            stale,
+            vec![],
+            "two live pods wanting one host port is a conflict, not a left-over"
+        );
+    }
+
+    #[test]
+    fn a_duplicate_chain_to_the_same_live_pod_is_stale_behind_the_first() {
+        let text = LEFT_BEHIND.replace("10.42.0.5:80", "10.42.0.17:80");
+        let chains = container_chains(&ruleset(&text));
+        let stale = stale_chains(&chains, &pods(&["10.42.0.17", "10.42.0.9"]));
+        assert_eq!(stale.len(), 1, "{stale:#?}");
+        assert_eq!(stale[0].chain.chain, "CNI-DN-new000000000000000000");
+        assert_eq!(
+            stale[0].why,
+            Staleness::Shadowed {
+                by: "CNI-DN-dead00000000000000000".into()
+            }
+        );
+    }
+
+    #[test]
+    fn no_portmap_no_chains_and_foreign_comments_are_ignored() {
+        assert!(container_chains(&ruleset(":PREROUTING ACCEPT [0:0]")).is_empty());
+        let text = LEFT_BEHIND.replace(
+            "dnat name: \\\"cbr0\\\" id: \\\"abc123\\\"",
+            "something else",
+        );
+        assert_eq!(container_chains(&ruleset(&text)).len(), 2);
+        assert_eq!(
+            cni_owner("dnat name: \"cbr0\" id: \"x\""),
+            Some(("cbr0".into(), "x".into()))
+        );
+        assert_eq!(cni_owner("dnat name: cbr0"), None);
+    }
+}
