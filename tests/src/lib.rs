@@ -7,6 +7,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod fake_apiserver;
 pub mod ruleset_gen;
 
 use anyhow::{bail, Context, Result};
@@ -195,11 +196,25 @@ impl NetNs {
 
     /// Starts `netmend ARGS` inside the namespace in the background.
     pub fn spawn_netmend(&self, args: &[&str], log: &std::path::Path) -> Background {
+        self.spawn_netmend_with_env(args, &[], log)
+    }
+
+    /// Starts `netmend ARGS` inside the namespace in the background, with these environment
+    /// variables besides the test's own. Never with the in-cluster API of a machine that runs the
+    /// tests in a pod (`KUBERNETES_SERVICE_HOST` is removed): a test's API is the one it starts.
+    pub fn spawn_netmend_with_env(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> Background {
         let log = std::fs::File::create(log).expect("agent log file");
         let child = Command::new("nsenter")
             .arg(format!("--net={}", self.path().display()))
             .arg(netmend_binary())
             .args(args)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
