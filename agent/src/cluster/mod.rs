@@ -327,6 +327,10 @@ impl Cluster for ApiCluster {
         self.pods.owner(ip)
     }
 
+    fn pods_known(&self) -> bool {
+        self.pods.complete(std::time::Instant::now()) && self.calls.book.snapshot().connected
+    }
+
     fn connection(&self) -> Connection {
         self.calls.book.snapshot()
     }
@@ -432,6 +436,7 @@ mod tests {
             cluster.pod_owner("10.42.0.9".parse().unwrap()).as_deref(),
             Some("shop/web-1")
         );
+        assert!(cluster.pods_known());
 
         // slots are asked from the engine's (blocking) thread
         let decision = tokio::task::spawn_blocking(move || {
@@ -541,6 +546,7 @@ mod tests {
         // start waited the request timeout for the node, then went on without it
         assert_eq!(tokio::time::Instant::now() - started, TIMEOUT);
         assert_eq!(cluster.node_mode(), NodeMode::Configured);
+        assert!(!cluster.pods_known(), "the pods were never listed");
         let mut cluster = tokio::task::spawn_blocking(move || {
             let mut cluster = cluster;
             cluster.publish(ClusterReport::default());

@@ -1,7 +1,11 @@
 //! The pods on this node by IP, for owner names in findings (a `CNI-DN-*` chain or a DNAT to a
-//! pod IP names its pod, `namespace/name`). One watch on `pods` with the field selector
-//! `spec.nodeName=<node>`; pods on the host network (their IPs are the node's) and finished pods
-//! (their IPs may already belong to a new pod) are left out.
+//! pod IP names its pod, `namespace/name`) and for checks that judge "no pod has this IP"
+//! (`hostport-stale`). One watch on `pods` with the field selector `spec.nodeName=<node>`; pods
+//! on the host network (their IPs are the node's) and finished pods (their IPs may already belong
+//! to a new pod) are left out.
+//!
+//! The index also says whether it is complete ([`PodIndex::complete`]): the first list is in and
+//! the watch has not failed for [`WATCH_SETTLE`]. Until then an IP missing from it proves nothing.
 
 use crate::cluster::client::{ApiCalls, WATCH_SECONDS};
 use futures::StreamExt;
@@ -11,13 +15,29 @@ use kube::runtime::WatchStreamExt;
 use kube::Api;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+/// How long the pod watch must go without a failure before the index counts as complete again.
+/// The watch retries with a backoff of at most 30s, so a minute without a failure means it is
+/// connected again and has replayed (or re-listed) what it missed.
+pub const WATCH_SETTLE: Duration = Duration::from_secs(60);
 
 /// The pods of this node by IP, read by the engine's thread, written by the watch.
 #[derive(Debug, Default)]
 pub struct PodIndex {
     by_ip: RwLock<HashMap<IpAddr, String>>,
+    health: Mutex<WatchHealth>,
+}
+
+/// What the watch has achieved so far.
+#[derive(Debug, Default)]
+struct WatchHealth {
+    /// A full list of the node's pods went in.
+    listed: bool,
+    /// The last time the list or the watch failed.
+    last_failure: Option<Instant>,
 }
 
 impl PodIndex {
@@ -38,6 +58,27 @@ impl PodIndex {
             }
         }
         *self.by_ip.write().unwrap_or_else(|p| p.into_inner()) = by_ip;
+    }
+
+    /// Whether the index holds every pod of the node at `now`: listed once, and no list or watch
+    /// failure within [`WATCH_SETTLE`].
+    pub fn complete(&self, now: Instant) -> bool {
+        let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        health.listed
+            && health
+                .last_failure
+                .is_none_or(|at| now.saturating_duration_since(at) >= WATCH_SETTLE)
+    }
+
+    fn listed(&self) {
+        self.health.lock().unwrap_or_else(|p| p.into_inner()).listed = true;
+    }
+
+    fn failed(&self, at: Instant) {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_failure = Some(at);
     }
 
     pub fn len(&self) -> usize {
@@ -108,7 +149,10 @@ pub async fn watch_pods(
         };
         match item {
             None => return,
-            Some(Err(error)) => calls.watch_failed(&what, &error),
+            Some(Err(error)) => {
+                calls.watch_failed(&what, &error);
+                index.failed(Instant::now());
+            }
             Some(Ok(event)) => {
                 if !matches!(event, Event::Init) {
                     // `Init` comes before the list is even sent; the rest are answers.
@@ -123,6 +167,7 @@ pub async fn watch_pods(
                     Event::InitDone => {
                         pods = listing.take().unwrap_or_default();
                         index.replace(&pods);
+                        index.listed();
                     }
                     Event::Apply(pod) => {
                         let (key, ips) = pod_ips(&pod);
@@ -244,6 +289,10 @@ mod tests {
             cancel.clone(),
         ));
         let (list, send) = next_request(&mut api).await;
+        assert!(
+            !index.complete(Instant::now()),
+            "nothing listed yet: an IP missing from the index proves nothing"
+        );
         assert_eq!(
             (list.method.as_str(), list.path.as_str()),
             ("GET", "/api/v1/pods")
@@ -257,6 +306,7 @@ mod tests {
                              pod("kube-system", "proxy", &["192.168.1.10"], true, "Running")]}),
         );
         until(&index, "10.42.0.5", Some("web/a")).await;
+        assert!(index.complete(Instant::now()));
         assert_eq!(index.owner("192.168.1.10".parse().unwrap()), None);
         let (watch, send) = next_request(&mut api).await;
         assert_eq!(watch.params()["watch"], "true");
@@ -271,6 +321,32 @@ mod tests {
         until(&index, "10.42.0.7", Some("db/b")).await;
         until(&index, "10.42.0.5", None).await;
         assert_eq!(index.len(), 1);
+        assert!(index.complete(Instant::now()));
+
+        // the watch breaks: the index is not complete until it has gone a while without failing
+        let (_watch, send) = next_request(&mut api).await;
+        send.send_error(std::io::Error::other("connection reset"));
+        for _ in 0..1000 {
+            if !index.complete(Instant::now()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(!index.complete(Instant::now()));
+        assert_eq!(index.len(), 1, "what was known stays for owner names");
         cancel.cancel();
+    }
+
+    #[test]
+    fn a_failure_keeps_the_index_incomplete_for_the_settle_time() {
+        let index = PodIndex::default();
+        let t0 = Instant::now();
+        assert!(!index.complete(t0), "never listed");
+        index.listed();
+        assert!(index.complete(t0));
+        index.failed(t0);
+        assert!(!index.complete(t0));
+        assert!(!index.complete(t0 + WATCH_SETTLE - Duration::from_secs(1)));
+        assert!(index.complete(t0 + WATCH_SETTLE));
     }
 }

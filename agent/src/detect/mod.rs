@@ -90,11 +90,34 @@ pub struct CheckContext<'a> {
     pub promisc_held: &'a [String],
     /// The pod (`namespace/name`) on this node that has an IP, when the cluster says so.
     pub pod_owner: &'a dyn Fn(IpAddr) -> Option<String>,
+    /// Whether `pod_owner` answers from a complete, current view of this node's pods (listed,
+    /// API and pod watch healthy): only then does `None` mean "no pod on this node has the IP".
+    /// False in node-local mode, before the pod watch listed the pods, and while the API fails.
+    pub pods_known: bool,
 }
 
 /// The answer of a node without the Kubernetes API: no IP is known to belong to a pod.
 pub fn no_pods(_ip: IpAddr) -> Option<String> {
     None
+}
+
+/// What the cluster says about this node's pods, handed to [`run_checks_with_pods`].
+#[derive(Clone, Copy)]
+pub struct Pods<'a> {
+    /// The pod (`namespace/name`) on this node that has an IP.
+    pub owner: &'a dyn Fn(IpAddr) -> Option<String>,
+    /// See [`CheckContext::pods_known`].
+    pub known: bool,
+}
+
+impl Pods<'static> {
+    /// No knowledge of the pods (node-local mode, `netmend check`).
+    pub fn unknown() -> Pods<'static> {
+        Pods {
+            owner: &no_pods,
+            known: false,
+        }
+    }
 }
 
 /// One check. Implementations are unit structs listed in [`CHECKS`].
@@ -160,17 +183,28 @@ pub fn run(inputs: Inputs, context: &CheckContext<'_>) -> Vec<Finding> {
         .collect()
 }
 
-/// Runs every enabled check on one snapshot.
+/// Runs every enabled check on one snapshot, knowing nothing of the pods.
 pub fn run_checks(
     snapshot: &NodeSnapshot,
     config: &Config,
     promisc_held: &[String],
 ) -> Vec<Finding> {
+    run_checks_with_pods(snapshot, config, promisc_held, Pods::unknown())
+}
+
+/// Runs every enabled check on one snapshot with what the cluster says about the pods.
+pub fn run_checks_with_pods(
+    snapshot: &NodeSnapshot,
+    config: &Config,
+    promisc_held: &[String],
+    pods: Pods<'_>,
+) -> Vec<Finding> {
     let context = CheckContext {
         snapshot,
         config,
         promisc_held,
-        pod_owner: &no_pods,
+        pod_owner: pods.owner,
+        pods_known: pods.known,
     };
     let mut findings = run(Inputs::Ruleset, &context);
     findings.extend(run(Inputs::Links, &context));

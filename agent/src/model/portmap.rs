@@ -163,15 +163,19 @@ pub fn cni_owner(comment: &str) -> Option<(String, String)> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum Staleness {
-    /// No pod on this node has the address the chain sends to.
+    /// No pod on this node has the address the chain sends to (judged only with a complete view
+    /// of the node's pods, and only on a pod network).
     NoPod { pod_ips: BTreeSet<IpAddr> },
-    /// Every host port of the chain is taken by an earlier chain: its rules never match. Only
-    /// stale when the earlier chain sends to a live pod (else the earlier one is the stale one).
-    Shadowed { by: String },
+    /// A chain jumped to later in `CNI-HOSTPORT-DNAT`, for the same pod address, sends every host
+    /// port of this one to the same place. A pod address belongs to one sandbox at a time and
+    /// portmap appends each new container's jump, so the later chain is the current sandbox's and
+    /// this one the left-over of an earlier one. Removing it changes where no packet goes (the
+    /// later chain does the same), so this is judged without the pods.
+    Superseded { by: String },
 }
 
 /// A stale chain, and the live pod's chains it keeps from working (chains later in
-/// `CNI-HOSTPORT-DNAT` that want one of its host ports).
+/// `CNI-HOSTPORT-DNAT` that want one of its host ports and send elsewhere).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StaleChain {
@@ -180,36 +184,60 @@ pub struct StaleChain {
     pub shadows: Vec<String>,
 }
 
+/// What is known of the pods on this node when judging chains.
+pub struct PodsOnNode<'a> {
+    /// Whether some pod on this node has the address; `None` when the pods are not known (no
+    /// API, the pod watch not listed yet or failing): then only superseded chains are judged.
+    pub has_pod: Option<&'a dyn Fn(IpAddr) -> bool>,
+    /// CNI network names whose chains belong to pods. Besides these, a network counts as a pod
+    /// network when one of its chains sends to a pod of this node: a chain of a network never
+    /// seen with a pod (another container runtime using portmap on the node) is not judged.
+    pub networks: &'a [String],
+}
+
 fn same_port(a: &HostPort, b: &HostPort) -> bool {
     a.protocol == b.protocol
         && a.port == b.port
         && (a.host_ip.is_none() || b.host_ip.is_none() || a.host_ip == b.host_ip)
 }
 
-/// The stale chains among `chains`, judged with `pod_on_node(ip)`: whether some pod on this node
-/// has `ip` (only call this with a complete, current view of the node's pods).
-pub fn stale_chains(
-    chains: &[ContainerChain],
-    pod_on_node: &dyn Fn(IpAddr) -> bool,
-) -> Vec<StaleChain> {
-    let live = |chain: &ContainerChain| chain.pod_ips().into_iter().any(pod_on_node);
+/// The stale chains among `chains` (as [`container_chains`] read them), judged with `pods`.
+pub fn stale_chains(chains: &[ContainerChain], pods: &PodsOnNode<'_>) -> Vec<StaleChain> {
+    let live = |chain: &ContainerChain| {
+        pods.has_pod
+            .map(|has_pod| chain.pod_ips().into_iter().any(has_pod))
+    };
+    let pod_networks: BTreeSet<&str> = pods
+        .networks
+        .iter()
+        .map(String::as_str)
+        .chain(
+            chains
+                .iter()
+                .filter(|c| live(c) == Some(true))
+                .map(|c| c.network.as_str()),
+        )
+        .collect();
     let mut out = Vec::new();
-    for chain in chains {
-        let same_table =
-            |other: &&ContainerChain| other.table == chain.table && other.chain != chain.chain;
-        let shadows: Vec<String> = chains
-            .iter()
-            .filter(same_table)
-            .filter(|later| later.first_jump() > chain.first_jump())
-            .filter(|later| {
-                later
-                    .ports
-                    .iter()
-                    .any(|(p, _)| chain.ports.iter().any(|(q, _)| same_port(p, q)))
-            })
-            .map(|later| later.chain.clone())
-            .collect();
-        if !chain.ports.is_empty() && !live(chain) {
+    for chain in chains.iter().filter(|c| !c.ports.is_empty()) {
+        let others = || {
+            chains
+                .iter()
+                .filter(|other| other.table == chain.table && other.chain != chain.chain)
+        };
+        if live(chain) == Some(false) && pod_networks.contains(chain.network.as_str()) {
+            let shadows = others()
+                .filter(|later| later.first_jump() > chain.first_jump())
+                .filter(|later| {
+                    later.ports.iter().any(|(p, to)| {
+                        chain
+                            .ports
+                            .iter()
+                            .any(|(q, to2)| same_port(p, q) && to != to2)
+                    })
+                })
+                .map(|later| later.chain.clone())
+                .collect();
             out.push(StaleChain {
                 chain: chain.clone(),
                 why: Staleness::NoPod {
@@ -219,31 +247,23 @@ pub fn stale_chains(
             });
             continue;
         }
-        let shadowed_by = chains
-            .iter()
-            .filter(same_table)
-            .filter(|earlier| earlier.first_jump() < chain.first_jump() && live(earlier))
-            .find(|earlier| {
-                !chain.ports.is_empty()
+        let superseded_by = others()
+            .filter(|later| later.first_jump() > chain.first_jump())
+            .find(|later| {
+                later.pod_ips() == chain.pod_ips()
                     && chain
                         .ports
                         .iter()
-                        .all(|(p, _)| earlier.ports.iter().any(|(q, _)| same_port(p, q)))
+                        .all(|mapping| later.ports.contains(mapping))
             });
-        if let Some(earlier) = shadowed_by {
-            // The earlier chain sends to a live pod and takes every port of this one: this
-            // one's pod (live too) never gets the traffic. Only a chain to the same pod address
-            // is a left-over duplicate; a different live pod wanting the same port is a
-            // scheduling conflict, not netmend's to mend.
-            if earlier.pod_ips() == chain.pod_ips() {
-                out.push(StaleChain {
-                    chain: chain.clone(),
-                    why: Staleness::Shadowed {
-                        by: earlier.chain.clone(),
-                    },
-                    shadows: Vec::new(),
-                });
-            }
+        if let Some(later) = superseded_by {
+            out.push(StaleChain {
+                chain: chain.clone(),
+                why: Staleness::Superseded {
+                    by: later.chain.clone(),
+                },
+                shadows: Vec::new(),
+            });
         }
     }
     out
@@ -286,6 +306,27 @@ mod tests {
         move |ip| list.iter().any(|p| p.parse::<IpAddr>().unwrap() == ip)
     }
 
+    fn judge(chains: &[ContainerChain], live: &'static [&'static str]) -> Vec<StaleChain> {
+        let has_pod = pods(live);
+        stale_chains(
+            chains,
+            &PodsOnNode {
+                has_pod: Some(&has_pod),
+                networks: &[],
+            },
+        )
+    }
+
+    fn judge_without_pods(chains: &[ContainerChain]) -> Vec<StaleChain> {
+        stale_chains(
+            chains,
+            &PodsOnNode {
+                has_pod: None,
+                networks: &[],
+            },
+        )
+    }
+
     #[test]
     fn reads_each_container_chain_with_its_owner_jumps_and_ports() {
         let chains = container_chains(&ruleset(LEFT_BEHIND));
@@ -313,17 +354,43 @@ mod tests {
     #[test]
     fn a_dead_pods_chain_is_stale_and_names_the_live_chain_it_shadows() {
         let chains = container_chains(&ruleset(LEFT_BEHIND));
-        let stale = stale_chains(&chains, &pods(&["10.42.0.17", "10.42.0.9"]));
+        let stale = judge(&chains, &["10.42.0.17", "10.42.0.9"]);
         assert_eq!(stale.len(), 1, "{stale:#?}");
         assert_eq!(stale[0].chain.chain, "CNI-DN-dead00000000000000000");
         assert!(matches!(stale[0].why, Staleness::NoPod { .. }));
         assert_eq!(stale[0].shadows, vec!["CNI-DN-new000000000000000000"]);
+        assert_eq!(
+            judge_without_pods(&chains),
+            vec![],
+            "without the pods a missing pod proves nothing"
+        );
+    }
+
+    #[test]
+    fn a_network_never_seen_with_a_pod_is_not_judged_unless_named() {
+        let text = LEFT_BEHIND.replace(
+            "dnat name: \\\"cbr0\\\" id: \\\"deadbeef\\\"",
+            "dnat name: \\\"podman\\\" id: \\\"deadbeef\\\"",
+        );
+        let chains = container_chains(&ruleset(&text));
+        assert_eq!(chains[0].network, "podman");
+        assert_eq!(judge(&chains, &["10.42.0.17", "10.42.0.9"]), vec![]);
+        let has_pod = pods(&["10.42.0.17", "10.42.0.9"]);
+        let named = stale_chains(
+            &chains,
+            &PodsOnNode {
+                has_pod: Some(&has_pod),
+                networks: &["podman".to_string()],
+            },
+        );
+        assert_eq!(named.len(), 1);
+        assert_eq!(named[0].chain.chain, "CNI-DN-dead00000000000000000");
     }
 
     #[test]
     fn every_live_pods_chain_is_kept() {
         let chains = container_chains(&ruleset(LEFT_BEHIND));
-        let stale = stale_chains(&chains, &pods(&["10.42.0.5", "10.42.0.17", "10.42.0.9"]));
+        let stale = judge(&chains, &["10.42.0.5", "10.42.0.17", "10.42.0.9"]);
         assert_eq!(
             stale,
             vec![],
@@ -332,18 +399,43 @@ mod tests {
     }
 
     #[test]
-    fn a_duplicate_chain_to_the_same_live_pod_is_stale_behind_the_first() {
+    fn the_older_of_two_chains_to_the_same_pod_address_is_superseded() {
+        // The address went from the first sandbox to the second: the first chain still takes
+        // the traffic (same target), the second is the current sandbox's.
         let text = LEFT_BEHIND.replace("10.42.0.5:80", "10.42.0.17:80");
         let chains = container_chains(&ruleset(&text));
-        let stale = stale_chains(&chains, &pods(&["10.42.0.17", "10.42.0.9"]));
-        assert_eq!(stale.len(), 1, "{stale:#?}");
-        assert_eq!(stale[0].chain.chain, "CNI-DN-new000000000000000000");
-        assert_eq!(
-            stale[0].why,
-            Staleness::Shadowed {
-                by: "CNI-DN-dead00000000000000000".into()
-            }
+        for stale in [
+            judge(&chains, &["10.42.0.17", "10.42.0.9"]),
+            judge_without_pods(&chains),
+        ] {
+            assert_eq!(stale.len(), 1, "{stale:#?}");
+            assert_eq!(stale[0].chain.chain, "CNI-DN-dead00000000000000000");
+            assert_eq!(
+                stale[0].why,
+                Staleness::Superseded {
+                    by: "CNI-DN-new000000000000000000".into()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_chain_is_superseded_only_when_the_later_one_does_all_it_does() {
+        // Same pod address, another container port: removing the first would move traffic.
+        let text = LEFT_BEHIND.replace("10.42.0.5:80", "10.42.0.17:8080");
+        let chains = container_chains(&ruleset(&text));
+        assert_eq!(judge_without_pods(&chains), vec![]);
+        assert_eq!(judge(&chains, &["10.42.0.17", "10.42.0.9"]), vec![]);
+        // The later chain does more (one more host port): the earlier is still superseded, and
+        // the later one is never judged superseded by an earlier one.
+        let text = LEFT_BEHIND.replace("10.42.0.5:80", "10.42.0.17:80").replace(
+            "-A CNI-DN-new000000000000000000 -p tcp --dport 8080 -j DNAT --to-destination 10.42.0.17:80",
+            "-A CNI-DN-new000000000000000000 -p tcp --dport 8080 -j DNAT --to-destination 10.42.0.17:80\n-A CNI-DN-new000000000000000000 -p tcp --dport 8443 -j DNAT --to-destination 10.42.0.17:443",
         );
+        let chains = container_chains(&ruleset(&text));
+        let stale = judge_without_pods(&chains);
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].chain.chain, "CNI-DN-dead00000000000000000");
     }
 
     #[test]

@@ -374,9 +374,11 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
         let findings = if checks_run {
             let cluster = &*self.cluster;
             let pod_owner = |ip: std::net::IpAddr| cluster.pod_owner(ip);
-            let mut findings = self
-                .ruleset_memo
-                .findings(&snapshot, &self.config, &pod_owner);
+            let pods = detect::Pods {
+                owner: &pod_owner,
+                known: cluster.pods_known(),
+            };
+            let mut findings = self.ruleset_memo.findings(&snapshot, &self.config, pods);
             findings.extend(detect::run(
                 Inputs::Links,
                 &CheckContext {
@@ -384,6 +386,7 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
                     config: &self.config,
                     promisc_held: &held,
                     pod_owner: &pod_owner,
+                    pods_known: pods.known,
                 },
             ));
             findings

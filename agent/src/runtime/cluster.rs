@@ -119,6 +119,13 @@ pub trait Cluster: Send {
     /// The pod (`namespace/name`) on this node that has `ip`, when known.
     fn pod_owner(&self, ip: IpAddr) -> Option<String>;
 
+    /// Whether [`Cluster::pod_owner`] answers from a complete, current view of this node's pods,
+    /// so that `None` means "no pod on this node has that IP": the pods were listed and the API
+    /// and the pod watch are healthy. False without an API (the default).
+    fn pods_known(&self) -> bool {
+        false
+    }
+
     /// The API connection now.
     fn connection(&self) -> Connection;
 
@@ -170,5 +177,6 @@ mod tests {
             SlotDecision::Unlimited
         );
         assert_eq!(local.pod_owner("10.42.0.5".parse().unwrap()), None);
+        assert!(!local.pods_known());
     }
 }

@@ -168,15 +168,24 @@ pub fn decide_and_act(
                     });
                     continue;
                 }
-                let mut execution = execute(
-                    apply,
-                    &tracked,
-                    round.config,
-                    round.promisc_held,
-                    probe,
-                    actuator,
-                    clock,
-                );
+                let mut execution = {
+                    let knows: &dyn Cluster = &*cluster.cluster;
+                    let owner = |ip| knows.pod_owner(ip);
+                    let pods = crate::detect::Pods {
+                        owner: &owner,
+                        known: knows.pods_known(),
+                    };
+                    execute(
+                        apply,
+                        &tracked,
+                        round.config,
+                        round.promisc_held,
+                        pods,
+                        probe,
+                        actuator,
+                        clock,
+                    )
+                };
                 // A repeat application means the fault came back: say who did it, when known.
                 let readded = (history.applied_within_window(&key, now) > 0)
                     .then(|| (round.readded_by)(&tracked.finding))

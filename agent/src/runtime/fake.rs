@@ -164,6 +164,8 @@ pub struct ClusterScript {
     pub released: usize,
     pub mode: crate::runtime::cluster::NodeMode,
     pub pods: std::collections::HashMap<std::net::IpAddr, String>,
+    /// Whether `pods` is the node's complete set.
+    pub pods_known: bool,
     pub published: Vec<crate::runtime::cluster::ClusterReport>,
     pub connection: crate::runtime::cluster::Connection,
 }
@@ -217,6 +219,10 @@ impl crate::runtime::cluster::Cluster for ScriptedCluster {
 
     fn pod_owner(&self, ip: std::net::IpAddr) -> Option<String> {
         self.script().pods.get(&ip).cloned()
+    }
+
+    fn pods_known(&self) -> bool {
+        self.script().pods_known
     }
 
     fn connection(&self) -> crate::runtime::cluster::Connection {

@@ -69,7 +69,10 @@ pub fn run_check(
     let mut tracker = Tracker::new();
     let first = probe.snapshot()?;
     let t0 = now();
-    tracker.observe(evaluate(&first, config, &held), t0);
+    tracker.observe(
+        evaluate(&first, config, &held, crate::detect::Pods::unknown()),
+        t0,
+    );
     let last = if options.window.is_zero() {
         first
     } else {
@@ -77,7 +80,10 @@ pub fn run_check(
         probe.snapshot()?
     };
     let t1 = if options.window.is_zero() { t0 } else { now() };
-    let tracked = tracker.observe(evaluate(&last, config, &held), t1);
+    let tracked = tracker.observe(
+        evaluate(&last, config, &held, crate::detect::Pods::unknown()),
+        t1,
+    );
     let mut findings = persistent(tracked, t1, |f| one_shot_min_age(f, config, options.window));
     // With a journal, since when each finding has been seen counts across runs: a fix whose
     // check asks for persistence (staleAfter) waits for it even with `--window 0s`.

@@ -15,13 +15,14 @@ use crate::runtime::{ActError, Actuator, NodeReader};
 use std::time::SystemTime;
 
 /// Every enabled check on one snapshot; `promisc_held` are the interfaces netmend made
-/// promiscuous (from the journal).
+/// promiscuous (from the journal), `pods` what the cluster says about the node's pods now.
 pub fn evaluate(
     snapshot: &NodeSnapshot,
     config: &Config,
     promisc_held: &[String],
+    pods: detect::Pods<'_>,
 ) -> Vec<crate::model::finding::Finding> {
-    detect::run_checks(snapshot, config, promisc_held)
+    detect::run_checks_with_pods(snapshot, config, promisc_held, pods)
 }
 
 /// The result of executing one decision.
@@ -64,12 +65,14 @@ fn nft_generation(action: &FixAction, snapshot: &NodeSnapshot) -> Option<u32> {
 }
 
 /// Carries out `decision` for `tracked`. Skips come back as they are; an apply re-checks,
-/// acts and verifies.
+/// acts and verifies, each time with what the cluster says about the pods then (`pods`).
+#[allow(clippy::too_many_arguments)]
 pub fn execute(
     decision: Decision,
     tracked: &TrackedFinding,
     config: &Config,
     promisc_held: &[String],
+    pods: detect::Pods<'_>,
     probe: &mut dyn NodeReader,
     actuator: &mut dyn Actuator,
     now: impl Fn() -> SystemTime,
@@ -112,13 +115,15 @@ pub fn execute(
             };
         }
     };
-    let still_same = evaluate(&fresh, config, promisc_held).into_iter().any(|f| {
-        f.key() == key
-            && f.proposal
-                .as_ref()
-                .and_then(|p| p.action.as_ref())
-                .is_some_and(|a| a.same_change(&action))
-    });
+    let still_same = evaluate(&fresh, config, promisc_held, pods)
+        .into_iter()
+        .any(|f| {
+            f.key() == key
+                && f.proposal
+                    .as_ref()
+                    .and_then(|p| p.action.as_ref())
+                    .is_some_and(|a| a.same_change(&action))
+        });
     if !still_same {
         let detail =
             "the state changed since it was read (gone or different); nothing done".to_string();
@@ -137,7 +142,19 @@ pub fn execute(
     let applied = match actuator.apply(&action, generation) {
         Ok(report) => report,
         Err(ActError::Unknown(why)) => {
-            return settle_unknown(&why, fix, &key, &action, config, promisc_held, probe, entry)
+            return settle_unknown(
+                &why,
+                fix,
+                &key,
+                &action,
+                Evaluation {
+                    config,
+                    promisc_held,
+                    pods,
+                },
+                probe,
+                entry,
+            )
         }
         Err(error) => {
             let (outcome, detail) = match &error {
@@ -190,7 +207,7 @@ pub fn execute(
     // Guard 5: verify on fresh state.
     let (outcome, detail) = match probe.snapshot() {
         Ok(after) => {
-            if evaluate(&after, config, promisc_held)
+            if evaluate(&after, config, promisc_held, pods)
                 .iter()
                 .any(|f| f.key() == key)
             {
@@ -221,18 +238,23 @@ pub fn execute(
     }
 }
 
+/// What a re-read is evaluated with.
+struct Evaluation<'a> {
+    config: &'a Config,
+    promisc_held: &'a [String],
+    pods: detect::Pods<'a>,
+}
+
 /// A write whose commit is unknown: journal `unknown` (it counts for the breaker as an attempt),
 /// re-read, and decide from what the kernel now holds: the finding gone means the write applied
 /// (`verified`); the same change still to make means it did not (`failed`, nothing changed);
 /// anything else, or no re-read, stays `unknown`.
-#[allow(clippy::too_many_arguments)]
 fn settle_unknown(
     why: &str,
     fix: FixId,
     key: &str,
     action: &FixAction,
-    config: &Config,
-    promisc_held: &[String],
+    evaluation: Evaluation<'_>,
     probe: &mut dyn NodeReader,
     entry: impl Fn(Outcome, &str) -> JournalEntry,
 ) -> Execution {
@@ -243,7 +265,12 @@ fn settle_unknown(
             format!("{why}; the re-read failed too ({e}): still unknown"),
         ),
         Ok(after) => {
-            let now = evaluate(&after, config, promisc_held);
+            let now = evaluate(
+                &after,
+                evaluation.config,
+                evaluation.promisc_held,
+                evaluation.pods,
+            );
             let same = now.iter().find(|f| f.key() == key);
             match same {
                 None => (

@@ -1,12 +1,12 @@
 //! The ruleset checks' last result and what it was computed from: the nftables generation, the
 //! legacy ruleset (the probe keeps the same `Arc` while its content is unchanged), listeners,
-//! addresses, the configuration and the pod names the checks asked for (the cluster may learn a
-//! pod's name after its rules appeared). While none moved, an idle pass costs no walk over the rules.
+//! addresses, the configuration, whether the pods are known and the pod names the checks asked
+//! for (the cluster may learn a pod's name after its rules appeared). While none moved, an idle pass costs no walk over the rules.
 //! The memo holds no strong reference to a ruleset, so the incremental cache can keep changing
 //! its own in place without a copy.
 
 use crate::config::Config;
-use crate::detect::{self, CheckContext, Inputs};
+use crate::detect::{self, CheckContext, Inputs, Pods};
 use crate::model::finding::Finding;
 use crate::model::ruleset::Ruleset;
 use crate::model::snapshot::{ListeningSocket, LocalAddress, NodeSnapshot};
@@ -26,6 +26,7 @@ struct Memo {
     listeners: Option<Vec<ListeningSocket>>,
     addresses: Option<Vec<LocalAddress>>,
     config: Config,
+    pods_known: bool,
     /// The IPs the checks asked the pod names of, with the answers they got.
     pods_asked: Vec<(IpAddr, Option<String>)>,
     findings: Vec<Finding>,
@@ -38,8 +39,9 @@ impl RulesetMemo {
         &mut self,
         snapshot: &NodeSnapshot,
         config: &Config,
-        pod_owner: &dyn Fn(IpAddr) -> Option<String>,
+        pods: Pods<'_>,
     ) -> Vec<Finding> {
+        let pod_owner = pods.owner;
         let nft_generation = snapshot.nftables.as_ref().map(|r| r.generation);
         let legacy = snapshot.legacy.as_ref().map(Arc::downgrade);
         if let Some(memo) = &self.last {
@@ -54,6 +56,7 @@ impl RulesetMemo {
                 && memo.listeners == snapshot.listeners
                 && memo.addresses == snapshot.addresses
                 && memo.config == *config
+                && memo.pods_known == pods.known
                 && memo
                     .pods_asked
                     .iter()
@@ -73,6 +76,7 @@ impl RulesetMemo {
             config,
             promisc_held: &[],
             pod_owner: &recording,
+            pods_known: pods.known,
         };
         let findings = detect::run(Inputs::Ruleset, &context);
         let mut pods_asked = asked.into_inner();
@@ -84,6 +88,7 @@ impl RulesetMemo {
             listeners: snapshot.listeners.clone(),
             addresses: snapshot.addresses.clone(),
             config: config.clone(),
+            pods_known: pods.known,
             pods_asked,
             findings: findings.clone(),
         });
