@@ -13,6 +13,7 @@
 pub mod arp_unanswered;
 pub mod backend_split;
 pub mod hostport_hijack;
+pub mod hostport_stale;
 pub mod kube_proxy_mode_overlap;
 pub mod promisc_lost;
 pub mod stale_chain;
@@ -33,6 +34,7 @@ pub static CHECKS: &[&dyn Check] = &[
     &arp_unanswered::ArpUnanswered,
     &promisc_lost::PromiscLost,
     &kube_proxy_mode_overlap::KubeProxyModeOverlap,
+    &hostport_stale::HostportStale,
 ];
 
 /// What a check reads, which tells the engine when it must run again.

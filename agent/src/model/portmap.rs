@@ -62,11 +62,18 @@ impl ContainerChain {
 
 /// Every portmap container chain reached from `CNI-HOSTPORT-DNAT` in `ruleset`'s `nat` tables.
 pub fn container_chains(ruleset: &Ruleset) -> Vec<ContainerChain> {
+    ruleset
+        .tables
+        .iter()
+        .flat_map(table_container_chains)
+        .collect()
+}
+
+/// The portmap container chains of one table (none unless it is an `ip` or `ip6` `nat` table).
+pub fn table_container_chains(table: &Table) -> Vec<ContainerChain> {
     let mut out = Vec::new();
-    for table in &ruleset.tables {
-        if table.id.name == "nat" && matches!(table.id.family, Family::Ip | Family::Ip6) {
-            read_table(table, &mut out);
-        }
+    if table.id.name == "nat" && matches!(table.id.family, Family::Ip | Family::Ip6) {
+        read_table(table, &mut out);
     }
     out
 }

@@ -5,6 +5,7 @@
 
 pub mod flush_stale_chain;
 pub mod remove_hijack_rule;
+pub mod remove_stale_hostport;
 pub mod set_promisc;
 
 use crate::config::{ConfigError, Settings};
@@ -15,6 +16,7 @@ pub static FIXES: &[&dyn Fix] = &[
     &flush_stale_chain::FlushStaleChain,
     &remove_hijack_rule::RemoveHijackRule,
     &set_promisc::SetPromisc,
+    &remove_stale_hostport::RemoveStaleHostport,
 ];
 
 /// One fix. Implementations are unit structs listed in [`FIXES`].
