@@ -4,8 +4,9 @@
 //! on the host network (their IPs are the node's) and finished pods (their IPs may already belong
 //! to a new pod) are left out.
 //!
-//! The index also says whether it is complete ([`PodIndex::complete`]): the first list is in and
-//! the watch has not failed for [`WATCH_SETTLE`]. Until then an IP missing from it proves nothing.
+//! The index also says whether it is complete ([`PodIndex::complete`]): a list is in and the watch
+//! has not failed since, or not for [`WATCH_SETTLE`] (a watch resumed after a failure replays
+//! what it missed without a new list). Until then an IP missing from it proves nothing.
 
 use crate::cluster::client::{ApiCalls, WATCH_SECONDS};
 use futures::StreamExt;
@@ -60,8 +61,8 @@ impl PodIndex {
         *self.by_ip.write().unwrap_or_else(|p| p.into_inner()) = by_ip;
     }
 
-    /// Whether the index holds every pod of the node at `now`: listed once, and no list or watch
-    /// failure within [`WATCH_SETTLE`].
+    /// Whether the index holds every pod of the node at `now`: listed, and no list or watch
+    /// failure since the last list or within [`WATCH_SETTLE`].
     pub fn complete(&self, now: Instant) -> bool {
         let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         health.listed
@@ -70,8 +71,11 @@ impl PodIndex {
                 .is_none_or(|at| now.saturating_duration_since(at) >= WATCH_SETTLE)
     }
 
+    /// A full list went in: complete at once, whatever failed before it.
     fn listed(&self) {
-        self.health.lock().unwrap_or_else(|p| p.into_inner()).listed = true;
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        health.listed = true;
+        health.last_failure = None;
     }
 
     fn failed(&self, at: Instant) {
@@ -348,5 +352,8 @@ mod tests {
         assert!(!index.complete(t0));
         assert!(!index.complete(t0 + WATCH_SETTLE - Duration::from_secs(1)));
         assert!(index.complete(t0 + WATCH_SETTLE));
+        index.failed(t0);
+        index.listed();
+        assert!(index.complete(t0), "a new list is complete at once");
     }
 }
