@@ -697,7 +697,8 @@ def test_rendered_config_is_accepted_by_netmend(values, tmp_path):
 def test_default_config_is_safe():
     _, parsed = rendered_config()
     assert parsed["mode"] == "dry-run"
-    assert [f["enabled"] for f in parsed["fixes"].values()] == [False, False, False]
+    assert len(parsed["fixes"]) == len(agent_catalog()["defaults"]["fixes"])
+    assert not any(f["enabled"] for f in parsed["fixes"].values())
     assert all(c["enabled"] for c in parsed["checks"].values())
 
 
@@ -718,6 +719,8 @@ def _non_default(path: list[str], schema: dict, default):
             return ["10.1.2.3@eth1"]
         if path[-1] == "owners":
             return ["chain:MY-HOSTPORTS-*", "comment:managed by ops*"]
+        if path[-1] == "podNetworks":
+            return ["k8s-pod-network", "cbr0"]
         assert path[-1] == "interfaces", path
         return ["eth9", "wlan0"]
     if t == "string":
