@@ -518,3 +518,61 @@ fn status_metrics_and_readiness_show_the_api_connection() {
         assert!(text.contains(needle), "{needle} missing in\n{text}");
     }
 }
+
+/// A restarted hostPort pod: the old sandbox's portmap chain (10.42.0.31) first, the new pod's
+/// (10.42.0.57) behind it.
+const PORTMAP_LEFT_OVER: &str = r#"
+:PREROUTING ACCEPT
+:CNI-HOSTPORT-DNAT -
+:CNI-HOSTPORT-SETMARK -
+:CNI-DN-2340674fa9a846ba6cee5 -
+:CNI-DN-98502136a6caa3b998bdb -
+-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
+-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \"cbr0\" id: \"770c07dfd094\"" -m multiport --dports 8126 -j CNI-DN-2340674fa9a846ba6cee5
+-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \"cbr0\" id: \"b57a45acaad1\"" -m multiport --dports 8126 -j CNI-DN-98502136a6caa3b998bdb
+-A CNI-DN-2340674fa9a846ba6cee5 -s 10.42.0.31/32 -p tcp --dport 8126 -j CNI-HOSTPORT-SETMARK
+-A CNI-DN-2340674fa9a846ba6cee5 -p tcp --dport 8126 -j DNAT --to-destination 10.42.0.31:8126
+-A CNI-DN-98502136a6caa3b998bdb -s 10.42.0.57/32 -p tcp --dport 8126 -j CNI-HOSTPORT-SETMARK
+-A CNI-DN-98502136a6caa3b998bdb -p tcp --dport 8126 -j DNAT --to-destination 10.42.0.57:8126
+"#;
+
+#[test]
+fn a_stale_hostport_is_judged_and_removed_only_while_the_pods_are_known() {
+    let config = "mode: enforce\nchecks:\n  hostport-stale: { staleAfter: 0s }\nfixes:\n  remove-stale-hostport: { enabled: true, confirmFor: 0s }\n";
+    let node = snapshot_with(
+        Some(vec![iptables_table(Backend::Nft, "nat", PORTMAP_LEFT_OVER)]),
+        None,
+    );
+    let mut rig = Rig::new("hpstale", node, config);
+    rig.cluster.script().pods.insert(
+        "10.42.0.57".parse().unwrap(),
+        "monitoring/datadog-agent-x7k2p".into(),
+    );
+    // The pod watch has not listed the pods yet: a missing pod proves nothing.
+    rig.pass(0);
+    assert_eq!(rig.status_json()["findings"], serde_json::json!([]));
+    assert_eq!(rig.applied(), 0);
+    // Listed: the same ruleset is judged again (the memo knows the pods changed), and the
+    // re-check right before writing asks the cluster again and finds the same.
+    rig.cluster.script().pods_known = true;
+    rig.pass(1);
+    assert_eq!(rig.applied(), 1, "{:#}", rig.status_json());
+    let (action, generation) = rig.node.0.borrow().applied[0].clone();
+    let FixAction::RemoveRules {
+        rules,
+        delete_chains,
+        ..
+    } = action
+    else {
+        panic!("{action:?}")
+    };
+    assert_eq!(delete_chains, vec!["CNI-DN-2340674fa9a846ba6cee5"]);
+    assert_eq!(rules.len(), 1);
+    assert!(rules[0].spec.contains("770c07dfd094"), "{}", rules[0].spec);
+    assert_eq!(
+        generation,
+        Some(1),
+        "one batch with the generation it was read on"
+    );
+    assert_eq!(rig.fix().unwrap().0, "verified");
+}
