@@ -462,3 +462,83 @@ fn without_the_pods_a_missing_pod_is_never_judged_and_the_fix_off_reports_only()
     assert_eq!(f["fix"]["state"], "disabled");
     assert!(node.saved().contains(DEAD.chain));
 }
+
+/// The upstream plugin's test shape for a dead pod: tcp and udp host ports (one jump per
+/// protocol), one bound to a host address, the pod subnet as hairpin source; and its IPv6 twin.
+/// A live dual-stack ingress pod keeps its chains in both families.
+const DEAD_V4: &str = "CNI-DN-67e92b96e692a494b6b85";
+const DEAD_V6: &str = "CNI-DN-5e0fd2c1a4b3968778695";
+const LIVE_V6: &str = "CNI-DN-1f2e3d4c5b6a798897a6b";
+
+fn upstream_v4() -> String {
+    let id = "icee6giejonei6sohng6ahngee7laquohquee9shiGo7fohferakah3Feiyoolu2pei7ciPhoh7shaoX6vai3vuf0ahfaeng8yohb9ceu0daez5hashee8ooYai5wa3y";
+    let mut out = format!(
+        "*nat\n:CNI-HOSTPORT-DNAT - [0:0]\n:CNI-HOSTPORT-SETMARK - [0:0]\n:{DEAD_V4} - [0:0]\n"
+    );
+    for (proto, ports) in [("tcp", "8080,8081,8083"), ("udp", "8080,8082")] {
+        out += &format!("-A CNI-HOSTPORT-DNAT -p {proto} -m comment --comment \"dnat name: \\\"cbr0\\\" id: \\\"{id}\\\"\" -m multiport --dports {ports} -j {DEAD_V4}\n");
+    }
+    for (proto, host_port, host_ip, port) in [
+        ("tcp", 8080, "", 80),
+        ("tcp", 8081, "", 80),
+        ("udp", 8080, "", 81),
+        ("udp", 8082, "", 82),
+        ("tcp", 8083, "-d 192.168.1.233/32 ", 83),
+    ] {
+        out += &format!("-A {DEAD_V4} {host_ip}-s 10.42.0.0/24 -p {proto} -m {proto} --dport {host_port} -j CNI-HOSTPORT-SETMARK\n");
+        out += &format!("-A {DEAD_V4} {host_ip}-s 127.0.0.1/32 -p {proto} -m {proto} --dport {host_port} -j CNI-HOSTPORT-SETMARK\n");
+        out += &format!("-A {DEAD_V4} {host_ip}-p {proto} -m {proto} --dport {host_port} -j DNAT --to-destination 10.42.0.2:{port}\n");
+    }
+    out + "COMMIT\n"
+}
+
+/// In IPv6 portmap writes no localhost rule; the dead pod's chain first, the live one behind.
+fn ipv6() -> String {
+    let mut out = format!("*nat\n:CNI-HOSTPORT-DNAT - [0:0]\n:CNI-HOSTPORT-SETMARK - [0:0]\n:{DEAD_V6} - [0:0]\n:{LIVE_V6} - [0:0]\n-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\n");
+    for (chain, id) in [(DEAD_V6, "5c2d7e1f90ab"), (LIVE_V6, INGRESS.id)] {
+        out += &format!("-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment \"dnat name: \\\"cbr0\\\" id: \\\"{id}\\\"\" -m multiport --dports 8080 -j {chain}\n");
+    }
+    for (chain, pod) in [(DEAD_V6, "fd00:42::2"), (LIVE_V6, "fd00:42::9")] {
+        out += &format!(
+            "-A {chain} -s fd00:42::/64 -p tcp -m tcp --dport 8080 -j CNI-HOSTPORT-SETMARK\n"
+        );
+        out += &format!(
+            "-A {chain} -p tcp -m tcp --dport 8080 -j DNAT --to-destination [{pod}]:8080\n"
+        );
+    }
+    out + "COMMIT\n"
+}
+
+#[test]
+fn the_upstream_shape_and_its_ipv6_twin_go_whole_and_the_dual_stack_pod_keeps_its_chains() {
+    for tool in ["ip6tables-nft-restore", "ip6tables-nft-save"] {
+        require_tool(tool);
+    }
+    let mut node = Node::new("hpstale-v6", Iptables::Nft);
+    let mut ingress = objects::pod("ingress", "nginx-7d9f", NODE, "10.42.0.9");
+    ingress["status"]["podIPs"] = serde_json::json!([{"ip": "10.42.0.9"}, {"ip": "fd00:42::9"}]);
+    node.api.put(&PODS, ingress);
+    node.write_rules(&[&INGRESS]);
+    node.ns
+        .restore("iptables-nft-restore", &upstream_v4())
+        .unwrap();
+    node.ns.restore("ip6tables-nft-restore", &ipv6()).unwrap();
+    node.start("staleAfter: 2s", true);
+    node.wait_removed(DEAD_V4);
+    let saved = node.saved();
+    assert!(
+        !saved.contains("icee6giejonei6sohng6ahngee7"),
+        "both jumps (tcp and udp) went:\n{saved}"
+    );
+    assert!(saved.contains(INGRESS.chain), "{saved}");
+    let v6 = || node.ns.sh("ip6tables-nft-save -t nat").unwrap();
+    node.wait(
+        "the IPv6 left-over removed",
+        Duration::from_secs(30),
+        || (!v6().contains(DEAD_V6)).then_some(()),
+    );
+    let saved6 = v6();
+    assert!(saved6.contains(LIVE_V6), "{saved6}");
+    assert!(saved6.contains("[fd00:42::9]:8080"), "{saved6}");
+    assert!(!saved6.contains("5c2d7e1f90ab"), "{saved6}");
+}

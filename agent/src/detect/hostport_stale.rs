@@ -89,22 +89,27 @@ pub fn detect(
         has_pod: pods.known.then_some(&has_pod as &dyn Fn(IpAddr) -> bool),
         networks: &settings.pod_networks,
     };
-    let mut findings = Vec::new();
-    for backend in [Backend::Nft, Backend::Legacy] {
-        let Some(ruleset) = snapshot.ruleset(backend) else {
-            continue;
-        };
-        for table in &ruleset.tables {
-            let chains = table_container_chains(table);
-            if chains.is_empty() {
-                continue;
-            }
-            for stale in stale_chains(&chains, &judged) {
-                findings.push(finding_for(table, &stale, pods));
-            }
-        }
+    // Judged together: a network seen with a pod in one table (IPv4) is a pod network in the
+    // others (IPv6, the other backend); chains are compared only within their own table.
+    let tables: Vec<&Table> = [Backend::Nft, Backend::Legacy]
+        .into_iter()
+        .filter_map(|backend| snapshot.ruleset(backend))
+        .flat_map(|ruleset| ruleset.tables.iter())
+        .collect();
+    let chains: Vec<ContainerChain> = tables
+        .iter()
+        .flat_map(|table| table_container_chains(table))
+        .collect();
+    if chains.is_empty() {
+        return Vec::new();
     }
-    findings
+    stale_chains(&chains, &judged)
+        .iter()
+        .filter_map(|stale| {
+            let table = tables.iter().find(|t| t.id == stale.chain.table)?;
+            Some(finding_for(table, stale, pods))
+        })
+        .collect()
 }
 
 fn protocol_name(protocol: u8) -> String {
@@ -579,6 +584,70 @@ mod tests {
             "{}",
             proposal.detail
         );
+    }
+
+    /// The upstream plugin's own test shape: one container with tcp and udp host ports (one jump
+    /// per protocol), a host-IP-bound port, and the pod subnet as the hairpin source.
+    fn upstream_shape(pod: &str) -> String {
+        let id = "icee6giejonei6sohng6ahngee7laquohquee9shiGo7fohferakah3Feiyoolu2pei7ciPhoh7shaoX6vai3vuf0ahfaeng8yohb9ceu0daez5hashee8ooYai5wa3y";
+        let mut text = format!(
+            ":PREROUTING ACCEPT [0:0]\n:CNI-HOSTPORT-DNAT - [0:0]\n:CNI-HOSTPORT-SETMARK - [0:0]\n:CNI-DN-67e92b96e692a494b6b85 - [0:0]\n-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\n-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment \"dnat name: \\\"test\\\" id: \\\"{id}\\\"\" -m multiport --dports 8080,8081,8083 -j CNI-DN-67e92b96e692a494b6b85\n-A CNI-HOSTPORT-DNAT -p udp -m comment --comment \"dnat name: \\\"test\\\" id: \\\"{id}\\\"\" -m multiport --dports 8080,8082 -j CNI-DN-67e92b96e692a494b6b85\n"
+        );
+        for (proto, host_port, host_ip, port) in [
+            ("tcp", 8080, "", 80),
+            ("tcp", 8081, "", 80),
+            ("udp", 8080, "", 81),
+            ("udp", 8082, "", 82),
+            ("tcp", 8083, "-d 192.168.0.2/32 ", 83),
+        ] {
+            let chain = "-A CNI-DN-67e92b96e692a494b6b85";
+            text += &format!("{chain} {host_ip}-s 10.0.0.0/24 -p {proto} -m {proto} --dport {host_port} -j CNI-HOSTPORT-SETMARK\n");
+            text += &format!("{chain} {host_ip}-s 127.0.0.1/32 -p {proto} -m {proto} --dport {host_port} -j CNI-HOSTPORT-SETMARK\n");
+            text += &format!("{chain} {host_ip}-p {proto} -m {proto} --dport {host_port} -j DNAT --to-destination {pod}:{port}\n");
+        }
+        text
+    }
+
+    #[test]
+    fn the_upstream_shape_is_read_whole_and_removed_with_both_jumps() {
+        let snapshot = node(Backend::Legacy, &upstream_shape("10.0.0.2"));
+        // Its pod is live: nothing, also with the pod network named.
+        let mut with_network = settings();
+        with_network.pod_networks = vec!["test".into()];
+        let owner = |ip: IpAddr| (ip.to_string() == "10.0.0.2").then(|| "ns/web".to_string());
+        let live = Pods {
+            owner: &owner,
+            known: true,
+        };
+        assert_eq!(detect(&snapshot, &with_network, &live), vec![]);
+        // Gone: reported with every port, and both jumps go with the chain.
+        let nobody = |_: IpAddr| None;
+        let gone = Pods {
+            owner: &nobody,
+            known: true,
+        };
+        let findings = detect(&snapshot, &with_network, &gone);
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        let f = &findings[0];
+        assert_eq!(f.evidence["network"], "test");
+        assert_eq!(f.evidence["ports"].as_array().unwrap().len(), 5);
+        assert_eq!(
+            f.evidence["ports"][4],
+            json!({"protocol": "tcp", "hostPort": 8083, "hostIp": "192.168.0.2", "to": "10.0.0.2:83"})
+        );
+        assert_eq!(
+            f.evidence["ports"][2],
+            json!({"protocol": "udp", "hostPort": 8080, "hostIp": null, "to": "10.0.0.2:81"})
+        );
+        let Some(FixAction::RemoveRules { rules, .. }) = &f.proposal.as_ref().unwrap().action
+        else {
+            panic!("{f:?}")
+        };
+        assert_eq!(rules.len(), 2, "{rules:#?}");
+        assert!(rules[0].spec.starts_with("-p tcp"), "{}", rules[0].spec);
+        assert!(rules[1].spec.starts_with("-p udp"), "{}", rules[1].spec);
+        // Without a network seen with a pod nor named, the same chain is left alone.
+        assert_eq!(detect(&snapshot, &settings(), &gone), vec![]);
     }
 
     #[test]
