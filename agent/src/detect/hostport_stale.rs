@@ -103,13 +103,20 @@ pub fn detect(
     if chains.is_empty() {
         return Vec::new();
     }
-    stale_chains(&chains, &judged)
-        .iter()
-        .filter_map(|stale| {
-            let table = tables.iter().find(|t| t.id == stale.chain.table)?;
-            Some(finding_for(table, stale, pods))
-        })
-        .collect()
+    let stale = stale_chains(&chains, &judged);
+    let mut findings = Vec::with_capacity(stale.len());
+    for table in tables {
+        let mut here = stale
+            .iter()
+            .filter(|s| s.chain.table == table.id)
+            .peekable();
+        if here.peek().is_none() {
+            continue;
+        }
+        let graph = TableGraph::new(table);
+        findings.extend(here.map(|s| finding_for(&graph, s, pods)));
+    }
+    findings
 }
 
 fn protocol_name(protocol: u8) -> String {
@@ -141,9 +148,9 @@ fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
-fn finding_for(table: &Table, stale: &StaleChain, pods: &Pods<'_>) -> Finding {
+fn finding_for(graph: &TableGraph<'_>, stale: &StaleChain, pods: &Pods<'_>) -> Finding {
+    let table = graph.table;
     let chain = &stale.chain;
-    let graph = TableGraph::new(table);
     let index = graph.chain_index(&chain.chain);
     let jumps: Vec<(usize, usize)> = index
         .map(|i| graph.referrers(i).to_vec())

@@ -15,7 +15,7 @@
 use crate::model::graph::TableGraph;
 use crate::model::ruleset::{Action, Direction, Family, Match, Ruleset, Table, TableId};
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 /// The chain portmap jumps to every container's chain from.
@@ -83,7 +83,7 @@ fn read_table(table: &Table, out: &mut Vec<ContainerChain>) {
         return;
     };
     let graph = TableGraph::new(table);
-    let start = out.len();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
     for (position, rule) in dispatch.rules.iter().enumerate() {
         let Some(owner) = rule.comment.as_deref().and_then(cni_owner) else {
             continue;
@@ -93,10 +93,11 @@ fn read_table(table: &Table, out: &mut Vec<ContainerChain>) {
             if !chain.name.starts_with("CNI-DN-") {
                 continue;
             }
-            if let Some(known) = out[start..].iter_mut().find(|c| c.chain == chain.name) {
-                known.jump_positions.push(position);
+            if let Some(&known) = seen.get(chain.name.as_str()) {
+                out[known].jump_positions.push(position);
                 continue;
             }
+            seen.insert(&chain.name, out.len());
             let ports = chain
                 .rules
                 .iter()
@@ -209,11 +210,16 @@ fn same_port(a: &HostPort, b: &HostPort) -> bool {
 }
 
 /// The stale chains among `chains` (as [`container_chains`] read them), judged with `pods`.
+/// Linear in the chains but for the shadows of the chains found without a pod.
 pub fn stale_chains(chains: &[ContainerChain], pods: &PodsOnNode<'_>) -> Vec<StaleChain> {
-    let live = |chain: &ContainerChain| {
-        pods.has_pod
-            .map(|has_pod| chain.pod_ips().into_iter().any(has_pod))
-    };
+    let addresses: Vec<BTreeSet<IpAddr>> = chains.iter().map(ContainerChain::pod_ips).collect();
+    let live: Vec<Option<bool>> = addresses
+        .iter()
+        .map(|ips| {
+            pods.has_pod
+                .map(|has_pod| ips.iter().any(|ip| has_pod(*ip)))
+        })
+        .collect();
     let pod_networks: BTreeSet<&str> = pods
         .networks
         .iter()
@@ -221,19 +227,31 @@ pub fn stale_chains(chains: &[ContainerChain], pods: &PodsOnNode<'_>) -> Vec<Sta
         .chain(
             chains
                 .iter()
-                .filter(|c| live(c) == Some(true))
-                .map(|c| c.network.as_str()),
+                .zip(&live)
+                .filter(|(_, live)| **live == Some(true))
+                .map(|(c, _)| c.network.as_str()),
         )
         .collect();
+    // The chains of each table and pod address, in jump order.
+    let mut by_address: HashMap<(&TableId, &BTreeSet<IpAddr>), Vec<usize>> = HashMap::new();
+    for (i, chain) in chains.iter().enumerate() {
+        by_address
+            .entry((&chain.table, &addresses[i]))
+            .or_default()
+            .push(i);
+    }
+    for same in by_address.values_mut() {
+        same.sort_by_key(|&i| chains[i].first_jump());
+    }
     let mut out = Vec::new();
-    for chain in chains.iter().filter(|c| !c.ports.is_empty()) {
-        let others = || {
-            chains
+    for (i, chain) in chains.iter().enumerate() {
+        if chain.ports.is_empty() {
+            continue;
+        }
+        if live[i] == Some(false) && pod_networks.contains(chain.network.as_str()) {
+            let shadows = chains
                 .iter()
-                .filter(|other| other.table == chain.table && other.chain != chain.chain)
-        };
-        if live(chain) == Some(false) && pod_networks.contains(chain.network.as_str()) {
-            let shadows = others()
+                .filter(|later| later.table == chain.table && later.chain != chain.chain)
                 .filter(|later| later.first_jump() > chain.first_jump())
                 .filter(|later| {
                     later.ports.iter().any(|(p, to)| {
@@ -248,20 +266,21 @@ pub fn stale_chains(chains: &[ContainerChain], pods: &PodsOnNode<'_>) -> Vec<Sta
             out.push(StaleChain {
                 chain: chain.clone(),
                 why: Staleness::NoPod {
-                    pod_ips: chain.pod_ips(),
+                    pod_ips: addresses[i].clone(),
                 },
                 shadows,
             });
             continue;
         }
-        let superseded_by = others()
-            .filter(|later| later.first_jump() > chain.first_jump())
+        let superseded_by = by_address[&(&chain.table, &addresses[i])]
+            .iter()
+            .map(|&j| &chains[j])
+            .filter(|later| later.chain != chain.chain && later.first_jump() > chain.first_jump())
             .find(|later| {
-                later.pod_ips() == chain.pod_ips()
-                    && chain
-                        .ports
-                        .iter()
-                        .all(|mapping| later.ports.contains(mapping))
+                chain
+                    .ports
+                    .iter()
+                    .all(|mapping| later.ports.contains(mapping))
             });
         if let Some(later) = superseded_by {
             out.push(StaleChain {
