@@ -174,8 +174,8 @@ pub enum Staleness {
     /// No pod on this node has the address the chain sends to (judged only with a complete view
     /// of the node's pods, and only on a pod network).
     NoPod { pod_ips: BTreeSet<IpAddr> },
-    /// A chain jumped to later in `CNI-HOSTPORT-DNAT`, for the same pod address, sends every host
-    /// port of this one to the same place. A pod address belongs to one sandbox at a time and
+    /// A chain jumped to later in `CNI-HOSTPORT-DNAT`, for the same pod address on the same CNI
+    /// network, sends every host port of this one to the same place. A pod address belongs to one sandbox at a time and
     /// portmap appends each new container's jump, so the later chain is the current sandbox's and
     /// this one the left-over of an earlier one. Removing it changes where no packet goes (the
     /// later chain does the same), so this is judged without the pods.
@@ -232,11 +232,12 @@ pub fn stale_chains(chains: &[ContainerChain], pods: &PodsOnNode<'_>) -> Vec<Sta
                 .map(|(c, _)| c.network.as_str()),
         )
         .collect();
-    // The chains of each table and pod address, in jump order.
-    let mut by_address: HashMap<(&TableId, &BTreeSet<IpAddr>), Vec<usize>> = HashMap::new();
+    // The chains of each table, network and pod address, in jump order.
+    type Key<'c> = (&'c TableId, &'c str, &'c BTreeSet<IpAddr>);
+    let mut by_address: HashMap<Key<'_>, Vec<usize>> = HashMap::new();
     for (i, chain) in chains.iter().enumerate() {
         by_address
-            .entry((&chain.table, &addresses[i]))
+            .entry((&chain.table, &chain.network, &addresses[i]))
             .or_default()
             .push(i);
     }
@@ -272,7 +273,7 @@ pub fn stale_chains(chains: &[ContainerChain], pods: &PodsOnNode<'_>) -> Vec<Sta
             });
             continue;
         }
-        let superseded_by = by_address[&(&chain.table, &addresses[i])]
+        let superseded_by = by_address[&(&chain.table, chain.network.as_str(), &addresses[i])]
             .iter()
             .map(|&j| &chains[j])
             .filter(|later| later.chain != chain.chain && later.first_jump() > chain.first_jump())
@@ -390,6 +391,19 @@ mod tests {
             vec![],
             "without the pods a missing pod proves nothing"
         );
+    }
+
+    #[test]
+    fn a_chain_of_another_network_does_not_supersede() {
+        let text = LEFT_BEHIND
+            .replace("10.42.0.5:80", "10.42.0.17:80")
+            .replace(
+                "dnat name: \\\"cbr0\\\" id: \\\"c0ffee\\\"",
+                "dnat name: \\\"macvlan-net\\\" id: \\\"c0ffee\\\"",
+            );
+        let chains = container_chains(&ruleset(&text));
+        assert_eq!(chains[1].network, "macvlan-net");
+        assert_eq!(judge_without_pods(&chains), vec![]);
     }
 
     #[test]
