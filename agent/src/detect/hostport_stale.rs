@@ -29,7 +29,7 @@
 //! written straight into `CNI-HOSTPORT-DNAT` (portmap never writes them).
 
 use crate::config::{duration_or, Config, ConfigError, HumanDuration, Settings};
-use crate::detect::{Check, CheckContext, Inputs};
+use crate::detect::{Check, CheckContext, Inputs, Pods};
 use crate::model::finding::{
     CheckId, Finding, FixAction, FixId, FixProposal, RuleRef, Severity, TableRef,
 };
@@ -71,12 +71,6 @@ struct RawHostportStale {
 
 /// The default of `staleAfter`, in seconds.
 pub const DEFAULT_STALE_AFTER_SECS: u64 = 120;
-
-/// What the check knows of the pods on this node.
-pub struct Pods<'a> {
-    pub owner: &'a dyn Fn(IpAddr) -> Option<String>,
-    pub known: bool,
-}
 
 /// The check on one snapshot.
 pub fn detect(
