@@ -12,9 +12,10 @@
 //!   of its chains sends to a pod of this node, or it is listed in `podNetworks`): another
 //!   container runtime using portmap on the node has no pods;
 //! - **superseded**: a chain jumped to later, for the same pod address on the same network, sends
-//!   every host port of this one to the same place. An address belongs to one sandbox at a time and portmap appends
-//!   each new container's jump, so the later chain is the current sandbox's and this one a
-//!   left-over. Removing it changes where no packet goes, so this is judged without the pods.
+//!   every host port of this one to the same place. An address belongs to one sandbox at a time
+//!   and portmap appends each new container's jump, so the later chain is the current sandbox's
+//!   and this one a left-over. Removing it changes where no packet goes, so this is judged
+//!   without the pods.
 //!
 //! Without the pods only superseded chains are reported: a missing pod in an incomplete view
 //! proves nothing, and removing a live pod's hostPort is worse than leaving a left-over.
