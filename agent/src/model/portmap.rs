@@ -175,10 +175,10 @@ pub enum Staleness {
     /// of the node's pods, and only on a pod network).
     NoPod { pod_ips: BTreeSet<IpAddr> },
     /// A chain jumped to later in `CNI-HOSTPORT-DNAT`, for the same pod address on the same CNI
-    /// network, sends every host port of this one to the same place. A pod address belongs to one sandbox at a time and
-    /// portmap appends each new container's jump, so the later chain is the current sandbox's and
-    /// this one the left-over of an earlier one. Removing it changes where no packet goes (the
-    /// later chain does the same), so this is judged without the pods.
+    /// network, sends every host port of this one to the same place. A pod address belongs to
+    /// one sandbox at a time and portmap appends each new container's jump, so the later chain
+    /// is the current sandbox's and this one the left-over of an earlier one. Removing it changes
+    /// where no packet goes (the later chain does the same), so this is judged without the pods.
     Superseded { by: String },
 }
 
