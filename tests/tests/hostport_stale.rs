@@ -292,6 +292,16 @@ impl Node {
         });
     }
 
+    /// Connects to the node's address on host port `port` from the node itself (portmap's
+    /// `OUTPUT` jump takes it through `CNI-HOSTPORT-DNAT`).
+    fn host_port_answers(&self, port: u16) -> Result<String, String> {
+        self.ns
+            .sh(&format!(
+                "python3 -c \"import socket; socket.create_connection(('192.168.1.233', {port}), timeout=2)\""
+            ))
+            .map_err(|e| e.to_string())
+    }
+
     /// The DNAT targets for host port `port`, in the order they are reached.
     fn dnat_order(&self, port: u16) -> Vec<String> {
         let saved = self.saved();
@@ -331,13 +341,22 @@ fn a_dead_pods_chain_is_removed_with_iptables_nft_and_the_live_pods_keep_theirs(
     node.add_pod("monitoring", "datadog-agent-x7k2p", "10.42.0.57");
     node.add_pod("ingress", "nginx-7d9f", "10.42.0.9");
     node.write_rules(&[&DEAD, &NEW, &INGRESS]);
+    // The new pod, stood in for by a listener on its address.
+    node.ns.sh("ip addr add 10.42.0.57/32 dev lo").unwrap();
+    let _pod = node.ns.listen_tcp("10.42.0.57", 8126);
     // Only the first DNAT for a port is live: the new pod's hostPort goes to the dead address.
     assert_eq!(
         node.dnat_order(8126),
         vec!["10.42.0.31:8126", "10.42.0.57:8126"]
     );
+    assert!(
+        node.host_port_answers(8126).is_err(),
+        "the hostPort reached the new pod although the left-over comes first"
+    );
     node.start("staleAfter: 2s", true);
     node.wait_removed(DEAD.chain);
+    node.host_port_answers(8126)
+        .expect("the new pod's hostPort works once the left-over is gone");
     let saved = node.saved();
     assert!(!saved.contains(DEAD.id), "the jump went too:\n{saved}");
     for live in [&NEW, &INGRESS] {
