@@ -413,12 +413,23 @@ fn with_iptables_legacy_the_dead_and_the_superseded_chains_go_and_nothing_else()
     }
     assert_eq!(node.dnat_order(8126), vec!["10.42.0.57:8126"]);
     assert_eq!(node.dnat_order(9100), vec!["10.42.0.70:9100"]);
-    let verified: Vec<String> = journal(&node)
-        .iter()
-        .filter(|e| e["outcome"] == "verified")
-        .map(|e| e["subject"].as_str().unwrap_or_default().to_string())
-        .collect();
-    assert_eq!(verified.len(), 2, "{verified:?}");
+    // The journal is written once the pass is over: wait for both proofs.
+    let mut verified = node.wait("both fixes verified", Duration::from_secs(10), || {
+        let subjects: Vec<String> = journal(&node)
+            .iter()
+            .filter(|e| e["outcome"] == "verified")
+            .map(|e| e["subject"].as_str().unwrap_or_default().to_string())
+            .collect();
+        (subjects.len() >= 2).then_some(subjects)
+    });
+    verified.sort();
+    assert_eq!(
+        verified,
+        vec![
+            format!("ip nat {}", EARLIER.chain),
+            format!("ip nat {}", DEAD.chain)
+        ]
+    );
 }
 
 #[test]
