@@ -65,14 +65,14 @@ impl LegacyCache {
                     seen.insert(key, before.clone());
                     continue;
                 }
-                let (info, blob) = iptables_legacy::read_table_raw(family, &key.1)?;
-                let fingerprint = iptables_legacy::content_fingerprint(family, &blob);
+                let (info, blob) = iptables_legacy::read_table_blob(family, &key.1)?;
+                let fingerprint = iptables_legacy::content_fingerprint(family, blob.bytes());
                 self.hashes += 1;
                 if before.is_none_or(|b| b.fingerprint != fingerprint) || self.ruleset.is_none() {
                     self.decodes += 1;
                     decoded.insert(
                         key.clone(),
-                        iptables_legacy::decode_table(family, &info, &blob)?,
+                        iptables_legacy::decode_table_releasing(family, &info, blob)?,
                     );
                 }
                 seen.insert(key, Seen { info, fingerprint });
@@ -80,6 +80,11 @@ impl LegacyCache {
         }
         if verify {
             self.last_verify = Some(Instant::now());
+        }
+        if !decoded.is_empty() {
+            // A decode allocates and frees as much again as it keeps: hand that back, so the
+            // agent's resident memory follows the rules it holds rather than its last peak.
+            crate::sys::memory::trim_heap();
         }
         let same_tables = seen.keys().eq(self.seen.keys());
         self.seen = seen;
