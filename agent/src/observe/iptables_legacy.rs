@@ -403,10 +403,11 @@ fn prefix_of(mask: &[u8]) -> Option<u8> {
 }
 
 fn interface(name: &[u8], mask: &[u8]) -> Option<String> {
-    let text = xt::c_string(name);
-    if text.is_empty() {
+    // Most rules name no interface: no string is made for them.
+    if name.first().is_none_or(|b| *b == 0) {
         return None;
     }
+    let text = xt::c_string(name);
     // iptables masks strlen+1 bytes for an exact name. For `cilium_+` iptables 1.8.9 stores the
     // name WITH its `+` and masks only the bytes before it (older builds drop the `+`): the masked
     // length is what the kernel compares, so the wildcard is rebuilt from it.
@@ -626,7 +627,7 @@ fn decode_entry(
                 off + m_off
             )));
         }
-        let name = xt::c_string(&e[m_off + 2..m_off + 31]);
+        let name = xt::c_str(&e[m_off + 2..m_off + 31]);
         let rev = e[m_off + 31];
         match xt::decode_match(&name, rev, &e[m_off + XT_HEADER..m_off + size], family) {
             DecodedMatch::Comment(c) if comment.is_none() => comment = Some(c),
@@ -638,10 +639,10 @@ fn decode_entry(
     }
     let t_size = usize::from(read_u16(e, target_offset));
     let t_end = (target_offset + t_size.max(XT_HEADER)).min(next_offset);
-    let t_name = xt::c_string(&e[target_offset + 2..target_offset + 31]);
+    let t_name = xt::c_str(&e[target_offset + 2..target_offset + 31]);
     let t_rev = e[target_offset + 31];
     let t_data = &e[target_offset + XT_HEADER..t_end];
-    let target = match t_name.as_str() {
+    let target = match &*t_name {
         "" => match t_data.get(0..4) {
             Some(b) => Target::Standard(i32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
             None => return Err(malformed(format!("standard target at {off} too short"))),

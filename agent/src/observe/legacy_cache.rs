@@ -32,6 +32,9 @@ pub struct LegacyCache {
     seen: BTreeMap<(Family, String), Seen>,
     ruleset: Option<Arc<Ruleset>>,
     last_verify: Option<Instant>,
+    /// A decode replaced tables: once a read finds nothing new, the ruleset they were in has
+    /// been dropped (the engine keeps one snapshot) and its memory can go back to the kernel.
+    trim_due: bool,
     /// Tables decoded, and tables hashed (read in full) so far.
     pub decodes: u64,
     pub hashes: u64,
@@ -82,8 +85,12 @@ impl LegacyCache {
             self.last_verify = Some(Instant::now());
         }
         if !decoded.is_empty() {
-            // A decode allocates and frees as much again as it keeps: hand that back, so the
-            // agent's resident memory follows the rules it holds rather than its last peak.
+            self.trim_due = true;
+        } else if std::mem::take(&mut self.trim_due) {
+            // A decode allocates and frees as much again as it keeps, and the tables it replaced
+            // are free now: hand that back so that the agent's resident memory follows the rules
+            // it holds rather than its last peak. Only on a read that found no change, so that it
+            // never delays a finding.
             crate::sys::memory::trim_heap();
         }
         let same_tables = seen.keys().eq(self.seen.keys());
