@@ -711,8 +711,8 @@ pub fn apply_action(action: &FixAction) -> Result<String, LegacyWriteError> {
             "legacy table {family} {name} is gone"
         )));
     }
-    let (info, blob) = iptables_legacy::read_table_raw(family, name).map_err(read_error)?;
-    let table = iptables_legacy::decode_table(family, &info, &blob).map_err(read_error)?;
+    let (info, blob) = iptables_legacy::read_table_blob(family, name).map_err(read_error)?;
+    let table = iptables_legacy::decode_table_releasing(family, &info, blob).map_err(read_error)?;
     let save = save_table(family, name)?;
     let ops = plan(&table, &save, action)?;
     let script = restore_script(name, &ops)?;

@@ -27,7 +27,7 @@ use crate::model::ruleset::{
 };
 use crate::observe::xt::{self, DecodedMatch};
 use crate::sys;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsFd;
@@ -120,8 +120,8 @@ pub fn read_ruleset() -> Result<Ruleset, LegacyError> {
     let mut tables = Vec::new();
     for family in [Family::Ip, Family::Ip6] {
         for name in table_names(family)? {
-            let (info, entries) = read_table_raw(family, &name)?;
-            tables.push(decode_table(family, &info, &entries)?);
+            let (info, blob) = read_table_blob(family, &name)?;
+            tables.push(decode_table_releasing(family, &info, blob)?);
         }
     }
     let mut ruleset = Ruleset {
@@ -218,21 +218,46 @@ fn read_error(family: Family, name: &str, step: &'static str, source: io::Error)
     }
 }
 
-/// Reads one table's GET_INFO and entry blob (the bytes after the `ipt_get_entries` header).
-/// Only call it for a listed table: asking for a missing one creates it.
-pub fn read_table_raw(family: Family, name: &str) -> Result<(TableInfo, Vec<u8>), LegacyError> {
+/// One table's entry blob as GET_ENTRIES wrote it, in a mapping of its own: the decoder
+/// ([`decode_table_releasing`]) gives each page back once it has read past it, so a large table's
+/// blob and the rules decoded from it are not resident together.
+pub struct EntryBlob {
+    buffer: sys::memory::ReleasableBuffer,
+}
+
+impl EntryBlob {
+    /// The entries (after the `ipt_get_entries` header).
+    pub fn bytes(&self) -> &[u8] {
+        &self.buffer.as_slice()[GET_ENTRIES_HEADER..]
+    }
+
+    fn release_before(&mut self, offset: usize) {
+        self.buffer.release_before(GET_ENTRIES_HEADER + offset);
+    }
+
+    /// A blob holding a copy of `entries` (captured tables, tests, fuzzing).
+    pub fn copy_of(entries: &[u8]) -> io::Result<EntryBlob> {
+        let mut buffer = sys::memory::ReleasableBuffer::new(GET_ENTRIES_HEADER + entries.len())?;
+        buffer.as_mut_slice()[GET_ENTRIES_HEADER..].copy_from_slice(entries);
+        Ok(EntryBlob { buffer })
+    }
+}
+
+/// Reads one table's GET_INFO and entry blob. Only call it for a listed table: asking for a
+/// missing one creates it.
+pub fn read_table_blob(family: Family, name: &str) -> Result<(TableInfo, EntryBlob), LegacyError> {
     let (sock, level) = xt_socket(family)?;
     for _ in 0..EAGAIN_RETRIES {
         let info = get_info(sock.as_fd(), level, family, name)?;
-        let mut buf = vec![0u8; GET_ENTRIES_HEADER + info.size as usize];
+        let mut buffer =
+            sys::memory::ReleasableBuffer::new(GET_ENTRIES_HEADER + info.size as usize)
+                .map_err(|e| read_error(family, name, "GET_ENTRIES buffer", e))?;
+        let buf = buffer.as_mut_slice();
         let n = name.len().min(31);
         buf[..n].copy_from_slice(&name.as_bytes()[..n]);
         buf[32..36].copy_from_slice(&info.size.to_ne_bytes());
-        match sys::socket::getsockopt_bytes(sock.as_fd(), level, SO_GET_ENTRIES, &mut buf) {
-            Ok(_) => {
-                buf.drain(..GET_ENTRIES_HEADER);
-                return Ok((info, buf));
-            }
+        match sys::socket::getsockopt_bytes(sock.as_fd(), level, SO_GET_ENTRIES, buf) {
+            Ok(_) => return Ok((info, EntryBlob { buffer })),
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
             Err(e) => return Err(read_error(family, name, "GET_ENTRIES", e)),
         }
@@ -241,6 +266,13 @@ pub fn read_table_raw(family: Family, name: &str) -> Result<(TableInfo, Vec<u8>)
         family,
         table: name.to_string(),
     })
+}
+
+/// Reads one table's GET_INFO and entry blob (the bytes after the `ipt_get_entries` header) as
+/// plain bytes, for captures and tests; the readers use [`read_table_blob`].
+pub fn read_table_raw(family: Family, name: &str) -> Result<(TableInfo, Vec<u8>), LegacyError> {
+    let (info, blob) = read_table_blob(family, name)?;
+    Ok((info, blob.bytes().to_vec()))
 }
 
 /// Reads one table's GET_INFO only: its hooks, entry count and size, which change with every
@@ -371,10 +403,11 @@ fn prefix_of(mask: &[u8]) -> Option<u8> {
 }
 
 fn interface(name: &[u8], mask: &[u8]) -> Option<String> {
-    let text = xt::c_string(name);
-    if text.is_empty() {
+    // Most rules name no interface: no string is made for them.
+    if name.first().is_none_or(|b| *b == 0) {
         return None;
     }
+    let text = xt::c_string(name);
     // iptables masks strlen+1 bytes for an exact name. For `cilium_+` iptables 1.8.9 stores the
     // name WITH its `+` and masks only the bytes before it (older builds drop the `+`): the masked
     // length is what the kernel compares, so the wildcard is rebuilt from it.
@@ -466,94 +499,87 @@ fn ip_part(family: Family, e: &[u8]) -> (Vec<Match>, bool) {
     (out, flags & goto_flag != 0)
 }
 
+/// Where the decoder reads an entry blob from, and tells how far it has read.
+trait EntrySource {
+    fn bytes(&self) -> &[u8];
+    /// Everything before `offset` has been decoded and will not be read again.
+    fn consumed(&mut self, _offset: usize) {}
+}
+
+impl EntrySource for &[u8] {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+impl EntrySource for EntryBlob {
+    fn bytes(&self) -> &[u8] {
+        EntryBlob::bytes(self)
+    }
+
+    fn consumed(&mut self, offset: usize) {
+        self.release_before(offset);
+    }
+}
+
+/// How much of a blob is decoded between two hand-backs of its pages (a page in unit tests, so
+/// that captured tables are handed back in several steps).
+const RELEASE_STEP: usize = if cfg!(test) { 4096 } else { 1 << 20 };
+
 /// Walks the entry blob (as returned after the `ipt_get_entries` header) into a [`Table`].
 pub fn decode_table(family: Family, info: &TableInfo, blob: &[u8]) -> Result<Table, LegacyError> {
+    let mut source = blob;
+    let entries = decode_entries(family, info, &mut source)?;
+    build_table(family, info, entries)
+}
+
+/// [`decode_table`] on a blob read by [`read_table_blob`], giving its pages back as it goes and
+/// the blob itself before the chains are built: at 10,000 Services the blob is 50 MB, as much
+/// as the rules decoded from it.
+pub fn decode_table_releasing(
+    family: Family,
+    info: &TableInfo,
+    mut blob: EntryBlob,
+) -> Result<Table, LegacyError> {
+    let entries = decode_entries(family, info, &mut blob)?;
+    drop(blob);
+    build_table(family, info, entries)
+}
+
+/// The first pass: every entry decoded, in blob order, except for where its jumps lead.
+fn decode_entries(
+    family: Family,
+    info: &TableInfo,
+    source: &mut dyn EntrySource,
+) -> Result<Vec<Entry>, LegacyError> {
     let layout = if family == Family::Ip6 { &IPV6 } else { &IPV4 };
     let malformed = |detail: String| LegacyError::Malformed {
         family,
         table: info.name.clone(),
         detail,
     };
-    if blob.len() != info.size as usize {
+    let len = source.bytes().len();
+    if len != info.size as usize {
         return Err(malformed(format!(
-            "entry blob is {} bytes, GET_INFO said {}",
-            blob.len(),
+            "entry blob is {len} bytes, GET_INFO said {}",
             info.size
         )));
     }
-    let mut entries: Vec<Entry> = Vec::new();
+    // GET_INFO's count, bounded by what the blob can hold, so a lying count costs nothing.
+    let mut entries: Vec<Entry> =
+        Vec::with_capacity((info.num_entries as usize).min(len / (layout.entry_len + XT_HEADER)));
     let mut off = 0usize;
-    while off < blob.len() {
-        let rest = &blob[off..];
-        if rest.len() < layout.entry_len {
-            return Err(malformed(format!(
-                "entry at {off} shorter than its fixed part"
-            )));
+    let mut released = 0usize;
+    while off < len {
+        let entry = decode_entry(family, layout, source.bytes(), off, &malformed)?;
+        off += entry.size;
+        entries.push(entry);
+        if off - released >= RELEASE_STEP {
+            source.consumed(off);
+            released = off;
         }
-        let target_offset = usize::from(read_u16(rest, layout.target_offset));
-        let next_offset = usize::from(read_u16(rest, layout.target_offset + 2));
-        if next_offset < layout.entry_len + XT_HEADER
-            || next_offset > rest.len()
-            || target_offset < layout.entry_len
-            || target_offset + XT_HEADER > next_offset
-        {
-            return Err(malformed(format!(
-                "entry at {off}: target_offset {target_offset}, next_offset {next_offset}"
-            )));
-        }
-        let e = &rest[..next_offset];
-        let (mut matches, goto) = ip_part(family, e);
-        let mut comment = None;
-        let mut m_off = layout.entry_len;
-        while m_off + XT_HEADER <= target_offset {
-            let size = usize::from(read_u16(e, m_off));
-            if size < XT_HEADER || m_off + size > target_offset {
-                return Err(malformed(format!(
-                    "match at {} has size {size}",
-                    off + m_off
-                )));
-            }
-            let name = xt::c_string(&e[m_off + 2..m_off + 31]);
-            let rev = e[m_off + 31];
-            match xt::decode_match(&name, rev, &e[m_off + XT_HEADER..m_off + size], family) {
-                DecodedMatch::Comment(c) if comment.is_none() => comment = Some(c),
-                // A second comment stays where it is, as iptables-save prints it.
-                DecodedMatch::Comment(c) => matches.push(xt::extra_comment(&c)),
-                DecodedMatch::Conditions(c) => matches.extend(c),
-            }
-            m_off += size;
-        }
-        let t_size = usize::from(read_u16(e, target_offset));
-        let t_end = (target_offset + t_size.max(XT_HEADER)).min(next_offset);
-        let t_name = xt::c_string(&e[target_offset + 2..target_offset + 31]);
-        let t_rev = e[target_offset + 31];
-        let t_data = &e[target_offset + XT_HEADER..t_end];
-        let target = match t_name.as_str() {
-            "" => match t_data.get(0..4) {
-                Some(b) => Target::Standard(i32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
-                None => return Err(malformed(format!("standard target at {off} too short"))),
-            },
-            "ERROR" => Target::Error(xt::c_string(t_data)),
-            _ => {
-                let (action, note) = xt::decode_target_with_notes(&t_name, t_rev, t_data, family);
-                matches.extend(note);
-                Target::Other(action)
-            }
-        };
-        entries.push(Entry {
-            offset: off,
-            size: next_offset,
-            matches,
-            comment,
-            goto,
-            counters: (
-                read_u64(e, layout.counters),
-                read_u64(e, layout.counters + 8),
-            ),
-            target,
-        });
-        off += next_offset;
     }
+    source.consumed(len);
     if entries.len() != info.num_entries as usize {
         return Err(malformed(format!(
             "{} entries, GET_INFO said {}",
@@ -561,16 +587,108 @@ pub fn decode_table(family: Family, info: &TableInfo, blob: &[u8]) -> Result<Tab
             info.num_entries
         )));
     }
-    let by_offset: HashMap<usize, usize> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.offset, i))
-        .collect();
+    Ok(entries)
+}
 
-    // Chain extents: (name, base, first entry index, end index exclusive, policy entry).
+/// Decodes the entry at `off` of `blob`.
+fn decode_entry(
+    family: Family,
+    layout: &Layout,
+    blob: &[u8],
+    off: usize,
+    malformed: &dyn Fn(String) -> LegacyError,
+) -> Result<Entry, LegacyError> {
+    let rest = &blob[off..];
+    if rest.len() < layout.entry_len {
+        return Err(malformed(format!(
+            "entry at {off} shorter than its fixed part"
+        )));
+    }
+    let target_offset = usize::from(read_u16(rest, layout.target_offset));
+    let next_offset = usize::from(read_u16(rest, layout.target_offset + 2));
+    if next_offset < layout.entry_len + XT_HEADER
+        || next_offset > rest.len()
+        || target_offset < layout.entry_len
+        || target_offset + XT_HEADER > next_offset
+    {
+        return Err(malformed(format!(
+            "entry at {off}: target_offset {target_offset}, next_offset {next_offset}"
+        )));
+    }
+    let e = &rest[..next_offset];
+    let (mut matches, goto) = ip_part(family, e);
+    let mut comment = None;
+    let mut m_off = layout.entry_len;
+    while m_off + XT_HEADER <= target_offset {
+        let size = usize::from(read_u16(e, m_off));
+        if size < XT_HEADER || m_off + size > target_offset {
+            return Err(malformed(format!(
+                "match at {} has size {size}",
+                off + m_off
+            )));
+        }
+        let name = xt::c_str(&e[m_off + 2..m_off + 31]);
+        let rev = e[m_off + 31];
+        match xt::decode_match(&name, rev, &e[m_off + XT_HEADER..m_off + size], family) {
+            DecodedMatch::Comment(c) if comment.is_none() => comment = Some(c),
+            // A second comment stays where it is, as iptables-save prints it.
+            DecodedMatch::Comment(c) => matches.push(xt::extra_comment(&c)),
+            DecodedMatch::Conditions(c) => matches.extend(c),
+        }
+        m_off += size;
+    }
+    let t_size = usize::from(read_u16(e, target_offset));
+    let t_end = (target_offset + t_size.max(XT_HEADER)).min(next_offset);
+    let t_name = xt::c_str(&e[target_offset + 2..target_offset + 31]);
+    let t_rev = e[target_offset + 31];
+    let t_data = &e[target_offset + XT_HEADER..t_end];
+    let target = match &*t_name {
+        "" => match t_data.get(0..4) {
+            Some(b) => Target::Standard(i32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
+            None => return Err(malformed(format!("standard target at {off} too short"))),
+        },
+        "ERROR" => Target::Error(xt::c_string(t_data)),
+        _ => {
+            let (action, note) = xt::decode_target_with_notes(&t_name, t_rev, t_data, family);
+            matches.extend(note);
+            Target::Other(action)
+        }
+    };
+    Ok(Entry {
+        offset: off,
+        size: next_offset,
+        matches,
+        comment,
+        goto,
+        counters: (
+            read_u64(e, layout.counters),
+            read_u64(e, layout.counters + 8),
+        ),
+        target,
+    })
+}
+
+/// The second pass: the entries cut into chains (base chains from the hooks, user chains from
+/// their `ERROR` heads) and jumps resolved to chain names. The entries are moved into the rules
+/// from the back and their vector shrinks as it empties, so the two are never both whole.
+fn build_table(
+    family: Family,
+    info: &TableInfo,
+    mut entries: Vec<Entry>,
+) -> Result<Table, LegacyError> {
+    let malformed = |detail: String| LegacyError::Malformed {
+        family,
+        table: info.name.clone(),
+        detail,
+    };
+    // Entries are in blob order: their offsets ascend.
+    let index_at =
+        |entries: &[Entry], offset: usize| entries.binary_search_by_key(&offset, |e| e.offset).ok();
+
+    // Chain extents: name, base (hook and policy), first entry index, end index exclusive.
     struct Extent {
         name: String,
-        base: Option<(HookPoint, usize)>,
+        base: Option<(HookPoint, Verdict)>,
         first: usize,
         end: usize,
     }
@@ -579,9 +697,9 @@ pub fn decode_table(family: Family, info: &TableInfo, blob: &[u8]) -> Result<Tab
         if info.valid_hooks & (1 << hook) == 0 {
             continue;
         }
-        let (Some(&first), Some(&under)) = (
-            by_offset.get(&(info.hook_entry[hook] as usize)),
-            by_offset.get(&(info.underflow[hook] as usize)),
+        let (Some(first), Some(under)) = (
+            index_at(&entries, info.hook_entry[hook] as usize),
+            index_at(&entries, info.underflow[hook] as usize),
         ) else {
             return Err(malformed(format!(
                 "hook {hook} offsets do not start an entry"
@@ -593,9 +711,13 @@ pub fn decode_table(family: Family, info: &TableInfo, blob: &[u8]) -> Result<Tab
         if under < first {
             return Err(malformed(format!("hook {hook} underflow before its entry")));
         }
+        let policy = match &entries[under].target {
+            Target::Standard(v) => xt::standard_verdict(*v).unwrap_or(Verdict::Accept),
+            _ => Verdict::Accept,
+        };
         extents.push(Extent {
             name: point.iptables_chain().to_string(),
-            base: Some((point, under)),
+            base: Some((point, policy)),
             first,
             end: under,
         });
@@ -615,44 +737,60 @@ pub fn decode_table(family: Family, info: &TableInfo, blob: &[u8]) -> Result<Tab
     starts.extend(heads.iter().map(|h| h.0));
     starts.push(entries.len().saturating_sub(1));
     starts.sort_unstable();
-    for (i, name) in &heads {
+    for (i, name) in heads {
         let next = starts
-            .get(starts.partition_point(|s| s <= i))
+            .get(starts.partition_point(|s| *s <= i))
             .copied()
             .unwrap_or(entries.len());
         // The chain's last entry is its foot (unconditional RETURN), not a rule.
         let end = next.saturating_sub(1).max(i + 1);
         extents.push(Extent {
-            name: name.clone(),
+            name,
             base: None,
             first: i + 1,
             end,
         });
     }
+    drop(starts);
     // Jump targets: a jump's offset points at the first entry after the chain's ERROR head.
-    let chain_at: HashMap<usize, String> = extents
+    // (offset, extent index), sorted by offset.
+    let mut chain_at: Vec<(usize, usize)> = extents
         .iter()
-        .filter(|x| x.base.is_none())
-        .filter_map(|x| entries.get(x.first).map(|e| (e.offset, x.name.clone())))
+        .enumerate()
+        .filter(|(_, x)| x.base.is_none())
+        .filter_map(|(n, x)| entries.get(x.first).map(|e| (e.offset, n)))
         .collect();
+    chain_at.sort_unstable();
+    let chain_named = |offset: usize| {
+        chain_at
+            .binary_search_by_key(&offset, |c| c.0)
+            .ok()
+            .map(|i| extents[chain_at[i].1].name.clone())
+    };
 
     let chain_type = kind_of_table(&info.name);
-    let mut chains = Vec::new();
-    for x in &extents {
-        let mut rules = Vec::with_capacity(x.end.saturating_sub(x.first));
-        // Each entry belongs to one chain: its matches and comment move into the rule.
-        for (pos, e) in entries[x.first.min(x.end)..x.end].iter_mut().enumerate() {
-            let action = match &e.target {
-                Target::Standard(v) if *v >= 0 => {
-                    let v = *v as usize;
+    let mut chains: Vec<Option<Chain>> = (0..extents.len()).map(|_| None).collect();
+    let mut by_start: Vec<usize> = (0..extents.len()).collect();
+    by_start.sort_by_key(|n| std::cmp::Reverse(extents[*n].first));
+    for n in by_start {
+        let x = &extents[n];
+        // Everything from the chain's end on is taken (later chains) or not a rule (a foot, a
+        // head, the table's end marker).
+        entries.truncate(x.end);
+        let first = x.first.min(entries.len());
+        let mut rules = Vec::with_capacity(entries.len() - first);
+        for (pos, e) in entries.drain(first..).enumerate() {
+            let action = match e.target {
+                Target::Standard(v) if v >= 0 => {
+                    let v = v as usize;
                     if v == e.offset + e.size {
                         Action::None
-                    } else if let Some(chain) = chain_at.get(&v) {
+                    } else if let Some(chain) = chain_named(v) {
                         Action::Verdict {
                             verdict: if e.goto {
-                                Verdict::Goto(chain.clone())
+                                Verdict::Goto(chain)
                             } else {
-                                Verdict::Jump(chain.clone())
+                                Verdict::Jump(chain)
                             },
                         }
                     } else {
@@ -661,7 +799,7 @@ pub fn decode_table(family: Family, info: &TableInfo, blob: &[u8]) -> Result<Tab
                         }
                     }
                 }
-                Target::Standard(v) => match xt::standard_verdict(*v) {
+                Target::Standard(v) => match xt::standard_verdict(v) {
                     Some(verdict) => Action::Verdict { verdict },
                     None => Action::Opaque {
                         description: format!("verdict {v}"),
@@ -670,26 +808,27 @@ pub fn decode_table(family: Family, info: &TableInfo, blob: &[u8]) -> Result<Tab
                 Target::Error(name) => Action::Opaque {
                     description: format!("-j ERROR {name}"),
                 },
-                Target::Other(a) => a.clone(),
+                Target::Other(a) => a,
             };
             rules.push(Rule {
                 handle: pos as u64 + 1,
-                matches: std::mem::take(&mut e.matches),
+                matches: e.matches,
                 action,
-                comment: e.comment.take(),
+                comment: e.comment,
                 counters: Some(e.counters),
             });
         }
-        let base = x.base.map(|(hook, under)| BaseChain {
+        // Hand back the emptied part of the entries (a shrink in place for a large vector).
+        if entries.capacity() > 64 && entries.len() < entries.capacity() / 4 * 3 {
+            entries.shrink_to_fit();
+        }
+        let base = x.base.clone().map(|(hook, policy)| BaseChain {
             hook,
             priority: legacy_priority(&info.name, hook),
             chain_type: chain_type.to_string(),
-            policy: match &entries[under].target {
-                Target::Standard(v) => xt::standard_verdict(*v).unwrap_or(Verdict::Accept),
-                _ => Verdict::Accept,
-            },
+            policy,
         });
-        chains.push(Chain {
+        chains[n] = Some(Chain {
             name: x.name.clone(),
             handle: 0,
             base,
@@ -703,7 +842,7 @@ pub fn decode_table(family: Family, info: &TableInfo, blob: &[u8]) -> Result<Tab
             name: info.name.clone(),
         },
         handle: 0,
-        chains,
+        chains: chains.into_iter().flatten().collect(),
         sets: BTreeMap::new(),
     })
 }
@@ -793,6 +932,26 @@ mod tests {
         let file = captured(name);
         let info = TableInfo::parse(&file).expect("getinfo header");
         decode_table(family, &info, &file[GETINFO_LEN..]).expect("decode table")
+    }
+
+    #[test]
+    fn decoding_while_handing_pages_back_gives_the_same_tables() {
+        for (family, name) in [
+            (Family::Ip, "ipv4-nat"),
+            (Family::Ip, "ipv4-filter"),
+            (Family::Ip6, "ipv6-nat"),
+            (Family::Ip6, "ipv6-filter"),
+        ] {
+            let file = captured(name);
+            let info = TableInfo::parse(&file).expect("getinfo header");
+            let entries = &file[GETINFO_LEN..];
+            let blob = EntryBlob::copy_of(entries).unwrap();
+            assert_eq!(
+                decode_table_releasing(family, &info, blob).unwrap(),
+                decode_table(family, &info, entries).unwrap(),
+                "{name}"
+            );
+        }
     }
 
     fn names(t: &Table) -> Vec<&str> {

@@ -32,6 +32,9 @@ pub struct LegacyCache {
     seen: BTreeMap<(Family, String), Seen>,
     ruleset: Option<Arc<Ruleset>>,
     last_verify: Option<Instant>,
+    /// A decode replaced tables: once a read finds nothing new, the ruleset they were in has
+    /// been dropped (the engine keeps one snapshot) and its memory can go back to the kernel.
+    trim_due: bool,
     /// Tables decoded, and tables hashed (read in full) so far.
     pub decodes: u64,
     pub hashes: u64,
@@ -65,14 +68,14 @@ impl LegacyCache {
                     seen.insert(key, before.clone());
                     continue;
                 }
-                let (info, blob) = iptables_legacy::read_table_raw(family, &key.1)?;
-                let fingerprint = iptables_legacy::content_fingerprint(family, &blob);
+                let (info, blob) = iptables_legacy::read_table_blob(family, &key.1)?;
+                let fingerprint = iptables_legacy::content_fingerprint(family, blob.bytes());
                 self.hashes += 1;
                 if before.is_none_or(|b| b.fingerprint != fingerprint) || self.ruleset.is_none() {
                     self.decodes += 1;
                     decoded.insert(
                         key.clone(),
-                        iptables_legacy::decode_table(family, &info, &blob)?,
+                        iptables_legacy::decode_table_releasing(family, &info, blob)?,
                     );
                 }
                 seen.insert(key, Seen { info, fingerprint });
@@ -80,6 +83,15 @@ impl LegacyCache {
         }
         if verify {
             self.last_verify = Some(Instant::now());
+        }
+        if !decoded.is_empty() {
+            self.trim_due = true;
+        } else if std::mem::take(&mut self.trim_due) {
+            // A decode allocates and frees as much again as it keeps, and the tables it replaced
+            // are free now: hand that back so that the agent's resident memory follows the rules
+            // it holds rather than its last peak. Only on a read that found no change, so that it
+            // never delays a finding.
+            crate::sys::memory::trim_heap();
         }
         let same_tables = seen.keys().eq(self.seen.keys());
         self.seen = seen;

@@ -66,8 +66,14 @@ fn be16_at(b: &[u8], off: usize) -> Option<u16> {
 
 /// A NUL-terminated C string from a fixed-size field (lossy UTF-8).
 pub(crate) fn c_string(b: &[u8]) -> String {
+    c_str(b).into_owned()
+}
+
+/// [`c_string`] without a copy when the field is valid UTF-8 (every match and target name is):
+/// the decoder reads two names per rule.
+pub(crate) fn c_str(b: &[u8]) -> std::borrow::Cow<'_, str> {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
+    String::from_utf8_lossy(&b[..end])
 }
 
 /// Decodes an xt match `name` at `revision` with its `info` blob, for tables of `family`

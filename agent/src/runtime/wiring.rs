@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How often the GET_INFO of the iptables-legacy tables is compared with the last one.
-pub const LEGACY_POLL: Duration = Duration::from_millis(100);
+pub const LEGACY_POLL: Duration = Duration::from_millis(50);
 
 /// Wires the kernel implementations and runs the agent: the engine reads nftables through the
 /// generation-checked cache, the feed turns nftables notifications into wakes, and `cluster` is

@@ -9,9 +9,12 @@
 //!   `PACKET_STATISTICS`;
 //! - [`poll`]: the one `poll(2)` helper;
 //! - [`process`]: `setns(2)` into a network namespace, the effective user id;
-//! - [`file`]: advisory `flock(2)` locks.
+//! - [`file`]: advisory `flock(2)` locks;
+//! - [`memory`]: anonymous mappings whose front pages can be given back while the rest is read
+//!   (x_tables entry blobs), and trimming the allocator's free memory.
 
 pub mod file;
+pub mod memory;
 pub mod packet;
 pub mod poll;
 pub mod process;
