@@ -13,9 +13,11 @@
 
 pub mod client;
 pub mod conditions;
+pub mod cordon;
 pub mod events;
 pub mod node_watch;
 pub mod pods;
+pub mod services;
 pub mod slots;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -178,6 +180,11 @@ pub struct ApiCluster {
     /// `None` with `fixSlots: 0`.
     slots: Option<slots::SlotClient>,
     slots_done: Option<std::sync::mpsc::Receiver<()>>,
+    /// This node's name (the Node that cordon acts on).
+    node: String,
+    /// The Services and EndpointSlices watch, while a check reads them.
+    intent: services::IntentWatch,
+    runtime: tokio::runtime::Handle,
     cancel: CancellationToken,
 }
 
@@ -276,6 +283,9 @@ impl ApiCluster {
             events_dropped: 0,
             slots,
             slots_done,
+            node: node.clone(),
+            intent: services::IntentWatch::default(),
+            runtime: tokio::runtime::Handle::current(),
             cancel,
         }
     }
@@ -329,6 +339,40 @@ impl Cluster for ApiCluster {
 
     fn connection(&self) -> Connection {
         self.calls.book.snapshot()
+    }
+
+    fn cordon(&self) -> Option<crate::runtime::cluster::Cordon> {
+        self.facts.borrow().as_ref().map(|f| f.cordon.clone())
+    }
+
+    fn act_on_node(
+        &mut self,
+        action: &crate::model::finding::FixAction,
+        wait: Duration,
+    ) -> Result<crate::runtime::cluster::NodeActed, crate::runtime::cluster::ClusterActError> {
+        use crate::runtime::cluster::ClusterActError;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let calls = self.calls.clone();
+        let node = self.node.clone();
+        let action = action.clone();
+        self.runtime.spawn(async move {
+            let _ = tx.send(cordon::act_on_node(&calls, &node, &action).await);
+        });
+        rx.recv_timeout(wait).unwrap_or_else(|_| {
+            Err(ClusterActError::Unknown(format!(
+                "no answer from the API within {}: whether the Node was changed is not known",
+                humantime::format_duration(wait)
+            )))
+        })
+    }
+
+    fn follow_service_intent(&mut self, wanted: bool) {
+        self.intent
+            .follow(wanted, &self.calls, &self.runtime, &self.cancel);
+    }
+
+    fn service_intent(&self) -> Option<Arc<crate::model::service_intent::ClusterIntent>> {
+        self.intent.view()
     }
 
     fn shutdown(&mut self, within: Duration) {

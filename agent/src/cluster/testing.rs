@@ -259,6 +259,7 @@ impl FakeState {
                 None => not_found("nodes", name),
             },
             ("PATCH", ["api", "v1", "nodes", name, "status"]) => self.patch_node_status(name, seen),
+            ("PATCH", ["api", "v1", "nodes", name]) => self.merge_patch_node(name, seen),
             ("GET", ["api", "v1", "nodes"]) => {
                 let selector = seen
                     .params()
@@ -436,6 +437,42 @@ impl FakeState {
             }
         }
         node["status"]["conditions"] = Value::Array(conditions);
+        node["metadata"]["resourceVersion"] = json!(rv);
+        (200, node.clone())
+    }
+}
+
+impl FakeState {
+    /// A JSON merge patch of a Node (cordon, uncordon); a `metadata.resourceVersion` in the patch
+    /// must be the current one (409 otherwise), as the API server has it.
+    fn merge_patch_node(&mut self, name: &str, seen: &Seen) -> (u16, Value) {
+        if seen.content_type.as_deref() != Some("application/merge-patch+json") {
+            return (
+                415,
+                status_body(
+                    415,
+                    "UnsupportedMediaType",
+                    "this fake takes merge patches of nodes",
+                ),
+            );
+        }
+        let rv = self.next_rv();
+        let Some(node) = self.nodes.get_mut(name) else {
+            return not_found("nodes", name);
+        };
+        if let Some(wanted) = seen.body["metadata"]["resourceVersion"].as_str() {
+            if node["metadata"]["resourceVersion"] != json!(wanted) {
+                return (
+                    409,
+                    status_body(409, "Conflict", "the object has been modified"),
+                );
+            }
+        }
+        let mut patch = seen.body.clone();
+        if let Some(meta) = patch["metadata"].as_object_mut() {
+            meta.remove("resourceVersion");
+        }
+        merge(node, &patch);
         node["metadata"]["resourceVersion"] = json!(rv);
         (200, node.clone())
     }

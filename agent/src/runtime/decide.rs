@@ -4,7 +4,8 @@
 //! next decision in the same pass already counts it (the hourly budget, cooldowns, the breaker).
 //! The cluster has the last word: a node labelled `dry-run` applies nothing, and a fix runs only
 //! under a cluster-wide fix slot (`runtime::slots`), released as soon as the fix is over unless
-//! its proof is still pending.
+//! its proof is still pending. A fix that acts on the Kubernetes API (a cordon) goes through the
+//! same guards and slot, and is carried out and proven by the cluster instead of the kernel.
 //! What the caller does with the results (print them, count them, show them on /status) is its
 //! own business.
 
@@ -15,7 +16,7 @@ use crate::remediate::guard::{decide, Decision, GuardScope};
 use crate::remediate::history::FixHistory;
 use crate::remediate::tracker::TrackedFinding;
 use crate::runtime::cluster::{Cluster, NodeMode, NODE_MODE_LABEL};
-use crate::runtime::pass::{execute, Execution};
+use crate::runtime::pass::{execute, execute_on_cluster, Execution};
 use crate::runtime::slots::{Admission, SlotGate};
 use crate::runtime::{Actuator, NodeReader};
 use std::time::SystemTime;
@@ -131,7 +132,29 @@ pub fn decide_and_act(
                     ),
                 })
             }
-            _ => decide(&tracked, round.config, history, now, round.scope),
+            // An action on the Node, judged from the Node as last seen before any guard: a
+            // node netmend cordoned already, or someone else's cordon, is not a new attempt.
+            Some(p) => match p
+                .action
+                .as_ref()
+                .filter(|a| a.acts_on_cluster())
+                .zip(cluster.cluster.cordon())
+                .and_then(|(action, cordon)| match cordon.admits(action) {
+                    Ok(true) => None,
+                    Ok(false) => Some((
+                        Outcome::SkippedPreconditionMoved,
+                        format!("already done: the node is {cordon:?}"),
+                    )),
+                    Err(why) => Some((Outcome::Blocked, why)),
+                }) {
+                Some((outcome, detail)) => Some(Decision::Skip {
+                    fix: p.fix,
+                    outcome,
+                    detail,
+                }),
+                None => decide(&tracked, round.config, history, now, round.scope),
+            },
+            None => decide(&tracked, round.config, history, now, round.scope),
         };
         let step = match decision {
             None => Step::NoFix,
@@ -168,15 +191,21 @@ pub fn decide_and_act(
                     });
                     continue;
                 }
-                let mut execution = execute(
-                    apply,
-                    &tracked,
-                    round.config,
-                    round.promisc_held,
-                    probe,
-                    actuator,
-                    clock,
-                );
+                let on_cluster =
+                    matches!(&apply, Decision::Apply { action, .. } if action.acts_on_cluster());
+                let mut execution = if on_cluster {
+                    execute_on_cluster(apply, &tracked, round.config, cluster.cluster, clock)
+                } else {
+                    execute(
+                        apply,
+                        &tracked,
+                        round.config,
+                        round.promisc_held,
+                        probe,
+                        actuator,
+                        clock,
+                    )
+                };
                 // A repeat application means the fault came back: say who did it, when known.
                 let readded = (history.applied_within_window(&key, now) > 0)
                     .then(|| (round.readded_by)(&tracked.finding))

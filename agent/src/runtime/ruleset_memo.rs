@@ -2,6 +2,8 @@
 //! legacy ruleset (the probe keeps the same `Arc` while its content is unchanged), listeners,
 //! addresses, the configuration and the pod names the checks asked for (the cluster may learn a
 //! pod's name after its rules appeared). While none moved, an idle pass costs no walk over the rules.
+//! When only the cluster's intent for kube-proxy moved (its generation), only the checks that
+//! read it run again; the others' findings are kept.
 //! The memo holds no strong reference to a ruleset, so the incremental cache can keep changing
 //! its own in place without a copy.
 
@@ -9,6 +11,7 @@ use crate::config::Config;
 use crate::detect::{self, CheckContext, Inputs};
 use crate::model::finding::Finding;
 use crate::model::ruleset::Ruleset;
+use crate::model::service_intent::ClusterIntent;
 use crate::model::snapshot::{ListeningSocket, LocalAddress, NodeSnapshot};
 use std::cell::RefCell;
 use std::net::IpAddr;
@@ -28,7 +31,11 @@ struct Memo {
     config: Config,
     /// The IPs the checks asked the pod names of, with the answers they got.
     pods_asked: Vec<(IpAddr, Option<String>)>,
+    /// The intent's generation the intent-reading checks ran on.
+    intent_generation: Option<u64>,
+    /// The findings of the checks that do not read the intent, and of those that do.
     findings: Vec<Finding>,
+    intent_findings: Vec<Finding>,
 }
 
 impl RulesetMemo {
@@ -39,16 +46,19 @@ impl RulesetMemo {
         snapshot: &NodeSnapshot,
         config: &Config,
         pod_owner: &dyn Fn(IpAddr) -> Option<String>,
+        service_intent: Option<&ClusterIntent>,
     ) -> Vec<Finding> {
         let nft_generation = snapshot.nftables.as_ref().map(|r| r.generation);
         let legacy = snapshot.legacy.as_ref().map(Arc::downgrade);
-        if let Some(memo) = &self.last {
+        let intent_generation = service_intent.map(|i| i.generation);
+        let reads_intent = |c: &dyn detect::Check| c.reads_service_intent();
+        if let Some(memo) = &mut self.last {
             let same_legacy = match (&memo.legacy, &legacy) {
                 (Some(a), Some(b)) => a.ptr_eq(b),
                 (None, None) => true,
                 _ => false,
             };
-            if memo.nft_generation == nft_generation
+            let rest_unchanged = memo.nft_generation == nft_generation
                 && nft_generation.is_some_and(|g| g.is_some())
                 && same_legacy
                 && memo.listeners == snapshot.listeners
@@ -57,9 +67,23 @@ impl RulesetMemo {
                 && memo
                     .pods_asked
                     .iter()
-                    .all(|(ip, answer)| pod_owner(*ip) == *answer)
-            {
-                return memo.findings.clone();
+                    .all(|(ip, answer)| pod_owner(*ip) == *answer);
+            if rest_unchanged {
+                if memo.intent_generation != intent_generation {
+                    let context = CheckContext {
+                        snapshot,
+                        config,
+                        promisc_held: &[],
+                        pod_owner,
+                        service_intent,
+                    };
+                    memo.intent_findings =
+                        detect::run_some(Inputs::Ruleset, &context, reads_intent);
+                    memo.intent_generation = intent_generation;
+                }
+                let mut findings = memo.findings.clone();
+                findings.extend(memo.intent_findings.iter().cloned());
+                return findings;
             }
         }
         let asked = RefCell::new(Vec::new());
@@ -73,8 +97,10 @@ impl RulesetMemo {
             config,
             promisc_held: &[],
             pod_owner: &recording,
+            service_intent,
         };
-        let findings = detect::run(Inputs::Ruleset, &context);
+        let findings = detect::run_some(Inputs::Ruleset, &context, |c| !reads_intent(c));
+        let intent_findings = detect::run_some(Inputs::Ruleset, &context, reads_intent);
         let mut pods_asked = asked.into_inner();
         pods_asked.sort();
         pods_asked.dedup();
@@ -85,8 +111,12 @@ impl RulesetMemo {
             addresses: snapshot.addresses.clone(),
             config: config.clone(),
             pods_asked,
+            intent_generation,
             findings: findings.clone(),
+            intent_findings: intent_findings.clone(),
         });
-        findings
+        let mut all = findings;
+        all.extend(intent_findings);
+        all
     }
 }

@@ -3,6 +3,7 @@
 //! implementing [`Fix`], in one file here, listed once in [`FIXES`]. Pure: the kernel writes
 //! themselves are the [`crate::model::finding::FixAction`]s a check proposes, carried out by `act`.
 
+pub mod cordon_node;
 pub mod flush_stale_chain;
 pub mod remove_hijack_rule;
 pub mod set_promisc;
@@ -15,6 +16,7 @@ pub static FIXES: &[&dyn Fix] = &[
     &flush_stale_chain::FlushStaleChain,
     &remove_hijack_rule::RemoveHijackRule,
     &set_promisc::SetPromisc,
+    &cordon_node::CordonNode,
 ];
 
 /// One fix. Implementations are unit structs listed in [`FIXES`].
