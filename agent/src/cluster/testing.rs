@@ -139,6 +139,8 @@ pub struct FakeState {
     pub nodes: BTreeMap<String, Value>,
     pub events: BTreeMap<String, Value>,
     pub pods: Vec<Value>,
+    pub services: Vec<Value>,
+    pub endpoint_slices: Vec<Value>,
     /// Every request answered, in order.
     pub log: Vec<Seen>,
     /// Requests left unanswered (stalled clients, watches).
@@ -290,6 +292,14 @@ impl FakeState {
                     .cloned()
                     .collect();
                 (200, self.list("PodList", items))
+            }
+            ("GET", ["api", "v1", "services"]) => {
+                let items = self.services.clone();
+                (200, self.list("ServiceList", items))
+            }
+            ("GET", ["apis", "discovery.k8s.io", "v1", "endpointslices"]) => {
+                let items = self.endpoint_slices.clone();
+                (200, self.list("EndpointSliceList", items))
             }
             ("POST", ["apis", "events.k8s.io", "v1", "namespaces", namespace, "events"]) => {
                 let mut event = seen.body.clone();

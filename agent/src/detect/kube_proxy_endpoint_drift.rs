@@ -110,7 +110,10 @@ fn why_not_judged(
         );
     };
     if !intent.synced {
-        return Some("waiting for the first list of Services and EndpointSlices".into());
+        return Some(
+            "waiting for a list of Services and EndpointSlices (at start, or the Kubernetes API is not answering)"
+                .into(),
+        );
     }
     if ipvs_mode(snapshot) {
         return Some(
@@ -373,7 +376,7 @@ mod tests {
         assert!(detect(&snapshot, Some(&unsynced)).is_empty());
         assert!(why_not_judged(&snapshot, Some(&unsynced), None)
             .unwrap()
-            .contains("first list"));
+            .contains("waiting for a list"));
 
         let ipvs = node(&format!(
             "{WEB_RULES}:KUBE-NODE-PORT - [0:0]\n:KUBE-LOAD-BALANCER - [0:0]\n"

@@ -120,3 +120,77 @@ impl RulesetMemo {
         all
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::test_support::{iptables_table, snapshot_with};
+    use crate::model::ruleset::Backend;
+    use crate::model::service_intent::IntentIndex;
+    use std::cell::Cell;
+
+    /// kube-proxy's iptables mode for `shop/web:http` with one endpoint, 10.42.0.7:8080.
+    const WEB: &str = r#"
+:PREROUTING ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-ABCDEFGHIJKLMNOP - [0:0]
+:KUBE-SEP-AAAAAAAAAAAAAAAA - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A KUBE-SERVICES -d 10.43.0.50/32 -p tcp -m comment --comment "shop/web:http cluster IP" -m tcp --dport 80 -j KUBE-SVC-ABCDEFGHIJKLMNOP
+-A KUBE-SVC-ABCDEFGHIJKLMNOP -m comment --comment "shop/web:http -> 10.42.0.7:8080" -j KUBE-SEP-AAAAAAAAAAAAAAAA
+-A KUBE-SEP-AAAAAAAAAAAAAAAA -p tcp -m comment --comment "shop/web:http" -m tcp -j DNAT --to-destination 10.42.0.7:8080
+"#;
+
+    fn index_with(endpoint: &str) -> IntentIndex {
+        let mut index = IntentIndex::default();
+        index.replace_services(vec![serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"clusterIP": "10.43.0.50", "ports": [{"name": "http", "port": 80}]}
+        }))
+        .unwrap()]);
+        index.replace_slices(vec![slice(endpoint)]);
+        index
+    }
+
+    fn slice(endpoint: &str) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4", "endpoints": [{"addresses": [endpoint]}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_change_of_the_intent_alone_reruns_the_checks_that_read_it() {
+        let snapshot = snapshot_with(Some(vec![iptables_table(Backend::Nft, "nat", WEB)]), None);
+        let config = Config::default();
+        let asked = Cell::new(0);
+        let pod_owner = |_ip: IpAddr| {
+            asked.set(asked.get() + 1);
+            None
+        };
+        let mut memo = RulesetMemo::default();
+        let mut index = index_with("10.42.0.7");
+        let in_step = memo.findings(&snapshot, &config, &pod_owner, Some(&index.view()));
+        assert!(in_step.is_empty(), "{in_step:#?}");
+        // the cluster moves the endpoint; kube-proxy's rules stay
+        index.apply_slice(slice("10.42.3.3"));
+        let drift = memo.findings(&snapshot, &config, &pod_owner, Some(&index.view()));
+        assert_eq!(drift.len(), 1, "{drift:#?}");
+        assert_eq!(drift[0].subject, "shop/web:http/tcp");
+        // nothing moved: the same answer from the memo
+        let again = memo.findings(&snapshot, &config, &pod_owner, Some(&index.view()));
+        assert_eq!(again, drift);
+        // the cluster goes back: the finding goes with it
+        index.apply_slice(slice("10.42.0.7"));
+        assert!(memo
+            .findings(&snapshot, &config, &pod_owner, Some(&index.view()))
+            .is_empty());
+        // without the intent (node-local) nothing is judged
+        assert!(memo
+            .findings(&snapshot, &config, &pod_owner, None)
+            .is_empty());
+    }
+}
