@@ -14,7 +14,9 @@ use netmend_e2e::fake_apiserver::{
     objects, FakeApiServer, PatchFormat, ENDPOINT_SLICES, EVENTS, LEASES, NAMESPACES, NODES,
     SERVICES,
 };
-use netmend_e2e::{kube_proxy_ruleset, require_tool, wait_for, Background, NetNs};
+use netmend_e2e::{
+    kube_proxy_nftables, kube_proxy_ruleset, require_tool, wait_for, Background, NetNs,
+};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -73,24 +75,64 @@ struct DriftNode {
 const PORT: u16 = 9310;
 
 impl DriftNode {
+    /// kube-proxy in iptables mode (iptables-nft).
     fn new(tag: &str) -> DriftNode {
-        for tool in ["iptables-nft-restore", "iptables-nft-save", "nsenter"] {
+        for tool in ["iptables-nft-restore", "iptables-nft-save"] {
             require_tool(tool);
         }
+        let rules = kube_proxy_ruleset(SERVICES_COUNT, ENDPOINTS);
+        let node = DriftNode::bare(tag, rules);
+        node.ns
+            .restore("iptables-nft-restore", &node.rules)
+            .unwrap();
+        for i in 0..SERVICES_COUNT {
+            node.api
+                .put(&NAMESPACES, objects::namespace(&format!("ns{}", i % 50)));
+            node.api.put(&SERVICES, service(i));
+            let addresses: Vec<String> = (0..ENDPOINTS).map(|j| endpoint(i, j)).collect();
+            node.api.put(&ENDPOINT_SLICES, slice(i, &addresses));
+        }
+        node
+    }
+
+    /// kube-proxy in nftables mode: the generator's Services `ns{i}/svc{i}:p80` (i from 1), the
+    /// sixth kind without endpoints; endpoint `j` of Service `i` is 10.(180+j).0.i, port 80.
+    fn nftables_mode(tag: &str) -> DriftNode {
+        require_tool("nft");
+        let rules = kube_proxy_nftables(SERVICES_COUNT, ENDPOINTS);
+        let node = DriftNode::bare(tag, rules);
+        node.ns.nft_file(&node.rules).unwrap();
+        for i in 1..=SERVICES_COUNT {
+            let ns = format!("ns{i}");
+            node.api.put(&NAMESPACES, objects::namespace(&ns));
+            let mut service =
+                objects::service(&ns, &format!("svc{i}"), &format!("10.43.1.{i}"), 80);
+            service["spec"]["ports"][0]["name"] = json!("p80");
+            node.api.put(&SERVICES, service);
+            let addresses: Vec<String> = if i % 6 == 0 {
+                Vec::new()
+            } else {
+                (0..ENDPOINTS)
+                    .map(|j| format!("10.{}.0.{i}", 180 + j))
+                    .collect()
+            };
+            let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
+            let mut slice = objects::endpoint_slice(&ns, &format!("svc{i}"), &refs, 80);
+            slice["ports"][0]["name"] = json!("p80");
+            node.api.put(&ENDPOINT_SLICES, slice);
+        }
+        node
+    }
+
+    /// The namespace with `rules` (not loaded yet) and the API with this node.
+    fn bare(tag: &str, rules: String) -> DriftNode {
+        require_tool("nsenter");
         let ns = NetNs::new(tag);
         ns.sh("ip link add eth0 type veth peer name eth0-peer && ip addr add 192.168.1.233/24 dev eth0 && ip link set eth0 up")
             .unwrap();
-        let rules = kube_proxy_ruleset(SERVICES_COUNT, ENDPOINTS);
-        ns.restore("iptables-nft-restore", &rules).unwrap();
         let api = FakeApiServer::start_in(&ns.path());
         api.put(&NAMESPACES, objects::namespace(NAMESPACE));
         api.put(&NODES, objects::node(NODE));
-        for i in 0..SERVICES_COUNT {
-            api.put(&NAMESPACES, objects::namespace(&format!("ns{}", i % 50)));
-            api.put(&SERVICES, service(i));
-            let addresses: Vec<String> = (0..ENDPOINTS).map(|j| endpoint(i, j)).collect();
-            api.put(&ENDPOINT_SLICES, slice(i, &addresses));
-        }
         let dir = std::env::temp_dir().join(format!("netmend-drift-{}", ns.name));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -375,7 +417,10 @@ fn with_the_fix_enabled_the_node_is_cordoned_under_a_slot_and_uncordoned_after_t
         "lifted after {:?}",
         gone.elapsed()
     );
-    assert_eq!(node.journal_outcomes(), ["applied", "verified", "reverted"]);
+    // journaled right after the Node was written
+    node.wait("reverted in the journal", Duration::from_secs(5), || {
+        (node.journal_outcomes() == ["applied", "verified", "reverted"]).then_some(())
+    });
     assert_eq!(node.node_patches(), 2);
 }
 
@@ -422,4 +467,71 @@ fn a_cordon_someone_else_made_is_never_touched() {
         "{:?}",
         node.journal_outcomes()
     );
+}
+
+#[test]
+fn without_the_api_the_check_judges_nothing_and_says_why() {
+    let node = DriftNode::new("drift-local");
+    // the Services would say svc5 moved; the agent cannot know without the API
+    node.move_endpoint_in_api(5, 0, "10.42.9.5");
+    std::fs::write(node.dir.join("config.yaml"), config(true)).unwrap();
+    let listen = format!("127.0.0.1:{PORT}");
+    let config = node.dir.join("config.yaml").display().to_string();
+    let state = node.dir.join("state").display().to_string();
+    let _agent = node.ns.spawn_netmend_with_env(
+        &[
+            "run",
+            "--config",
+            &config,
+            "--listen",
+            &listen,
+            "--state-dir",
+            &state,
+            "--node-name",
+            NODE,
+        ],
+        &[("KUBECONFIG", "")],
+        &node.dir.join("agent.log"),
+    );
+    let why = node.wait("notJudged on /status", Duration::from_secs(20), || {
+        node.try_status()?["notJudged"][CHECK]
+            .as_str()
+            .map(str::to_string)
+    });
+    assert!(why.contains("node-local mode"), "{why}");
+    std::thread::sleep(STALE_AFTER + Duration::from_secs(1));
+    assert!(node.drift_findings().is_empty(), "{:#}", node.status());
+    assert_eq!(
+        node.api.requests().len(),
+        0,
+        "the agent never asked the API"
+    );
+}
+
+#[test]
+fn drift_is_found_in_kube_proxys_nftables_mode() {
+    let mut node = DriftNode::nftables_mode("drift-nftmode");
+    node.start(&config(false));
+    std::thread::sleep(STALE_AFTER + Duration::from_secs(1));
+    assert!(node.drift_findings().is_empty(), "{:#}", node.status());
+    // svc2 scaled from two endpoints to one new one; kube-proxy never heard
+    node.api
+        .modify(
+            &ENDPOINT_SLICES,
+            "ns2",
+            "svc2-abcde",
+            |s| {
+                s["endpoints"] =
+                    json!([{"addresses": ["10.180.7.2"], "conditions": {"ready": true}}])
+            },
+        )
+        .unwrap();
+    let finding = wait_drift_finding(&node);
+    assert_eq!(finding["subject"], "ns2/svc2:p80/tcp");
+    assert_eq!(finding["evidence"]["missing"], json!(["10.180.7.2:80"]));
+    assert_eq!(
+        finding["evidence"]["extra"],
+        json!(["10.180.0.2:80", "10.181.0.2:80"])
+    );
+    assert_eq!(node.drift_findings().len(), 1, "{:#}", node.status());
 }

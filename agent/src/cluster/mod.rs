@@ -685,6 +685,20 @@ mod tests {
         let listed = lists(&fake);
         assert_eq!(listed, (2, 2));
 
+        // cut off from the API: the watches may miss changes, so nothing is judged until it
+        // answers again
+        let generation = cluster.service_intent().unwrap().generation;
+        cluster.calls.book.failed(
+            "watch",
+            "services (watch)",
+            &client::CallError::Timeout(TIMEOUT),
+        );
+        let cut_off = cluster.service_intent().unwrap();
+        assert!(!cut_off.synced);
+        assert_ne!(cut_off.generation, generation);
+        cluster.calls.book.answered();
+        assert!(cluster.service_intent().unwrap().synced);
+
         cluster.follow_service_intent(false);
         assert!(cluster.service_intent().is_none());
         tokio::time::sleep(Duration::from_secs(600)).await;

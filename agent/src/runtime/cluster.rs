@@ -117,6 +117,20 @@ pub enum Cordon {
     LiftedByOthers { by: String },
 }
 
+impl std::fmt::Display for Cordon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cordon::Schedulable => write!(f, "schedulable"),
+            Cordon::Others => write!(f, "cordoned by someone else"),
+            Cordon::Ours { by } => write!(f, "cordoned by netmend for {by}"),
+            Cordon::LiftedByOthers { by } => write!(
+                f,
+                "schedulable again: someone uncordoned it after netmend cordoned it for {by}"
+            ),
+        }
+    }
+}
+
 impl Cordon {
     /// Whether a cordon or uncordon `action` has something to do from this state (`Ok(true)`),
     /// is done already (`Ok(false)`), or must leave the node alone (`Err`, why).

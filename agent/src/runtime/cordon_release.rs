@@ -73,10 +73,7 @@ impl CordonRelease {
             ),
             Ok(acted) => (
                 Outcome::Failed,
-                format!(
-                    "uncordon written but the Node read back shows {:?}",
-                    acted.after
-                ),
+                format!("uncordon written but the Node read back is {}", acted.after),
             ),
             Err(ClusterActError::Moved(why)) => {
                 (Outcome::Blocked, format!("not uncordoned: {why}"))

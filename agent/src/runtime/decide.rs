@@ -132,29 +132,27 @@ pub fn decide_and_act(
                     ),
                 })
             }
-            // An action on the Node, judged from the Node as last seen before any guard: a
-            // node netmend cordoned already, or someone else's cordon, is not a new attempt.
-            Some(p) => match p
-                .action
-                .as_ref()
-                .filter(|a| a.acts_on_cluster())
-                .zip(cluster.cluster.cordon())
-                .and_then(|(action, cordon)| match cordon.admits(action) {
-                    Ok(true) => None,
-                    Ok(false) => Some((
-                        Outcome::SkippedPreconditionMoved,
-                        format!("already done: the node is {cordon:?}"),
-                    )),
-                    Err(why) => Some((Outcome::Blocked, why)),
-                }) {
-                Some((outcome, detail)) => Some(Decision::Skip {
-                    fix: p.fix,
-                    outcome,
-                    detail,
-                }),
-                None => decide(&tracked, round.config, history, now, round.scope),
-            },
-            None => decide(&tracked, round.config, history, now, round.scope),
+            _ => decide(&tracked, round.config, history, now, round.scope),
+        };
+        // An action on the Node that the guards allow is judged from the Node as last seen: a
+        // node netmend cordoned already, or someone else's cordon, is no new attempt.
+        let decision = match decision {
+            Some(Decision::Apply { fix, action }) if action.acts_on_cluster() => {
+                match cluster.cluster.cordon().map(|c| (c.admits(&action), c)) {
+                    Some((Ok(false), cordon)) => Some(Decision::Skip {
+                        fix,
+                        outcome: Outcome::SkippedPreconditionMoved,
+                        detail: format!("already done: the node is {cordon}"),
+                    }),
+                    Some((Err(why), _)) => Some(Decision::Skip {
+                        fix,
+                        outcome: Outcome::Blocked,
+                        detail: why,
+                    }),
+                    _ => Some(Decision::Apply { fix, action }),
+                }
+            }
+            other => other,
         };
         let step = match decision {
             None => Step::NoFix,

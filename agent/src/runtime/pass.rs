@@ -274,7 +274,10 @@ pub fn execute_on_cluster(
     match cluster.act_on_node(&action, wait) {
         Ok(acted) if !acted.wrote => single(
             Outcome::SkippedPreconditionMoved,
-            format!("{what}: already done ({:?}); nothing written", acted.after),
+            format!(
+                "{what}: already done (the node is {}); nothing written",
+                acted.after
+            ),
             false,
         ),
         Ok(acted) => {
