@@ -535,3 +535,44 @@ fn drift_is_found_in_kube_proxys_nftables_mode() {
     );
     assert_eq!(node.drift_findings().len(), 1, "{:#}", node.status());
 }
+
+#[test]
+fn a_node_someone_uncordoned_is_not_cordoned_again_and_netmends_mark_goes_with_the_drift() {
+    let mut node = DriftNode::new("drift-lifted");
+    node.start(&config(true));
+    node.move_endpoint_in_api(0, 0, "10.42.9.10");
+    wait_drift_finding(&node);
+    node.wait("the cordon", Duration::from_secs(10), || {
+        (node.cordon() == (true, Some(CHECK.to_string()))).then_some(())
+    });
+    // `kubectl uncordon` while the drift goes on
+    node.api
+        .patch(
+            &NODES,
+            "",
+            NODE,
+            PatchFormat::StrategicMerge,
+            &json!({"spec": {"unschedulable": false}}),
+        )
+        .unwrap();
+    let finding = node.wait("the fix held back", Duration::from_secs(10), || {
+        let f = node.drift_findings().into_iter().next()?;
+        (f["fix"]["state"] == "blocked").then_some(f)
+    });
+    assert!(
+        finding["fix"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("someone uncordoned"),
+        "{finding:#}"
+    );
+    std::thread::sleep(STALE_AFTER);
+    assert_eq!(node.cordon(), (false, Some(CHECK.to_string())));
+    assert_eq!(node.node_patches(), 1);
+    // the drift ends: only netmend's annotation is removed, the node stays as the human left it
+    node.move_endpoint_in_rules(0, 0, "10.42.9.10");
+    node.wait("netmend's mark removed", STALE_AFTER * 4, || {
+        (node.cordon() == (false, None)).then_some(())
+    });
+    assert_eq!(node.node_patches(), 2);
+}
