@@ -539,7 +539,8 @@ fn drift_is_found_in_kube_proxys_nftables_mode() {
 #[test]
 fn a_node_someone_uncordoned_is_not_cordoned_again_and_netmends_mark_goes_with_the_drift() {
     let mut node = DriftNode::new("drift-lifted");
-    node.start(&config(true));
+    // no cooldown: every pass the guards allow another cordon, and the Node's state decides
+    node.start(&config(true).replace("confirmFor: 0s }", "confirmFor: 0s, cooldown: 0s }"));
     node.move_endpoint_in_api(0, 0, "10.42.9.10");
     wait_drift_finding(&node);
     node.wait("the cordon", Duration::from_secs(10), || {

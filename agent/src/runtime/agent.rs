@@ -398,7 +398,6 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
         } else {
             Vec::new()
         };
-        let with_findings: HashSet<CheckId> = findings.iter().map(|f| f.check).collect();
         let unjudged: HashSet<CheckId> = not_judged.iter().map(|(c, _)| *c).collect();
         let tracked = self.tracker.observe(findings, now);
         let config = &self.config;
@@ -455,7 +454,11 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
         }
         self.shared.metrics.set_findings(&counts);
         if checks_run {
-            let quiet = |id: CheckId| !with_findings.contains(&id) && !unjudged.contains(&id);
+            // Quiet: judged, and nothing reported (a difference younger than its persistence,
+            // such as kube-proxy one sync behind, does not hold a cordon).
+            let quiet = |id: CheckId| {
+                !unjudged.contains(&id) && !counts.iter().any(|(check, _)| *check == id)
+            };
             if let Some(line) =
                 self.cordon_release
                     .step(&mut *self.cluster, &self.config, &quiet, now)

@@ -1,6 +1,8 @@
 //! Lifting netmend's own cordon: a node netmend cordoned (the Node carries
-//! `netmend.io/cordoned-by: <check>`) is uncordoned once that check has judged the node and found
-//! nothing for the check's `persist_for` (its `staleAfter`) without a break. A check that cannot
+//! `netmend.io/cordoned-by: <check>`) is uncordoned once that check has judged the node and
+//! reported nothing for the check's `persist_for` (its `staleAfter`) without a break. Reported:
+//! a difference younger than its persistence (kube-proxy one sync behind after a change) does not
+//! hold the cordon, or a busy cluster would never get its node back. A check that cannot
 //! judge the node (no API, not listed yet) does not count as quiet. A cordon without netmend's
 //! annotation is someone else's and never lifted; one netmend made for a check that no longer
 //! exists is lifted at once.
@@ -26,7 +28,7 @@ pub struct CordonRelease {
 }
 
 impl CordonRelease {
-    /// One pass: `quiet(check)` says whether the check judged this node and found nothing.
+    /// One pass: `quiet(check)` says whether the check judged this node and reported nothing.
     /// Returns the journal line when an uncordon was tried.
     pub fn step(
         &mut self,
@@ -61,7 +63,7 @@ impl CordonRelease {
         let wait = config.kubernetes.request_timeout * 3 + Duration::from_millis(500);
         let quiet_text = match check {
             Some(_) => format!(
-                "{by} has found nothing for {}",
+                "{by} has reported nothing for {}",
                 humantime::format_duration(wait_for)
             ),
             None => format!("{by} is no check netmend has any more"),
