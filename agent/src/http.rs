@@ -60,6 +60,10 @@ pub struct StatusDocument {
     pub source_health: BTreeMap<String, crate::runtime::sources::SourceHealth>,
     pub config: ConfigState,
     pub kubernetes: KubernetesState,
+    /// Enabled checks that cannot judge this node now, with the reason (node-local mode for a
+    /// check that needs the cluster, a kube-proxy mode it does not read).
+    #[serde(rename = "notJudged", skip_serializing_if = "BTreeMap::is_empty")]
+    pub not_judged: BTreeMap<String, String>,
 }
 
 /// Liveness: each loop beats; a loop silent for longer than its allowance is dead.
@@ -115,6 +119,7 @@ impl Shared {
                 source_health: BTreeMap::new(),
                 config,
                 kubernetes: KubernetesState::default(),
+                not_judged: BTreeMap::new(),
             }),
             metrics: Metrics::new(),
             heartbeats: Heartbeats::default(),

@@ -620,7 +620,7 @@ def _rules(role: dict) -> list[tuple]:
     return sorted(out)
 
 
-# The contract's RBAC (docs/operating.md): nothing broader.
+# The contract's RBAC (docs/operating.md), with the defaults: nothing broader.
 CLUSTER_RULES = sorted([
     ("", "nodes", (), ("get", "list", "watch")),
     ("", "nodes/status", (), ("patch",)),
@@ -673,6 +673,12 @@ def test_each_part_switches_its_rbac_off():
     assert not {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} & set(by_kind(objs))
     assert the(objs, "DaemonSet")["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
     assert the(objs, "ServiceAccount")["automountServiceAccountToken"] is False
+    # kube-proxy-endpoint-drift off: no Services or EndpointSlices are watched
+    no_drift = _rules(the(objects({"config": {"checks": {"kube-proxy-endpoint-drift": {"enabled": False}}}}), "ClusterRole"))
+    assert no_drift == [r for r in CLUSTER_RULES if r[1] not in ("services", "endpointslices")]
+    # cordon-node on: patch on nodes, and nothing else added
+    cordon = _rules(the(objects({"config": {"fixes": {"cordon-node": {"enabled": True}}}}), "ClusterRole"))
+    assert cordon == sorted(CLUSTER_RULES + [("", "nodes", (), ("patch",))])
     with pytest.raises(helm.HelmValuesError):
         render({"kubernetes": {"fixSlots": 101}})
     with pytest.raises(helm.HelmValuesError):

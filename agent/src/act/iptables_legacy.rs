@@ -572,9 +572,12 @@ pub fn plan(
                 true,
             )
         }
-        FixAction::SetPromisc { .. } | FixAction::ClearPromisc { .. } => {
+        FixAction::SetPromisc { .. }
+        | FixAction::ClearPromisc { .. }
+        | FixAction::CordonNode { .. }
+        | FixAction::UncordonNode { .. } => {
             return Err(LegacyWriteError::BadInput(
-                "set-promisc is not a legacy table change".into(),
+                "not a legacy table change".into(),
             ))
         }
     };
@@ -684,9 +687,12 @@ fn check_fingerprint(
 pub fn apply_action(action: &FixAction) -> Result<String, LegacyWriteError> {
     let table_ref = match action {
         FixAction::FlushChain { table, .. } | FixAction::RemoveRules { table, .. } => table,
-        FixAction::SetPromisc { .. } | FixAction::ClearPromisc { .. } => {
+        FixAction::SetPromisc { .. }
+        | FixAction::ClearPromisc { .. }
+        | FixAction::CordonNode { .. }
+        | FixAction::UncordonNode { .. } => {
             return Err(LegacyWriteError::BadInput(
-                "set-promisc is not a legacy table change".into(),
+                "not a legacy table change".into(),
             ))
         }
     };

@@ -57,14 +57,20 @@ fn steps(action: &FixAction) -> Vec<Step<'_>> {
                     .flat_map(|c| [Step::FlushChain(c), Step::DeleteChain(c)]),
             )
             .collect(),
-        FixAction::SetPromisc { .. } | FixAction::ClearPromisc { .. } => Vec::new(),
+        FixAction::SetPromisc { .. }
+        | FixAction::ClearPromisc { .. }
+        | FixAction::CordonNode { .. }
+        | FixAction::UncordonNode { .. } => Vec::new(),
     }
 }
 
 fn action_table(action: &FixAction) -> Option<&TableRef> {
     match action {
         FixAction::FlushChain { table, .. } | FixAction::RemoveRules { table, .. } => Some(table),
-        FixAction::SetPromisc { .. } | FixAction::ClearPromisc { .. } => None,
+        FixAction::SetPromisc { .. }
+        | FixAction::ClearPromisc { .. }
+        | FixAction::CordonNode { .. }
+        | FixAction::UncordonNode { .. } => None,
     }
 }
 
@@ -137,7 +143,7 @@ fn nft_batch(action: &FixAction) -> Result<(Vec<NftOp>, FixAction, Vec<String>),
     Ok((ops, done, notes))
 }
 
-fn describe(action: &FixAction) -> String {
+pub fn describe(action: &FixAction) -> String {
     match action {
         FixAction::FlushChain {
             table,
@@ -179,6 +185,8 @@ fn describe(action: &FixAction) -> String {
         }
         FixAction::SetPromisc { interface, .. } => format!("set {interface} promiscuous"),
         FixAction::ClearPromisc { interface } => format!("promisc turned off again on {interface}"),
+        FixAction::CordonNode { by } => format!("cordon the node for {by}"),
+        FixAction::UncordonNode { by } => format!("uncordon the node cordoned for {by}"),
     }
 }
 
@@ -232,6 +240,12 @@ impl Actuator for KernelActuator {
                     detail: describe(action),
                     was_promisc_before: Some(change.was_set_before),
                 });
+            }
+            FixAction::CordonNode { .. } | FixAction::UncordonNode { .. } => {
+                return Err(ActError::Failed(format!(
+                    "{} acts on the Kubernetes API, not the kernel",
+                    describe(action)
+                )))
             }
             FixAction::FlushChain { table, .. } | FixAction::RemoveRules { table, .. } => table,
         };

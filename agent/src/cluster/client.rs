@@ -306,6 +306,11 @@ impl ConnectionBook {
         self.lock().clone()
     }
 
+    /// Whether the API answered the last request or watch in time.
+    pub fn connected(&self) -> bool {
+        self.lock().connected
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.state
             .lock()

@@ -13,9 +13,11 @@
 
 pub mod client;
 pub mod conditions;
+pub mod cordon;
 pub mod events;
 pub mod node_watch;
 pub mod pods;
+pub mod services;
 pub mod slots;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -178,6 +180,11 @@ pub struct ApiCluster {
     /// `None` with `fixSlots: 0`.
     slots: Option<slots::SlotClient>,
     slots_done: Option<std::sync::mpsc::Receiver<()>>,
+    /// This node's name (the Node that cordon acts on).
+    node: String,
+    /// The Services and EndpointSlices watch, while a check reads them.
+    intent: services::IntentWatch,
+    runtime: tokio::runtime::Handle,
     cancel: CancellationToken,
 }
 
@@ -276,6 +283,9 @@ impl ApiCluster {
             events_dropped: 0,
             slots,
             slots_done,
+            node: node.clone(),
+            intent: services::IntentWatch::default(),
+            runtime: tokio::runtime::Handle::current(),
             cancel,
         }
     }
@@ -333,6 +343,50 @@ impl Cluster for ApiCluster {
 
     fn connection(&self) -> Connection {
         self.calls.book.snapshot()
+    }
+
+    fn cordon(&self) -> Option<crate::runtime::cluster::Cordon> {
+        self.facts.borrow().as_ref().map(|f| f.cordon.clone())
+    }
+
+    fn act_on_node(
+        &mut self,
+        action: &crate::model::finding::FixAction,
+        wait: Duration,
+    ) -> Result<crate::runtime::cluster::NodeActed, crate::runtime::cluster::ClusterActError> {
+        use crate::runtime::cluster::ClusterActError;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let calls = self.calls.clone();
+        let node = self.node.clone();
+        let action = action.clone();
+        self.runtime.spawn(async move {
+            let _ = tx.send(cordon::act_on_node(&calls, &node, &action).await);
+        });
+        rx.recv_timeout(wait).unwrap_or_else(|_| {
+            Err(ClusterActError::Unknown(format!(
+                "no answer from the API within {}: whether the Node was changed is not known",
+                humantime::format_duration(wait)
+            )))
+        })
+    }
+
+    fn follow_service_intent(&mut self, wanted: bool) {
+        self.intent
+            .follow(wanted, &self.calls, &self.runtime, &self.cancel);
+    }
+
+    fn service_intent(&self) -> Option<Arc<crate::model::service_intent::ClusterIntent>> {
+        let view = self.intent.view()?;
+        if self.calls.book.connected() || !view.synced {
+            return Some(view);
+        }
+        // Cut off from the API the watches may have missed changes: judged again once it
+        // answers. A generation of its own, so that the checks run again both ways.
+        Some(Arc::new(crate::model::service_intent::ClusterIntent {
+            synced: false,
+            generation: view.generation | 1 << 63,
+            ..Default::default()
+        }))
     }
 
     fn shutdown(&mut self, within: Duration) {
@@ -578,5 +632,82 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(decision, SlotDecision::Held { index: 0 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn services_and_slices_are_watched_only_while_a_check_reads_them() {
+        let fake = FakeApi::default();
+        fake.add_node("node-a", json!({}), json!([]));
+        fake.state.lock().unwrap().services.push(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "2"},
+            "spec": {"clusterIP": "10.43.0.5", "ports": [{"name": "http", "port": 80}]}
+        }));
+        let (calls, _) = fake.calls(TIMEOUT);
+        let cluster = ApiCluster::start(
+            calls,
+            &settings(),
+            "node-a".into(),
+            "netmend".into(),
+            Arc::new(SystemTime::now),
+        )
+        .await;
+        // lists and watches of Services and EndpointSlices
+        let lists = |fake: &FakeApi| {
+            let mut seen = fake.requests("GET", "/api/v1/services");
+            seen.extend(fake.requests("GET", "/apis/discovery.k8s.io/v1/endpointslices"));
+            let watches = seen
+                .iter()
+                .filter(|s| s.params().get("watch").is_some_and(|w| w == "true"))
+                .count();
+            (seen.len() - watches, watches)
+        };
+        // the engine asks from its own thread
+        let mut cluster = tokio::task::spawn_blocking(move || {
+            let mut cluster = cluster;
+            cluster.follow_service_intent(false);
+            cluster
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(lists(&fake), (0, 0));
+        assert!(cluster.service_intent().is_none());
+
+        cluster.follow_service_intent(true);
+        let mut synced = false;
+        for _ in 0..1000 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if cluster.service_intent().is_some_and(|i| i.synced) {
+                synced = true;
+                break;
+            }
+        }
+        assert!(synced, "{:?}", cluster.service_intent());
+        assert_eq!(cluster.service_intent().unwrap().services.len(), 1);
+        // asked again every pass: one watch, not one per pass
+        cluster.follow_service_intent(true);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let listed = lists(&fake);
+        assert_eq!(listed, (2, 2));
+
+        // cut off from the API: the watches may miss changes, so nothing is judged until it
+        // answers again
+        let generation = cluster.service_intent().unwrap().generation;
+        cluster.calls.book.failed(
+            "watch",
+            "services (watch)",
+            &client::CallError::Timeout(TIMEOUT),
+        );
+        let cut_off = cluster.service_intent().unwrap();
+        assert!(!cut_off.synced);
+        assert_ne!(cut_off.generation, generation);
+        cluster.calls.book.answered();
+        assert!(cluster.service_intent().unwrap().synced);
+
+        cluster.follow_service_intent(false);
+        assert!(cluster.service_intent().is_none());
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(lists(&fake), listed, "the watches stopped");
     }
 }

@@ -1,6 +1,7 @@
 //! This node as the API has it, watched: the opt-out label `netmend.io/mode` (`dry-run` or `off`;
 //! another value is logged and counts as unset), the node's uid (for Events' `regarding`) and its
-//! conditions (what an earlier run left). One watch on `nodes` with the field selector
+//! conditions (what an earlier run left) and its cordon (`spec.unschedulable` and netmend's
+//! annotation). One watch on `nodes` with the field selector
 //! `metadata.name=<node>`; kube's watcher re-lists after a 410 and backs off after errors.
 
 use crate::cluster::client::{ApiCalls, WATCH_SECONDS};
@@ -24,6 +25,8 @@ pub struct NodeFacts {
     /// The value of the mode label when it is not one netmend knows (it counts as unset).
     pub unknown_mode: Option<String>,
     pub conditions: Vec<NodeCondition>,
+    /// Whether the node is cordoned, and by whom.
+    pub cordon: crate::runtime::cluster::Cordon,
 }
 
 /// The mode a label value asks for; `Err` with the value when netmend does not know it.
@@ -57,6 +60,7 @@ impl NodeFacts {
                 .as_ref()
                 .and_then(|s| s.conditions.clone())
                 .unwrap_or_default(),
+            cordon: crate::cluster::cordon::cordon_of(node),
         }
     }
 }

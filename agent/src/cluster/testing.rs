@@ -139,6 +139,8 @@ pub struct FakeState {
     pub nodes: BTreeMap<String, Value>,
     pub events: BTreeMap<String, Value>,
     pub pods: Vec<Value>,
+    pub services: Vec<Value>,
+    pub endpoint_slices: Vec<Value>,
     /// Every request answered, in order.
     pub log: Vec<Seen>,
     /// Requests left unanswered (stalled clients, watches).
@@ -259,6 +261,7 @@ impl FakeState {
                 None => not_found("nodes", name),
             },
             ("PATCH", ["api", "v1", "nodes", name, "status"]) => self.patch_node_status(name, seen),
+            ("PATCH", ["api", "v1", "nodes", name]) => self.merge_patch_node(name, seen),
             ("GET", ["api", "v1", "nodes"]) => {
                 let selector = seen
                     .params()
@@ -289,6 +292,14 @@ impl FakeState {
                     .cloned()
                     .collect();
                 (200, self.list("PodList", items))
+            }
+            ("GET", ["api", "v1", "services"]) => {
+                let items = self.services.clone();
+                (200, self.list("ServiceList", items))
+            }
+            ("GET", ["apis", "discovery.k8s.io", "v1", "endpointslices"]) => {
+                let items = self.endpoint_slices.clone();
+                (200, self.list("EndpointSliceList", items))
             }
             ("POST", ["apis", "events.k8s.io", "v1", "namespaces", namespace, "events"]) => {
                 let mut event = seen.body.clone();
@@ -436,6 +447,42 @@ impl FakeState {
             }
         }
         node["status"]["conditions"] = Value::Array(conditions);
+        node["metadata"]["resourceVersion"] = json!(rv);
+        (200, node.clone())
+    }
+}
+
+impl FakeState {
+    /// A JSON merge patch of a Node (cordon, uncordon); a `metadata.resourceVersion` in the patch
+    /// must be the current one (409 otherwise), as the API server has it.
+    fn merge_patch_node(&mut self, name: &str, seen: &Seen) -> (u16, Value) {
+        if seen.content_type.as_deref() != Some("application/merge-patch+json") {
+            return (
+                415,
+                status_body(
+                    415,
+                    "UnsupportedMediaType",
+                    "this fake takes merge patches of nodes",
+                ),
+            );
+        }
+        let rv = self.next_rv();
+        let Some(node) = self.nodes.get_mut(name) else {
+            return not_found("nodes", name);
+        };
+        if let Some(wanted) = seen.body["metadata"]["resourceVersion"].as_str() {
+            if node["metadata"]["resourceVersion"] != json!(wanted) {
+                return (
+                    409,
+                    status_body(409, "Conflict", "the object has been modified"),
+                );
+            }
+        }
+        let mut patch = seen.body.clone();
+        if let Some(meta) = patch["metadata"].as_object_mut() {
+            meta.remove("resourceVersion");
+        }
+        merge(node, &patch);
         node["metadata"]["resourceVersion"] = json!(rv);
         (200, node.clone())
     }

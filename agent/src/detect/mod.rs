@@ -14,6 +14,7 @@ pub mod arp_unanswered;
 pub mod backend_split;
 pub mod hostport_hijack;
 pub mod hostport_stale;
+pub mod kube_proxy_endpoint_drift;
 pub mod kube_proxy_mode_overlap;
 pub mod promisc_lost;
 pub mod stale_chain;
@@ -22,6 +23,7 @@ pub(crate) mod test_support;
 
 use crate::config::{Config, ConfigError, Settings};
 use crate::model::finding::{CheckId, Finding, FixId};
+use crate::model::service_intent::ClusterIntent;
 use crate::model::snapshot::NodeSnapshot;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -35,6 +37,7 @@ pub static CHECKS: &[&dyn Check] = &[
     &promisc_lost::PromiscLost,
     &kube_proxy_mode_overlap::KubeProxyModeOverlap,
     &hostport_stale::HostportStale,
+    &kube_proxy_endpoint_drift::KubeProxyEndpointDrift,
 ];
 
 /// What a check reads, which tells the engine when it must run again.
@@ -96,6 +99,9 @@ pub struct CheckContext<'a> {
     /// API and pod watch healthy): only then does `None` mean "no pod on this node has the IP".
     /// False in node-local mode, before the pod watch listed the pods, and while the API fails.
     pub pods_known: bool,
+    /// The cluster's intent for kube-proxy (Services and their EndpointSlices), while a check
+    /// that reads it is enabled and the API is there; `None` in node-local mode.
+    pub service_intent: Option<&'a ClusterIntent>,
 }
 
 /// The answer of a node without the Kubernetes API: no IP is known to belong to a pod.
@@ -155,6 +161,16 @@ pub trait Check: Sync {
         false
     }
     fn detect(&self, context: &CheckContext<'_>) -> Vec<Finding>;
+    /// Whether it reads [`CheckContext::service_intent`]: the cluster watches Services and
+    /// EndpointSlices only while such a check is enabled.
+    fn reads_service_intent(&self) -> bool {
+        false
+    }
+    /// Why the check, although enabled, cannot judge this node now (node-local mode, a mode it
+    /// does not read, the cluster not listed yet), for `/status`; `None` while it judges.
+    fn not_judged(&self, _context: &CheckContext<'_>) -> Option<String> {
+        None
+    }
     /// The reasons of its NodeCondition (`HijackPresent` / `NoHijack`).
     fn condition_reasons(&self) -> ConditionReasons {
         ConditionReasons::derived(self.id())
@@ -178,10 +194,35 @@ pub fn check_named(text: &str) -> Option<&'static dyn Check> {
 
 /// Runs every enabled check reading `inputs` on one snapshot.
 pub fn run(inputs: Inputs, context: &CheckContext<'_>) -> Vec<Finding> {
+    run_some(inputs, context, |_| true)
+}
+
+/// Runs the enabled checks reading `inputs` that `which` selects.
+pub fn run_some(
+    inputs: Inputs,
+    context: &CheckContext<'_>,
+    which: impl Fn(&dyn Check) -> bool,
+) -> Vec<Finding> {
     CHECKS
         .iter()
-        .filter(|c| c.inputs() == inputs && context.config.check_enabled(c.id()))
+        .filter(|c| c.inputs() == inputs && context.config.check_enabled(c.id()) && which(**c))
         .flat_map(|c| c.detect(context))
+        .collect()
+}
+
+/// Whether an enabled check reads the cluster's intent for kube-proxy.
+pub fn service_intent_wanted(config: &Config) -> bool {
+    CHECKS
+        .iter()
+        .any(|c| c.reads_service_intent() && config.check_enabled(c.id()))
+}
+
+/// The enabled checks that cannot judge this node now, with the reason.
+pub fn not_judged(context: &CheckContext<'_>) -> Vec<(CheckId, String)> {
+    CHECKS
+        .iter()
+        .filter(|c| context.config.check_enabled(c.id()))
+        .filter_map(|c| c.not_judged(context).map(|why| (c.id(), why)))
         .collect()
 }
 
@@ -207,6 +248,7 @@ pub fn run_checks_with_pods(
         promisc_held,
         pod_owner: pods.owner,
         pods_known: pods.known,
+        service_intent: None,
     };
     let mut findings = run(Inputs::Ruleset, &context);
     findings.extend(run(Inputs::Links, &context));

@@ -132,9 +132,25 @@ pub enum FixAction {
     SetPromisc { interface: String, ifindex: u32 },
     /// Clear IFF_PROMISC again: the revert of a `SetPromisc` that did not help.
     ClearPromisc { interface: String },
+    /// Mark this node unschedulable through the Kubernetes API, annotated
+    /// `netmend.io/cordoned-by: <by>` (the check it was done for). Carried out by the cluster,
+    /// not the kernel.
+    CordonNode { by: String },
+    /// Lift the cordon netmend made for `by` (never one it did not make): the revert of a
+    /// `CordonNode` once its fault has been gone long enough.
+    UncordonNode { by: String },
 }
 
 impl FixAction {
+    /// Whether the action acts on the Kubernetes API (through the cluster) rather than the
+    /// kernel (through the `Actuator`).
+    pub fn acts_on_cluster(&self) -> bool {
+        matches!(
+            self,
+            FixAction::CordonNode { .. } | FixAction::UncordonNode { .. }
+        )
+    }
+
     /// Whether `other` makes the same change as `self`. Equal actions do; in a legacy table a
     /// rule's position is not part of the change (another writer inserting above it moves it, the
     /// legacy writer finds it by content), so legacy rule refs compare by chain and spec only.

@@ -737,7 +737,10 @@ pub fn action_fingerprint(table: &Table, action: &FixAction) -> u64 {
             }));
             delete_chains.iter().map(String::as_str).collect()
         }
-        FixAction::SetPromisc { .. } | FixAction::ClearPromisc { .. } => Vec::new(),
+        FixAction::SetPromisc { .. }
+        | FixAction::ClearPromisc { .. }
+        | FixAction::CordonNode { .. }
+        | FixAction::UncordonNode { .. } => Vec::new(),
     };
     for name in chains {
         match table.chain(name) {

@@ -27,6 +27,7 @@ use crate::remediate::tracker::{persistent, Tracker};
 use crate::report::FindingReport;
 use crate::runtime::cluster::{Cluster, ClusterReport, NodeEvent, NodeLocal, NodeMode};
 use crate::runtime::cluster_report::{check_states, fix_event, FindingTransitions, Reported};
+use crate::runtime::cordon_release::CordonRelease;
 use crate::runtime::decide::{decide_and_act, record, ClusterSide, Decided, Round, Step};
 use crate::runtime::oneshot::history_of;
 use crate::runtime::reporting::FixLedger;
@@ -98,6 +99,8 @@ pub struct Engine<P: NodeReader, A: Actuator> {
     transitions: FindingTransitions,
     /// Fix outcomes journaled during the pass in progress, for events.
     fix_events: Vec<NodeEvent>,
+    /// When netmend's own cordon may be lifted.
+    cordon_release: CordonRelease,
 }
 
 /// The closed label of a full nftables re-read's reason.
@@ -157,6 +160,7 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
             node_mode: NodeMode::Configured,
             transitions: FindingTransitions::default(),
             fix_events: Vec::new(),
+            cordon_release: CordonRelease::default(),
         }
     }
 
@@ -371,6 +375,9 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
         // A fix already applied is finished even on a node that opted out since.
         self.settle_pending(&snapshot, now);
         let checks_run = self.node_mode != NodeMode::Off;
+        self.cluster
+            .follow_service_intent(checks_run && detect::service_intent_wanted(&self.config));
+        let mut not_judged = Vec::new();
         let findings = if checks_run {
             let cluster = &*self.cluster;
             let pod_owner = |ip: std::net::IpAddr| cluster.pod_owner(ip);
@@ -378,21 +385,25 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
                 owner: &pod_owner,
                 known: cluster.pods_known(),
             };
-            let mut findings = self.ruleset_memo.findings(&snapshot, &self.config, pods);
-            findings.extend(detect::run(
-                Inputs::Links,
-                &CheckContext {
-                    snapshot: &snapshot,
-                    config: &self.config,
-                    promisc_held: &held,
-                    pod_owner: &pod_owner,
-                    pods_known: pods.known,
-                },
-            ));
+            let intent = cluster.service_intent();
+            let mut findings =
+                self.ruleset_memo
+                    .findings(&snapshot, &self.config, pods, intent.as_deref());
+            let context = CheckContext {
+                snapshot: &snapshot,
+                config: &self.config,
+                promisc_held: &held,
+                pod_owner: &pod_owner,
+                pods_known: pods.known,
+                service_intent: intent.as_deref(),
+            };
+            findings.extend(detect::run(Inputs::Links, &context));
+            not_judged = detect::not_judged(&context);
             findings
         } else {
             Vec::new()
         };
+        let unjudged: HashSet<CheckId> = not_judged.iter().map(|(c, _)| *c).collect();
         let tracked = self.tracker.observe(findings, now);
         let config = &self.config;
         let active = persistent(tracked, now, |f| {
@@ -447,6 +458,25 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
             }
         }
         self.shared.metrics.set_findings(&counts);
+        if checks_run {
+            // Quiet: judged, and nothing reported (a difference younger than its persistence,
+            // such as kube-proxy one sync behind, does not hold a cordon).
+            let quiet = |id: CheckId| {
+                !unjudged.contains(&id) && !counts.iter().any(|(check, _)| *check == id)
+            };
+            if let Some(line) =
+                self.cordon_release
+                    .step(&mut *self.cluster, &self.config, &quiet, now)
+            {
+                let fix = crate::remediate::fixes::fix_named(&line.fix).map(|f| f.id());
+                if let (Some(fix), Some(outcome)) = (fix, line.outcome()) {
+                    self.shared
+                        .metrics
+                        .fix_outcome(fix, outcome, &line.subject, &line.detail);
+                }
+                self.journal_entry(line);
+            }
+        }
         self.publish_to_cluster(&decided, &reports, checks_run);
         {
             let mut doc = self.shared.status.write().expect("status lock");
@@ -455,6 +485,10 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
             doc.journal = self.journal.recent(RECENT_JOURNAL).to_vec();
             doc.journal_health = self.journal.health();
             doc.source_health = self.sources.view();
+            doc.not_judged = not_judged
+                .into_iter()
+                .map(|(check, why)| (check.to_string(), why))
+                .collect();
         }
         self.show_connection();
         // Ready once every ruleset source the node uses was read once (a source it does not use,

@@ -7,8 +7,10 @@
 //! [`NodeLocal`] is the node-local answer when there is no API: no opt-out, no cluster limit, no
 //! pod names.
 
-use crate::model::finding::{CheckId, FixId, Outcome};
+use crate::model::finding::{CheckId, FixAction, FixId, Outcome};
+use crate::model::service_intent::ClusterIntent;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The label on the Node by which a node opts out: `dry-run` or `off`.
@@ -100,6 +102,101 @@ pub struct Connection {
     pub request_errors: std::collections::BTreeMap<(String, String), u64>,
 }
 
+/// This node's cordon, as its spec (`unschedulable`) and netmend's annotation
+/// `netmend.io/cordoned-by` say.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Cordon {
+    /// Schedulable, no annotation of netmend's.
+    #[default]
+    Schedulable,
+    /// Unschedulable without netmend's annotation: someone else's cordon, never touched.
+    Others,
+    /// Cordoned by netmend for the check `by`.
+    Ours { by: String },
+    /// netmend's annotation (for `by`) on a schedulable node: someone lifted netmend's cordon.
+    LiftedByOthers { by: String },
+}
+
+impl std::fmt::Display for Cordon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cordon::Schedulable => write!(f, "schedulable"),
+            Cordon::Others => write!(f, "cordoned by someone else"),
+            Cordon::Ours { by } => write!(f, "cordoned by netmend for {by}"),
+            Cordon::LiftedByOthers { by } => write!(
+                f,
+                "schedulable again: someone uncordoned it after netmend cordoned it for {by}"
+            ),
+        }
+    }
+}
+
+impl Cordon {
+    /// Whether a cordon or uncordon `action` has something to do from this state (`Ok(true)`),
+    /// is done already (`Ok(false)`), or must leave the node alone (`Err`, why).
+    pub fn admits(&self, action: &FixAction) -> Result<bool, String> {
+        match (action, self) {
+            (FixAction::CordonNode { .. }, Cordon::Schedulable) => Ok(true),
+            (FixAction::CordonNode { by }, Cordon::Ours { by: had }) if had == by => Ok(false),
+            (FixAction::CordonNode { .. }, Cordon::Ours { by: had }) => {
+                Err(format!("the node is already cordoned by netmend for {had}"))
+            }
+            (FixAction::CordonNode { .. }, Cordon::LiftedByOthers { by: had }) => Err(format!(
+                "someone uncordoned the node netmend had cordoned for {had}: not cordoned again while the annotation netmend.io/cordoned-by stays"
+            )),
+            (FixAction::UncordonNode { by }, Cordon::Ours { by: had })
+            | (FixAction::UncordonNode { by }, Cordon::LiftedByOthers { by: had })
+                if had == by =>
+            {
+                Ok(true)
+            }
+            (FixAction::UncordonNode { .. }, Cordon::Schedulable) => Ok(false),
+            (FixAction::UncordonNode { .. }, Cordon::Ours { by: had })
+            | (FixAction::UncordonNode { .. }, Cordon::LiftedByOthers { by: had }) => Err(format!(
+                "the node's cordon is netmend's for {had}, not for this check: left as it is"
+            )),
+            (_, Cordon::Others) => {
+                Err("the node is cordoned by someone else (no netmend.io/cordoned-by annotation): left to them".into())
+            }
+            (other, _) => Err(format!("{other:?} does not act on the Node")),
+        }
+    }
+
+    /// Whether this state is what `action` wants.
+    pub fn reached(&self, action: &FixAction) -> bool {
+        match action {
+            FixAction::CordonNode { by } => *self == Cordon::Ours { by: by.clone() },
+            FixAction::UncordonNode { .. } => *self == Cordon::Schedulable,
+            _ => false,
+        }
+    }
+}
+
+/// What acting on the Node did: whether it wrote, and the state read back afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeActed {
+    pub wrote: bool,
+    pub after: Cordon,
+}
+
+/// Why an action on the Node was not (or not provably) carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterActError {
+    /// The Node is not in a state the action may act from (someone else's cordon, a change
+    /// since it was read): nothing done.
+    #[error("{0}")]
+    Moved(String),
+    /// No API, or it did not answer before anything was written: nothing done.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The API refused the write: nothing changed.
+    #[error("{0}")]
+    Failed(String),
+    /// The write was sent but whether it applied is not known.
+    #[error("{0}")]
+    Unknown(String),
+}
+
 /// The cluster as the engine sees it.
 pub trait Cluster: Send {
     /// Hands over the state after a pass; never blocks (the reporter folds, rate-limits and
@@ -128,6 +225,33 @@ pub trait Cluster: Send {
 
     /// The API connection now.
     fn connection(&self) -> Connection;
+
+    /// Keeps the cluster's intent for kube-proxy (Services and EndpointSlices) current while
+    /// `wanted` (an enabled check reads it): asked every pass, the watch starts and stops with it.
+    fn follow_service_intent(&mut self, _wanted: bool) {}
+
+    /// The cluster's intent for kube-proxy while it is followed; `None` without an API.
+    fn service_intent(&self) -> Option<Arc<ClusterIntent>> {
+        None
+    }
+
+    /// This node's cordon as the node watch last saw it; `None` when not known (node-local
+    /// mode, or not read yet).
+    fn cordon(&self) -> Option<Cordon> {
+        None
+    }
+
+    /// Carries out an action on the Node (`FixAction::acts_on_cluster`), waiting at most `wait`:
+    /// reads the Node, writes only from a state the action may act from, reads it back.
+    fn act_on_node(
+        &mut self,
+        _action: &FixAction,
+        _wait: Duration,
+    ) -> Result<NodeActed, ClusterActError> {
+        Err(ClusterActError::Unavailable(
+            "node-local mode: no Kubernetes API to act on".into(),
+        ))
+    }
 
     /// The agent is stopping: frees the slot held (waiting at most `within`) and stops talking
     /// to the API. Called once, from the engine's thread, while the async runtime still runs.

@@ -4,7 +4,8 @@
 //! next decision in the same pass already counts it (the hourly budget, cooldowns, the breaker).
 //! The cluster has the last word: a node labelled `dry-run` applies nothing, and a fix runs only
 //! under a cluster-wide fix slot (`runtime::slots`), released as soon as the fix is over unless
-//! its proof is still pending.
+//! its proof is still pending. A fix that acts on the Kubernetes API (a cordon) goes through the
+//! same guards and slot, and is carried out and proven by the cluster instead of the kernel.
 //! What the caller does with the results (print them, count them, show them on /status) is its
 //! own business.
 
@@ -15,7 +16,7 @@ use crate::remediate::guard::{decide, Decision, GuardScope};
 use crate::remediate::history::FixHistory;
 use crate::remediate::tracker::TrackedFinding;
 use crate::runtime::cluster::{Cluster, NodeMode, NODE_MODE_LABEL};
-use crate::runtime::pass::{execute, Execution};
+use crate::runtime::pass::{execute, execute_on_cluster, Execution};
 use crate::runtime::slots::{Admission, SlotGate};
 use crate::runtime::{Actuator, NodeReader};
 use std::time::SystemTime;
@@ -133,6 +134,26 @@ pub fn decide_and_act(
             }
             _ => decide(&tracked, round.config, history, now, round.scope),
         };
+        // An action on the Node that the guards allow is judged from the Node as last seen: a
+        // node netmend cordoned already, or someone else's cordon, is no new attempt.
+        let decision = match decision {
+            Some(Decision::Apply { fix, action }) if action.acts_on_cluster() => {
+                match cluster.cluster.cordon().map(|c| (c.admits(&action), c)) {
+                    Some((Ok(false), cordon)) => Some(Decision::Skip {
+                        fix,
+                        outcome: Outcome::SkippedPreconditionMoved,
+                        detail: format!("already done: the node is {cordon}"),
+                    }),
+                    Some((Err(why), _)) => Some(Decision::Skip {
+                        fix,
+                        outcome: Outcome::Blocked,
+                        detail: why,
+                    }),
+                    _ => Some(Decision::Apply { fix, action }),
+                }
+            }
+            other => other,
+        };
         let step = match decision {
             None => Step::NoFix,
             Some(Decision::Skip {
@@ -168,7 +189,11 @@ pub fn decide_and_act(
                     });
                     continue;
                 }
-                let mut execution = {
+                let on_cluster =
+                    matches!(&apply, Decision::Apply { action, .. } if action.acts_on_cluster());
+                let mut execution = if on_cluster {
+                    execute_on_cluster(apply, &tracked, round.config, cluster.cluster, clock)
+                } else {
                     let knows: &dyn Cluster = &*cluster.cluster;
                     let owner = |ip| knows.pod_owner(ip);
                     let pods = crate::detect::Pods {

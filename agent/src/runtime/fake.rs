@@ -98,6 +98,11 @@ impl Actuator for FakeNode {
                     was_promisc_before: Some(true),
                 })
             }
+            FixAction::CordonNode { .. } | FixAction::UncordonNode { .. } => {
+                return Err(ActError::Failed(
+                    "a cluster action reached the kernel actuator".into(),
+                ))
+            }
         };
         let ruleset = match table.backend {
             crate::model::ruleset::Backend::Nft => state.snapshot.nftables.as_mut(),
@@ -142,7 +147,10 @@ impl Actuator for FakeNode {
                 }
                 format!("removed {} rules", rules.len())
             }
-            FixAction::SetPromisc { .. } | FixAction::ClearPromisc { .. } => {
+            FixAction::SetPromisc { .. }
+            | FixAction::ClearPromisc { .. }
+            | FixAction::CordonNode { .. }
+            | FixAction::UncordonNode { .. } => {
                 unreachable!("handled above")
             }
         };

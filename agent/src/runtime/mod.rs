@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod cluster;
 pub mod cluster_report;
 pub mod config_source;
+pub mod cordon_release;
 pub mod decide;
 pub mod oneshot;
 pub mod pass;

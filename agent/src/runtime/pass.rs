@@ -245,6 +245,111 @@ struct Evaluation<'a> {
     pods: detect::Pods<'a>,
 }
 
+/// Carries out an apply `decision` whose action acts on the Kubernetes API (a cordon) through
+/// `cluster`, for `tracked`: the cluster reads the Node, acts only from a state the action may act
+/// from, and reads it back, which is the proof. Journaled like a kernel fix (`applied`, then
+/// `verified` or `ineffective`); a Node already in the wanted state is not written to and not
+/// journaled.
+pub fn execute_on_cluster(
+    decision: Decision,
+    tracked: &TrackedFinding,
+    config: &Config,
+    cluster: &mut dyn crate::runtime::cluster::Cluster,
+    now: impl Fn() -> SystemTime,
+) -> Execution {
+    use crate::runtime::cluster::ClusterActError;
+    let (fix, action) = match decision {
+        Decision::Skip {
+            fix,
+            outcome,
+            detail,
+        } => return Execution::skipped(fix, outcome, detail),
+        Decision::Apply { fix, action } => (fix, action),
+    };
+    let finding = &tracked.finding;
+    let key = finding.key();
+    let entry = |outcome: Outcome, detail: &str| {
+        JournalEntry::new(
+            now(),
+            Some(finding.check),
+            fix,
+            &finding.subject,
+            &key,
+            outcome,
+            detail,
+        )
+    };
+    let single = |outcome: Outcome, detail: String, journaled: bool| Execution {
+        outcomes: vec![outcome],
+        journal: if journaled {
+            vec![entry(outcome, &detail)]
+        } else {
+            Vec::new()
+        },
+        report: FixReport {
+            name: fix,
+            state: outcome.state(),
+            detail,
+        },
+    };
+    // A read, a write and a read back, each bounded by the request timeout.
+    let wait = config.kubernetes.request_timeout * 3 + std::time::Duration::from_millis(500);
+    let what = crate::act::kernel::describe(&action);
+    match cluster.act_on_node(&action, wait) {
+        Ok(acted) if !acted.wrote => single(
+            Outcome::SkippedPreconditionMoved,
+            format!(
+                "{what}: already done (the node is {}); nothing written",
+                acted.after
+            ),
+            false,
+        ),
+        Ok(acted) => {
+            let (outcome, detail) = if acted.after.reached(&action) {
+                (
+                    Outcome::Verified,
+                    format!("{what}: done; the Node read back shows it"),
+                )
+            } else {
+                (
+                    Outcome::Ineffective,
+                    format!(
+                        "{what}: written, but the Node read back shows {:?}",
+                        acted.after
+                    ),
+                )
+            };
+            Execution {
+                outcomes: vec![Outcome::Applied, outcome],
+                journal: vec![entry(Outcome::Applied, &what), entry(outcome, &detail)],
+                report: FixReport {
+                    name: fix,
+                    state: outcome.state(),
+                    detail,
+                },
+            }
+        }
+        Err(ClusterActError::Moved(why)) => single(
+            Outcome::SkippedPreconditionMoved,
+            format!("{what}: {why}; nothing done"),
+            true,
+        ),
+        Err(ClusterActError::Unavailable(why)) => single(
+            Outcome::Blocked,
+            format!("blocked: {what}: {why}; nothing done"),
+            true,
+        ),
+        Err(ClusterActError::Failed(why)) => single(
+            Outcome::Failed,
+            format!("failed: {what}: {why}; nothing changed"),
+            true,
+        ),
+        Err(ClusterActError::Unknown(why)) => {
+            single(Outcome::Unknown, format!("{what}: {why}"), true)
+        }
+    }
+}
+
 /// A write whose commit is unknown: journal `unknown` (it counts for the breaker as an attempt),
 /// re-read, and decide from what the kernel now holds: the finding gone means the write applied
 /// (`verified`); the same change still to make means it did not (`failed`, nothing changed);

@@ -2,6 +2,8 @@
 //! legacy ruleset (the probe keeps the same `Arc` while its content is unchanged), listeners,
 //! addresses, the configuration, whether the pods are known and the pod names the checks asked
 //! for (the cluster may learn a pod's name after its rules appeared). While none moved, an idle pass costs no walk over the rules.
+//! When only the cluster's intent for kube-proxy moved (its generation), only the checks that
+//! read it run again; the others' findings are kept.
 //! The memo holds no strong reference to a ruleset, so the incremental cache can keep changing
 //! its own in place without a copy.
 
@@ -9,6 +11,7 @@ use crate::config::Config;
 use crate::detect::{self, CheckContext, Inputs, Pods};
 use crate::model::finding::Finding;
 use crate::model::ruleset::Ruleset;
+use crate::model::service_intent::ClusterIntent;
 use crate::model::snapshot::{ListeningSocket, LocalAddress, NodeSnapshot};
 use std::cell::RefCell;
 use std::net::IpAddr;
@@ -29,7 +32,11 @@ struct Memo {
     pods_known: bool,
     /// The IPs the checks asked the pod names of, with the answers they got.
     pods_asked: Vec<(IpAddr, Option<String>)>,
+    /// The intent's generation the intent-reading checks ran on.
+    intent_generation: Option<u64>,
+    /// The findings of the checks that do not read the intent, and of those that do.
     findings: Vec<Finding>,
+    intent_findings: Vec<Finding>,
 }
 
 impl RulesetMemo {
@@ -40,17 +47,20 @@ impl RulesetMemo {
         snapshot: &NodeSnapshot,
         config: &Config,
         pods: Pods<'_>,
+        service_intent: Option<&ClusterIntent>,
     ) -> Vec<Finding> {
         let pod_owner = pods.owner;
         let nft_generation = snapshot.nftables.as_ref().map(|r| r.generation);
         let legacy = snapshot.legacy.as_ref().map(Arc::downgrade);
-        if let Some(memo) = &self.last {
+        let intent_generation = service_intent.map(|i| i.generation);
+        let reads_intent = |c: &dyn detect::Check| c.reads_service_intent();
+        if let Some(memo) = &mut self.last {
             let same_legacy = match (&memo.legacy, &legacy) {
                 (Some(a), Some(b)) => a.ptr_eq(b),
                 (None, None) => true,
                 _ => false,
             };
-            if memo.nft_generation == nft_generation
+            let rest_unchanged = memo.nft_generation == nft_generation
                 && nft_generation.is_some_and(|g| g.is_some())
                 && same_legacy
                 && memo.listeners == snapshot.listeners
@@ -60,9 +70,24 @@ impl RulesetMemo {
                 && memo
                     .pods_asked
                     .iter()
-                    .all(|(ip, answer)| pod_owner(*ip) == *answer)
-            {
-                return memo.findings.clone();
+                    .all(|(ip, answer)| pod_owner(*ip) == *answer);
+            if rest_unchanged {
+                if memo.intent_generation != intent_generation {
+                    let context = CheckContext {
+                        snapshot,
+                        config,
+                        promisc_held: &[],
+                        pod_owner,
+                        pods_known: pods.known,
+                        service_intent,
+                    };
+                    memo.intent_findings =
+                        detect::run_some(Inputs::Ruleset, &context, reads_intent);
+                    memo.intent_generation = intent_generation;
+                }
+                let mut findings = memo.findings.clone();
+                findings.extend(memo.intent_findings.iter().cloned());
+                return findings;
             }
         }
         let asked = RefCell::new(Vec::new());
@@ -77,8 +102,10 @@ impl RulesetMemo {
             promisc_held: &[],
             pod_owner: &recording,
             pods_known: pods.known,
+            service_intent,
         };
-        let findings = detect::run(Inputs::Ruleset, &context);
+        let findings = detect::run_some(Inputs::Ruleset, &context, |c| !reads_intent(c));
+        let intent_findings = detect::run_some(Inputs::Ruleset, &context, reads_intent);
         let mut pods_asked = asked.into_inner();
         pods_asked.sort();
         pods_asked.dedup();
@@ -90,8 +117,88 @@ impl RulesetMemo {
             config: config.clone(),
             pods_known: pods.known,
             pods_asked,
+            intent_generation,
             findings: findings.clone(),
+            intent_findings: intent_findings.clone(),
         });
-        findings
+        let mut all = findings;
+        all.extend(intent_findings);
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::test_support::{iptables_table, snapshot_with};
+    use crate::model::ruleset::Backend;
+    use crate::model::service_intent::IntentIndex;
+    use std::cell::Cell;
+
+    /// kube-proxy's iptables mode for `shop/web:http` with one endpoint, 10.42.0.7:8080.
+    const WEB: &str = r#"
+:PREROUTING ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-ABCDEFGHIJKLMNOP - [0:0]
+:KUBE-SEP-AAAAAAAAAAAAAAAA - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A KUBE-SERVICES -d 10.43.0.50/32 -p tcp -m comment --comment "shop/web:http cluster IP" -m tcp --dport 80 -j KUBE-SVC-ABCDEFGHIJKLMNOP
+-A KUBE-SVC-ABCDEFGHIJKLMNOP -m comment --comment "shop/web:http -> 10.42.0.7:8080" -j KUBE-SEP-AAAAAAAAAAAAAAAA
+-A KUBE-SEP-AAAAAAAAAAAAAAAA -p tcp -m comment --comment "shop/web:http" -m tcp -j DNAT --to-destination 10.42.0.7:8080
+"#;
+
+    fn index_with(endpoint: &str) -> IntentIndex {
+        let mut index = IntentIndex::default();
+        index.replace_services(vec![serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"clusterIP": "10.43.0.50", "ports": [{"name": "http", "port": 80}]}
+        }))
+        .unwrap()]);
+        index.replace_slices(vec![slice(endpoint)]);
+        index
+    }
+
+    fn slice(endpoint: &str) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4", "endpoints": [{"addresses": [endpoint]}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_change_of_the_intent_alone_reruns_the_checks_that_read_it() {
+        let snapshot = snapshot_with(Some(vec![iptables_table(Backend::Nft, "nat", WEB)]), None);
+        let config = Config::default();
+        let asked = Cell::new(0);
+        let pod_owner = |_ip: IpAddr| {
+            asked.set(asked.get() + 1);
+            None
+        };
+        let pods = Pods {
+            owner: &pod_owner,
+            known: false,
+        };
+        let mut memo = RulesetMemo::default();
+        let mut index = index_with("10.42.0.7");
+        let in_step = memo.findings(&snapshot, &config, pods, Some(&index.view()));
+        assert!(in_step.is_empty(), "{in_step:#?}");
+        // the cluster moves the endpoint; kube-proxy's rules stay
+        index.apply_slice(slice("10.42.3.3"));
+        let drift = memo.findings(&snapshot, &config, pods, Some(&index.view()));
+        assert_eq!(drift.len(), 1, "{drift:#?}");
+        assert_eq!(drift[0].subject, "shop/web:http/tcp");
+        // nothing moved: the same answer from the memo
+        let again = memo.findings(&snapshot, &config, pods, Some(&index.view()));
+        assert_eq!(again, drift);
+        // the cluster goes back: the finding goes with it
+        index.apply_slice(slice("10.42.0.7"));
+        assert!(memo
+            .findings(&snapshot, &config, pods, Some(&index.view()))
+            .is_empty());
+        // without the intent (node-local) nothing is judged
+        assert!(memo.findings(&snapshot, &config, pods, None).is_empty());
     }
 }

@@ -3,6 +3,7 @@
 //! implementing [`Fix`], in one file here, listed once in [`FIXES`]. Pure: the kernel writes
 //! themselves are the [`crate::model::finding::FixAction`]s a check proposes, carried out by `act`.
 
+pub mod cordon_node;
 pub mod flush_stale_chain;
 pub mod remove_hijack_rule;
 pub mod remove_stale_hostport;
@@ -17,6 +18,7 @@ pub static FIXES: &[&dyn Fix] = &[
     &remove_hijack_rule::RemoveHijackRule,
     &set_promisc::SetPromisc,
     &remove_stale_hostport::RemoveStaleHostport,
+    &cordon_node::CordonNode,
 ];
 
 /// One fix. Implementations are unit structs listed in [`FIXES`].
