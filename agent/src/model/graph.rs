@@ -1,8 +1,9 @@
 //! The jump graph of one table: which rule continues into which chain (directly, or through the
 //! verdicts of a verdict map), who references a chain, and which chains base-chain hooks reach.
-//! Pure; built on demand from a [`Table`].
+//! Pure; built on demand from a [`Table`] (the referrers on the first question about them).
 
 use crate::model::ruleset::{Action, BaseChain, Chain, HookPoint, Rule, SetElement, Table};
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -47,8 +48,17 @@ pub struct Edge<'a> {
 pub struct TableGraph<'a> {
     pub table: &'a Table,
     index: NameMap<&'a str, usize>,
-    /// For each chain, the (chain, rule) positions that jump or go to it.
-    referrers: Vec<Vec<(usize, usize)>>,
+    /// Who jumps or goes to each chain, built on the first question: most users only follow
+    /// edges forward, and the graph of a 30,000-chain table is rebuilt on every ruleset change.
+    referrers: OnceCell<Referrers>,
+}
+
+/// The (chain, rule) positions that continue into each chain, all chains' in one vector: chain
+/// `i`'s are `positions[starts[i]..starts[i + 1]]` (one allocation instead of one per chain).
+#[derive(Debug)]
+struct Referrers {
+    positions: Vec<(usize, usize)>,
+    starts: Vec<usize>,
 }
 
 impl<'a> TableGraph<'a> {
@@ -59,33 +69,49 @@ impl<'a> TableGraph<'a> {
             .enumerate()
             .map(|(i, c)| (c.name.as_str(), i))
             .collect();
-        let mut graph = TableGraph {
+        TableGraph {
             table,
             index,
-            referrers: vec![Vec::new(); table.chains.len()],
-        };
-        for (ci, chain) in table.chains.iter().enumerate() {
+            referrers: OnceCell::new(),
+        }
+    }
+
+    fn build_referrers(&self) -> Referrers {
+        // Every (target, referrer) pair in rule order, then placed by a counting sort.
+        let mut pairs: Vec<(usize, (usize, usize))> = Vec::new();
+        for (ci, chain) in self.table.chains.iter().enumerate() {
             for (ri, rule) in chain.rules.iter().enumerate() {
                 match &rule.action {
                     // The common case (a jump or goto) has one target: no list to build.
                     Action::Verdict { verdict } => {
-                        if let Some(t) = verdict.target_chain().and_then(|c| graph.chain_index(c)) {
-                            graph.referrers[t].push((ci, ri));
+                        if let Some(t) = verdict.target_chain().and_then(|c| self.chain_index(c)) {
+                            pairs.push((t, (ci, ri)));
                         }
                     }
                     Action::VerdictMap { .. } => {
-                        let mut targets: Vec<usize> = graph.edges(rule).map(|e| e.target).collect();
+                        let mut targets: Vec<usize> = self.edges(rule).map(|e| e.target).collect();
                         targets.sort_unstable();
                         targets.dedup();
-                        for t in targets {
-                            graph.referrers[t].push((ci, ri));
-                        }
+                        pairs.extend(targets.into_iter().map(|t| (t, (ci, ri))));
                     }
                     _ => {}
                 }
             }
         }
-        graph
+        let mut starts = vec![0usize; self.table.chains.len() + 1];
+        for (t, _) in &pairs {
+            starts[t + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let mut next = starts.clone();
+        let mut positions = vec![(0, 0); pairs.len()];
+        for (t, at) in pairs {
+            positions[next[t]] = at;
+            next[t] += 1;
+        }
+        Referrers { positions, starts }
     }
 
     pub fn chain_index(&self, name: &str) -> Option<usize> {
@@ -98,7 +124,8 @@ impl<'a> TableGraph<'a> {
 
     /// Rules (as chain and rule positions) that continue into chain `index`.
     pub fn referrers(&self, index: usize) -> &[(usize, usize)] {
-        &self.referrers[index]
+        let referrers = self.referrers.get_or_init(|| self.build_referrers());
+        &referrers.positions[referrers.starts[index]..referrers.starts[index + 1]]
     }
 
     /// The chains a rule may continue into.
