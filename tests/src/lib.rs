@@ -379,7 +379,14 @@ pub fn wait_listening(ns: &NetNs, port: u16) {
 
 /// A stand-in for docker-proxy: a python script named `docker-proxy` (so its comm is
 /// `docker-proxy`) that takes docker-proxy's arguments and listens on `-host-ip:-host-port`.
+/// Written once per test process: tests run in parallel, and a script rewritten while another
+/// test starts it runs half-written.
 fn docker_proxy_program() -> PathBuf {
+    static PROGRAM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PROGRAM.get_or_init(write_docker_proxy_program).clone()
+}
+
+fn write_docker_proxy_program() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("netmend-docker-proxy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("docker-proxy");
