@@ -9,8 +9,8 @@ Creates a node network namespace (eth0 at 192.168.77.10/24 on a veth to a LAN na
 ruleset of SERVICES services (the project's generator, tests/src/ruleset_gen.rs) with
 iptables-nft-restore, and starts the release agent inside (enforce mode, remove-hijack-rule on,
 confirmFor 2s, node-local). Then, all at once until the time is up:
-- churn: every 6 s kube-proxy's sync, `iptables-restore --noflush` of every KUBE-* chain (each
-  declared chain is rewritten whole: tens of thousands of rules replaced per sync);
+- churn: every 6 s a kube-proxy sync: `iptables-restore --noflush` rewriting KUBE-SERVICES whole
+  (10,000+ rules) and the chains of the next 100 services in turn ([`KubeProxySyncs`]);
 - hostports come and go: after each sync a CNI-portmap-style hostport on an unprotected port is
   added with separate iptables commands (as the portmap plugin does) and the previous one removed;
   every third sync the hostport hijacks the API server port 6443 instead (a unique chain each
@@ -104,24 +104,50 @@ def proc_figures(pid):
     return status["VmRSS"], status["VmHWM"], cpu
 
 
-def kube_proxy_sync(rules):
-    """The part of the generated ruleset kube-proxy rewrites on each sync: its own chains, with
-    the built-in chains' declarations and jumps left out (kube-proxy ensures those once)."""
-    builtin = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "FORWARD")
-    kept = []
-    for line in rules.splitlines():
-        if line.startswith(":") and line[1:].split()[0] in builtin:
-            continue
-        if line.startswith("-A ") and line.split()[1] in builtin:
-            continue
-        kept.append(line)
-    return "\n".join(kept) + "\n"
+class KubeProxySyncs:
+    """kube-proxy's partial syncs (the only kind since it minimises iptables-restore input, GA in
+    Kubernetes 1.28): each rewrites KUBE-SERVICES whole (one rule a service, 10,000+ rules) and
+    the KUBE-SVC-*/KUBE-SEP-* chains of the services that changed, with
+    `iptables-restore --noflush` (every declared chain is flushed and written again). Here each
+    sync "changes" the next 100 services in turn, so every service's chains are rewritten over
+    the run."""
+
+    def __init__(self, rules, per_sync=100):
+        lines = rules.splitlines()
+        start = lines.index("*nat")
+        end = start + lines[start:].index("COMMIT")
+        self.rules = {}
+        for line in lines[start + 1:end]:
+            if line.startswith("-A "):
+                self.rules.setdefault(line.split()[1], []).append(line)
+        self.services = sorted(c for c in self.rules if c.startswith("KUBE-SVC-"))
+        self.per_sync = per_sync
+
+    def chains(self, n):
+        first = (n * self.per_sync) % max(1, len(self.services))
+        changed = self.services[first:first + self.per_sync]
+        chains = {"KUBE-SERVICES"} | set(changed)
+        for svc in changed:
+            for line in self.rules[svc]:
+                words = line.split()
+                if "-j" in words and words[words.index("-j") + 1].startswith("KUBE-SEP-"):
+                    chains.add(words[words.index("-j") + 1])
+        return sorted(chains)
+
+    def restore_input(self, n):
+        chains = self.chains(n)
+        out = ["*nat"] + [f":{c} - [0:0]" for c in chains]
+        for c in chains:
+            out.extend(self.rules.get(c, []))
+        out.append("COMMIT")
+        return "\n".join(out) + "\n"
 
 
 class Soak:
     def __init__(self, args):
         self.args = args
-        self.stop = threading.Event()
+        self.stop = threading.Event()       # watch and sampler
+        self.stop_load = threading.Event()  # churn and flaps (stop first)
         self.errors = []
         self.lock = threading.Lock()
         self.injected = []  # (chain, injected at)
@@ -139,13 +165,13 @@ class Soak:
         print(f"soak: error: {text}", file=sys.stderr, flush=True)
 
     # --- load generators -------------------------------------------------------------------
-    def churn(self, sync_file):
+    def churn(self, syncs):
         n = 0
         previous = None
-        while not self.stop.is_set():
+        while not self.stop_load.is_set():
             started = time.monotonic()
             try:
-                run(f"iptables-nft-restore -w --noflush < {sync_file}")
+                run("iptables-nft-restore -w --noflush", stdin=syncs.restore_input(n))
             except subprocess.CalledProcessError as e:
                 self.error(f"kube-proxy sync failed: {e.stderr.strip()}")
             self.sync_seconds.append(time.monotonic() - started)
@@ -181,19 +207,19 @@ class Soak:
             else:
                 previous = (f"iptables-nft -w -t nat -D CNI-HOSTPORT-DNAT {jump}; "
                             f"iptables-nft -w -t nat -F {chain}; iptables-nft -w -t nat -X {chain}")
-            self.stop.wait(max(0.0, SYNC_EVERY - (time.monotonic() - started)))
+            self.stop_load.wait(max(0.0, SYNC_EVERY - (time.monotonic() - started)))
 
     def flap(self):
         n = 0
-        while not self.stop.is_set():
+        while not self.stop_load.is_set():
             n += 1
             run("ip link set flap0 down", check=False)
             run(f"ip link add soak-dummy{n % 4} type dummy && ip link set soak-dummy{n % 4} up", check=False)
-            self.stop.wait(1.0)
+            self.stop_load.wait(1.0)
             run("ip link set flap0 up", check=False)
             run(f"ip link del soak-dummy{n % 4}", check=False)
             self.flaps += 1
-            self.stop.wait(FLAP_EVERY - 1.0)
+            self.stop_load.wait(FLAP_EVERY - 1.0)
 
     def watch(self):
         """Polls /status for the injected hijacks and /healthz for liveness."""
@@ -260,9 +286,7 @@ def main():
 
         rules = run([GEN, "--mode", "iptables", str(args.services), "2"])
         run("iptables-nft-restore -w", stdin=rules)
-        sync_file = os.path.join(state, "kube-proxy-sync.txt")
-        with open(sync_file, "w") as f:
-            f.write(kube_proxy_sync(rules))
+        syncs = KubeProxySyncs(rules)
         rule_count = run("iptables-nft-save -t nat | grep -c '^-A'").strip()
         config = os.path.join(state, "config.yaml")
         with open(config, "w") as f:
@@ -289,7 +313,7 @@ def main():
         writer = csv.writer(csv_file)
         writer.writerow(("seconds", "rss_mib", "hwm_mib", "cpu_seconds", "journal_lines"))
         journal = os.path.join(state, "state", "journal.jsonl")
-        threads = [threading.Thread(target=soak.churn, args=(sync_file,), daemon=True),
+        threads = [threading.Thread(target=soak.churn, args=(syncs,), daemon=True),
                    threading.Thread(target=soak.flap, daemon=True),
                    threading.Thread(target=soak.watch, daemon=True),
                    threading.Thread(target=soak.sample, args=(agent.pid, journal, t0, writer), daemon=True)]
@@ -298,11 +322,14 @@ def main():
         deadline = time.monotonic() + minutes * 60
         while time.monotonic() < deadline and agent.poll() is None:
             time.sleep(1)
-        soak.stop.set()
-        for t in threads:
+        soak.stop_load.set()
+        for t in threads[:2]:
             t.join(timeout=30)
-        # The last hijack gets its confirmation time and the fix.
-        time.sleep(5)
+        # The last hijack gets its confirmation time and the fix, watched as the others.
+        time.sleep(8)
+        soak.stop.set()
+        for t in threads[2:]:
+            t.join(timeout=30)
         csv_file.close()
         if agent.poll() is not None:
             soak.error(f"the agent exited during the soak (status {agent.returncode})")
@@ -338,6 +365,11 @@ def main():
         not_mended = [c for c in injected if c not in mended or f":{c} " in rest]
         if not_mended:
             soak.error(f"hijacks not removed once and verified: {not_mended}")
+        expected_syncs = minutes * 60 / SYNC_EVERY
+        if soak.syncs < expected_syncs / 2:
+            soak.error(f"only {soak.syncs} kube-proxy syncs ran (about {expected_syncs:.0f} expected)")
+        if not injected:
+            soak.error("no hijack was injected")
         max_journal = max((s[4] for s in soak.samples), default=0)
         if max_journal > JOURNAL_LIMIT:
             soak.error(f"journal grew to {max_journal} lines (limit {JOURNAL_LIMIT})")
@@ -388,6 +420,7 @@ def main():
               f"SIGTERM exit {exit_status}", flush=True)
         return 0 if not soak.errors else 1
     finally:
+        soak.stop_load.set()
         soak.stop.set()
         for p in background:
             p.kill()
