@@ -237,7 +237,7 @@ class Soak:
                 self.health_failures += 1
             self.stop.wait(0.2)
 
-    def sample(self, pid, journal, t0, writer):
+    def sample(self, pid, journal, t0, writer, csv_file):
         while not self.stop.is_set():
             rss, hwm, cpu = proc_figures(pid)
             try:
@@ -247,6 +247,7 @@ class Soak:
             row = (round(time.monotonic() - t0, 1), round(rss, 2), round(hwm, 2), round(cpu, 2), lines)
             self.samples.append(row)
             writer.writerow(row)
+            csv_file.flush()  # readable while the soak runs
             self.stop.wait(SAMPLE_EVERY)
 
 
@@ -316,7 +317,7 @@ def main():
         threads = [threading.Thread(target=soak.churn, args=(syncs,), daemon=True),
                    threading.Thread(target=soak.flap, daemon=True),
                    threading.Thread(target=soak.watch, daemon=True),
-                   threading.Thread(target=soak.sample, args=(agent.pid, journal, t0, writer), daemon=True)]
+                   threading.Thread(target=soak.sample, args=(agent.pid, journal, t0, writer, csv_file), daemon=True)]
         for t in threads:
             t.start()
         deadline = time.monotonic() + minutes * 60
