@@ -40,6 +40,8 @@ const FILE_NAME: &str = "journal.jsonl";
 /// Beside the journal: since when each current finding has been seen by `netmend check`.
 const FIRST_SEEN_NAME: &str = "first-seen.json";
 const LOCK_NAME: &str = "journal.lock";
+/// Entries kept in memory while the journal cannot be written.
+pub const MAX_UNWRITTEN: usize = 1_000;
 
 /// Reasons a journal line is counted as skipped (the closed label set of
 /// `netmend_journal_skipped_lines_total`).
@@ -187,6 +189,14 @@ pub struct JournalHealth {
     pub skipped_lines: BTreeMap<String, u64>,
     /// Entries appended by other processes (e.g. `check --apply`) picked up since start.
     pub picked_up: u64,
+    /// Entries a write failed for (state directory read-only or full), kept in memory and written
+    /// first, in order, by the next append or refresh that can write.
+    pub unwritten: usize,
+    /// Unwritten entries dropped because more than [`MAX_UNWRITTEN`] waited (the oldest go).
+    pub dropped_unwritten: u64,
+    /// The last write error, until a write succeeds again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_error: Option<String>,
 }
 
 /// The journal file and its entries in memory.
@@ -207,6 +217,10 @@ pub struct Journal {
     /// Entries other processes appended, not yet handed out by [`Journal::refresh`].
     unseen: Vec<JournalEntry>,
     picked_up: u64,
+    /// Entries not written yet (a write failed), oldest first.
+    unwritten: std::collections::VecDeque<JournalEntry>,
+    dropped_unwritten: u64,
+    write_error: Option<String>,
 }
 
 /// An `flock` held until dropped, on a second descriptor of the lock file (the lock belongs to
@@ -287,6 +301,9 @@ impl Journal {
             skipped: BTreeMap::new(),
             unseen: Vec::new(),
             picked_up: 0,
+            unwritten: Default::default(),
+            dropped_unwritten: 0,
+            write_error: None,
         };
         {
             let _lock = FileLock::take(&journal.lock, true, &journal.path)?;
@@ -374,6 +391,9 @@ impl Journal {
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect(),
             picked_up: self.picked_up,
+            unwritten: self.unwritten.len(),
+            dropped_unwritten: self.dropped_unwritten,
+            write_error: self.write_error.clone(),
         }
     }
 
@@ -392,35 +412,81 @@ impl Journal {
                 self.compact()?;
             }
         }
+        // Entries a failed write left waiting go now if they can; if not, they keep waiting and
+        // `write_error` says why (no error here: what others appended was read).
+        if !self.unwritten.is_empty() {
+            if let Err(error) = self.write_unwritten() {
+                self.note_write_failure(&error);
+            }
+        }
         Ok(std::mem::take(&mut self.unseen))
     }
 
     /// Appends and syncs one entry, after catching up with what others appended (kept for the
-    /// next [`Journal::refresh`]).
+    /// next [`Journal::refresh`]). When the write fails (the state directory is read-only or
+    /// full) the entry is kept in memory and written, before any newer one, as soon as a write
+    /// succeeds again: nothing is lost while at most [`MAX_UNWRITTEN`] wait.
     pub fn append(&mut self, entry: JournalEntry) -> Result<(), JournalError> {
+        self.unwritten.push_back(entry);
+        while self.unwritten.len() > MAX_UNWRITTEN {
+            self.unwritten.pop_front();
+            self.dropped_unwritten += 1;
+        }
+        let written = self.write_unwritten();
+        if let Err(error) = &written {
+            self.note_write_failure(error);
+        }
+        written
+    }
+
+    fn note_write_failure(&mut self, error: &JournalError) {
+        self.write_error = Some(format!(
+            "{error}; {} entries kept in memory until it can be written",
+            self.unwritten.len()
+        ));
+    }
+
+    /// Catches up and writes the unwritten entries, under the exclusive lock.
+    fn write_unwritten(&mut self) -> Result<(), JournalError> {
         let _lock = FileLock::take(&self.lock, true, &self.path)?;
         self.catch_up_locked()?;
-        let mut line = String::new();
-        if self.torn_tail {
+        self.write_unwritten_locked()
+    }
+
+    /// Writes every unwritten entry, oldest first, each as one line; stops at the first failure
+    /// (what is left stays unwritten). An entry a failed write left in the file anyway (the data
+    /// was written, the sync failed) is not written twice. Needs the exclusive lock.
+    fn write_unwritten_locked(&mut self) -> Result<(), JournalError> {
+        while let Some(entry) = self.unwritten.front() {
+            let text = line_of(entry);
+            if self.write_error.is_some() && self.entries.iter().rev().any(|e| line_of(e) == text) {
+                self.unwritten.pop_front();
+                continue;
+            }
+            let mut line = String::new();
+            if self.torn_tail {
+                line.push('\n');
+            }
+            line.push_str(&text);
             line.push('\n');
+            if let Err(source) = self
+                .file
+                .write_all(line.as_bytes())
+                .and_then(|_| self.file.sync_data())
+            {
+                // Where the file ends is unknown now: re-read it whole next time.
+                self.identity = (u64::MAX, u64::MAX);
+                return Err(JournalError::Write {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+            self.offset += line.len() as u64;
+            self.torn_tail = false;
+            let entry = self.unwritten.pop_front().expect("the front entry");
+            self.entries.push(entry);
         }
-        line.push_str(&line_of(&entry));
-        line.push('\n');
-        if let Err(source) = self
-            .file
-            .write_all(line.as_bytes())
-            .and_then(|_| self.file.sync_data())
-        {
-            // Where the file ends is unknown now: re-read it whole next time.
-            self.identity = (u64::MAX, u64::MAX);
-            return Err(JournalError::Write {
-                path: self.path.clone(),
-                source,
-            });
-        }
-        self.offset += line.len() as u64;
-        self.torn_tail = false;
-        self.entries.push(entry);
+        self.write_error = None;
         if self.entries.len() > self.max_entries {
             self.compact_locked()?;
         }
@@ -870,6 +936,70 @@ mod many_writers {
         assert_eq!(j.entries().len(), 2 * N as usize);
         assert_eq!(j.skipped_lines(), 0);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn entries_a_write_failed_for_are_kept_and_written_first_when_writes_work_again() {
+        let dir = temp_dir("unwritten");
+        let mut j = Journal::open(&dir).unwrap();
+        j.append(entry("k1", Outcome::Applied, 1)).unwrap();
+        // A descriptor that cannot write stands for a read-only or full state directory.
+        j.file = File::open(&j.path).unwrap();
+        let error = j.append(entry("k2", Outcome::Verified, 2)).unwrap_err();
+        assert!(
+            error.to_string().starts_with("cannot write journal"),
+            "{error}"
+        );
+        let health = j.health();
+        assert_eq!(health.unwritten, 1);
+        let why = health.write_error.expect("the write error is shown");
+        assert!(
+            why.ends_with("1 entries kept in memory until it can be written"),
+            "{why}"
+        );
+        assert_eq!(j.entries().len(), 1);
+        // Writable again: the kept entry goes first, then the new one.
+        j.append(entry("k3", Outcome::Applied, 3)).unwrap();
+        let health = j.health();
+        assert_eq!((health.unwritten, health.write_error), (0, None));
+        let keys: Vec<String> = Journal::open(&dir)
+            .unwrap()
+            .entries()
+            .iter()
+            .map(|e| e.key.clone())
+            .collect();
+        assert_eq!(keys, ["k1", "k2", "k3"]);
+    }
+
+    #[test]
+    fn a_refresh_writes_what_is_waiting_without_a_new_entry() {
+        let dir = temp_dir("unwritten-refresh");
+        let mut j = Journal::open(&dir).unwrap();
+        j.file = File::open(&j.path).unwrap();
+        j.append(entry("k1", Outcome::Applied, 1)).unwrap_err();
+        assert!(j.refresh().unwrap().is_empty());
+        assert_eq!(j.health().unwritten, 0);
+        assert_eq!(Journal::open(&dir).unwrap().entries().len(), 1);
+    }
+
+    #[test]
+    fn at_most_max_unwritten_entries_wait_and_the_dropped_are_counted() {
+        let dir = temp_dir("unwritten-bound");
+        let mut j = Journal::open(&dir).unwrap();
+        j.file = File::open(&j.path).unwrap();
+        for i in 0..MAX_UNWRITTEN + 3 {
+            j.identity = (u64::MAX, u64::MAX);
+            j.catch_up_locked().unwrap();
+            j.file = File::open(&j.path).unwrap();
+            j.append(entry(&format!("k{i}"), Outcome::Applied, i as u64))
+                .unwrap_err();
+        }
+        let health = j.health();
+        assert_eq!(
+            (health.unwritten, health.dropped_unwritten),
+            (MAX_UNWRITTEN, 3)
+        );
+        assert_eq!(j.unwritten.front().unwrap().key, "k3");
     }
 
     #[test]

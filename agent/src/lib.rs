@@ -11,6 +11,7 @@ pub mod arp_probe;
 pub mod cluster;
 pub mod config;
 pub mod detect;
+pub mod fault_knobs;
 pub mod http;
 pub mod journal;
 pub mod metrics;

@@ -7,6 +7,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod agent_process;
 pub mod fake_apiserver;
 pub mod ruleset_gen;
 

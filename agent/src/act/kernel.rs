@@ -234,8 +234,19 @@ impl Actuator for KernelActuator {
                 });
             }
             FixAction::ClearPromisc { interface } => {
-                let change = link::set_promisc(interface.as_str(), false)
-                    .map_err(|e| ActError::Failed(e.to_string()))?;
+                let change = match link::set_promisc(interface.as_str(), false) {
+                    Ok(change) => change,
+                    // The flag went with the interface: there is nothing left to turn off.
+                    Err(e) if e.is_gone() => {
+                        return Ok(ActReport {
+                            detail: format!(
+                                "{interface} no longer exists: its promiscuous flag went with it"
+                            ),
+                            was_promisc_before: None,
+                        })
+                    }
+                    Err(e) => return Err(ActError::Failed(e.to_string())),
+                };
                 return Ok(ActReport {
                     detail: describe(action),
                     was_promisc_before: Some(change.was_set_before),

@@ -264,8 +264,9 @@ impl AsFd for NftEventSocket {
 
 impl NftEventSocket {
     pub fn open() -> Result<NftEventSocket, NetlinkError> {
-        // A large buffer rides out ordinary bursts; overflow is still handled (a re-dump).
-        NftEventSocket::open_with_buffer(8 << 20)
+        // A large buffer (8 MiB unless `NETMEND_NFT_EVENT_BUFFER` says otherwise) rides out
+        // ordinary bursts; overflow is still handled (a re-dump).
+        NftEventSocket::open_with_buffer(crate::fault_knobs::nft_event_buffer())
     }
 
     /// Like [`NftEventSocket::open`] with a receive buffer of `bytes` (tests force overflows

@@ -43,6 +43,8 @@ pub struct KernelReader {
     nat_ports: Option<(NatPortsInputs, BTreeSet<u16>)>,
     /// Listener owners resolved so far, by socket inode (None: held by no visible process).
     socket_owners: BTreeMap<u64, Option<ProcessInfo>>,
+    /// Processes whose descriptors the last owner scan could not read.
+    owners_refused: usize,
 }
 
 /// What the NAT-matched ports were computed from: the nftables generation and the identity of
@@ -80,6 +82,7 @@ impl KernelReader {
             l2: crate::observe::l2_watch::L2Watch::new(),
             legacy: (view == NftView::Cached).then(crate::observe::legacy_cache::LegacyCache::new),
             socket_owners: BTreeMap::new(),
+            owners_refused: 0,
             nat_ports: None,
         }
     }
@@ -124,10 +127,19 @@ impl KernelReader {
             .filter(|inode| !self.socket_owners.contains_key(inode))
             .collect();
         if !wanted.is_empty() {
-            let mut found = sockets::socket_owners(&proc_root(), &wanted);
+            let mut owners = sockets::socket_owners(&proc_root(), &wanted);
             for inode in wanted {
-                self.socket_owners.insert(inode, found.remove(&inode));
+                let mut owner = owners.found.remove(&inode);
+                if owner.is_none() && owners.refused > 0 {
+                    // Its holder may be one of the processes that refused: docker-proxy still
+                    // says on its command line what it publishes.
+                    owner = listeners.iter().find(|l| l.inode == inode).and_then(|l| {
+                        sockets::docker_proxy_publishing(&proc_root(), l.address, l.port)
+                    });
+                }
+                self.socket_owners.insert(inode, owner);
             }
+            self.owners_refused = owners.refused;
         }
         for l in listeners.iter_mut() {
             if ports.contains(&l.port) {
@@ -254,9 +266,14 @@ impl NodeReader for KernelReader {
             Ok(mut listeners) => {
                 self.resolve_owners(&snapshot, &mut listeners);
                 snapshot.listeners = Some(listeners);
-                snapshot
-                    .sources
-                    .insert("sockets".into(), SourceStatus::ok(started.elapsed()));
+                let mut status = SourceStatus::ok(started.elapsed());
+                if self.owners_refused > 0 {
+                    status.detail = Some(format!(
+                        "{} processes did not show their sockets (they hold privileges netmend lacks): their listeners count as host services, except docker-proxy's (read from its command line)",
+                        self.owners_refused
+                    ));
+                }
+                snapshot.sources.insert("sockets".into(), status);
             }
             Err(e) => {
                 snapshot.sources.insert(

@@ -12,6 +12,14 @@
 //! listeners on ports some NAT rule matches), stops as soon as all are found, and is bounded in
 //! processes and descriptors visited. Without the host's /proc (no hostPID, no host /proc mount)
 //! owners stay unknown and a listener counts as an ordinary host service.
+//!
+//! Under least privilege (the chart's NET_ADMIN, NET_RAW, BPF) the kernel refuses to show the
+//! descriptors of a process holding capabilities netmend lacks (docker-proxy, kube-proxy and most
+//! host daemons run with all of them): that would take CAP_SYS_PTRACE, which would also open their
+//! memory. Command lines stay readable, and docker-proxy's names what it publishes
+//! (`-proto tcp -host-ip H -host-port P`): [`docker_proxy_publishing`] finds the owner of such a
+//! listener that way. Other owners behind refused descriptors stay unknown, and the sockets
+//! source says how many processes refused ([`Owners::refused`]).
 
 use crate::model::ruleset::{Action, Backend, Direction, KeyValue, Match, Ruleset};
 use crate::model::snapshot::{ListeningSocket, ProcessInfo};
@@ -212,16 +220,27 @@ pub fn read_process(proc_root: &Path, pid: u32) -> Option<ProcessInfo> {
     })
 }
 
+/// What an owner scan found.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Owners {
+    /// The process holding each inode found.
+    pub found: BTreeMap<u64, ProcessInfo>,
+    /// Processes whose descriptors the kernel refused to show (they hold capabilities netmend
+    /// lacks).
+    pub refused: usize,
+}
+
 /// Finds the process holding each socket inode of `inodes` by walking `<proc_root>/*/fd`. Stops
 /// when every inode is found; inodes held by no visible process are absent from the answer.
-pub fn socket_owners(proc_root: &Path, inodes: &BTreeSet<u64>) -> BTreeMap<u64, ProcessInfo> {
-    let mut found = BTreeMap::new();
+pub fn socket_owners(proc_root: &Path, inodes: &BTreeSet<u64>) -> Owners {
+    let mut owners = Owners::default();
     if inodes.is_empty() {
-        return found;
+        return owners;
     }
     let Ok(entries) = std::fs::read_dir(proc_root) else {
-        return found;
+        return owners;
     };
+    let found = &mut owners.found;
     for entry in entries.flatten().take(MAX_PROCESSES) {
         let Some(pid) = entry
             .file_name()
@@ -230,13 +249,25 @@ pub fn socket_owners(proc_root: &Path, inodes: &BTreeSet<u64>) -> BTreeMap<u64, 
         else {
             continue;
         };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
-            continue;
+        let fds = match std::fs::read_dir(entry.path().join("fd")) {
+            Ok(fds) => fds,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    owners.refused += 1;
+                }
+                continue;
+            }
         };
         let mut holds: Vec<u64> = Vec::new();
         for fd in fds.flatten().take(MAX_FDS_PER_PROCESS) {
-            let Ok(target) = std::fs::read_link(fd.path()) else {
-                continue;
+            let target = match std::fs::read_link(fd.path()) {
+                Ok(target) => target,
+                // The directory lists, its links do not resolve: the whole process refuses.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    owners.refused += 1;
+                    break;
+                }
+                Err(_) => continue,
             };
             if let Some(inode) = target.to_str().and_then(parse_socket_link) {
                 if inodes.contains(&inode) && !found.contains_key(&inode) {
@@ -256,7 +287,51 @@ pub fn socket_owners(proc_root: &Path, inodes: &BTreeSet<u64>) -> BTreeMap<u64, 
             break;
         }
     }
-    found
+    owners
+}
+
+/// The docker-proxy process whose command line publishes TCP `address:port`
+/// (`-host-ip address -host-port port`, `-proto tcp` or no `-proto`), found from command lines
+/// alone: they are readable where descriptors are not.
+pub fn docker_proxy_publishing(
+    proc_root: &Path,
+    address: IpAddr,
+    port: u16,
+) -> Option<ProcessInfo> {
+    let entries = std::fs::read_dir(proc_root).ok()?;
+    for entry in entries.flatten().take(MAX_PROCESSES) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let is_docker_proxy = std::fs::read_to_string(entry.path().join("comm"))
+            .is_ok_and(|comm| comm.trim_end() == "docker-proxy");
+        if !is_docker_proxy {
+            continue;
+        }
+        let Some(process) = read_process(proc_root, pid) else {
+            continue;
+        };
+        if publishes(&process.args, address, port) {
+            return Some(process);
+        }
+    }
+    None
+}
+
+/// Whether docker-proxy arguments publish TCP `address:port`.
+fn publishes(args: &[String], address: IpAddr, port: u16) -> bool {
+    let arg = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+    };
+    arg("-proto").is_none_or(|p| p == "tcp")
+        && arg("-host-ip").and_then(|a| a.parse::<IpAddr>().ok()) == Some(address)
+        && arg("-host-port").and_then(|p| p.parse::<u16>().ok()) == Some(port)
 }
 
 #[cfg(test)]
@@ -269,6 +344,32 @@ mod tests {
     // 127.0.0.1:9999 and [::]:6443 (see tests/tests/sockets.rs, capture_payloads).
     const V4: &str = "020a0000270f00007f0000010000000000000000000000000000000000000000000000000000000000000000010000000000000000000000000000008000000000000000ea740000050008000000000008000f00000000000c00150001000000000000000600160052000000";
     const V6: &str = "0a0a0000192b0000000000000000000000000000000000000000000000000000000000000000000000000000021000000000000000000000000000008000000000000000e6710000050008000000000005000b000000000008000f00000000000c00150001000000000000000600160012000000";
+
+    #[test]
+    fn docker_proxy_arguments_name_what_they_publish() {
+        let args: Vec<String> = "/usr/bin/docker-proxy -proto tcp -host-ip 0.0.0.0 -host-port 8080 -container-ip 172.17.0.2 -container-port 80"
+            .split(' ')
+            .map(String::from)
+            .collect();
+        let any: IpAddr = "0.0.0.0".parse().unwrap();
+        assert!(publishes(&args, any, 8080));
+        assert!(
+            !publishes(&args, any, 80),
+            "the container port is not published"
+        );
+        assert!(!publishes(&args, "127.0.0.1".parse().unwrap(), 8080));
+        let udp: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a == "tcp" {
+                    "udp".to_string()
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        assert!(!publishes(&udp, any, 8080));
+    }
 
     #[test]
     fn decodes_captured_listeners() {

@@ -678,7 +678,7 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
     fn append(&mut self, entry: JournalEntry) {
         self.fix_events.extend(fix_event(&entry));
         if let Err(e) = self.journal.append(entry) {
-            tracing::error!(error = %e, "journal write failed");
+            tracing::error!(error = %e, "journal write failed: the entry is kept in memory and written once the state directory is writable again (journalHealth.unwritten on /status)");
         }
     }
 

@@ -139,6 +139,7 @@ pub fn execute(
     }
 
     let generation = nft_generation(&action, &fresh);
+    crate::fault_knobs::pause_before_acting();
     let applied = match actuator.apply(&action, generation) {
         Ok(report) => report,
         Err(ActError::Unknown(why)) => {

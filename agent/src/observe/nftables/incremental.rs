@@ -647,7 +647,7 @@ impl Default for NftTracker {
 
 impl NftTracker {
     pub fn new() -> NftTracker {
-        NftTracker::with_buffer(8 << 20)
+        NftTracker::with_buffer(crate::fault_knobs::nft_event_buffer())
     }
 
     /// A tracker whose event socket has a `bytes` receive buffer.
