@@ -11,6 +11,7 @@ pub mod arp_probe;
 pub mod cluster;
 pub mod config;
 pub mod detect;
+pub mod fuzz;
 pub mod http;
 pub mod journal;
 pub mod metrics;

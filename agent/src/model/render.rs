@@ -9,7 +9,28 @@ use crate::model::finding::FixAction;
 use crate::model::ruleset::{
     Action, Backend, Direction, Family, Field, Match, PortRange, Rule, Table,
 };
+use std::borrow::Cow;
 use std::fmt::Write;
+
+/// Text taken from outside (kernel object names, config keys) made safe to print in an error or a
+/// log line: control characters (a newline, an escape sequence) are shown escaped (`\u{1b}`),
+/// everything else is kept as is.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
 
 /// Tables iptables-nft creates; their rules are shown in iptables-save syntax.
 const IPTABLES_TABLE_NAMES: [&str; 5] = ["filter", "nat", "mangle", "raw", "security"];
@@ -779,6 +800,13 @@ pub fn content_hash<'a>(lines: impl IntoIterator<Item = &'a str>) -> u64 {
 mod tests {
     use super::*;
     use crate::model::ruleset::{Cidr, NatRange, Verdict};
+
+    #[test]
+    fn printable_escapes_only_control_characters() {
+        assert!(matches!(printable("KUBE-SVC-ÄÖ x"), Cow::Borrowed(_)));
+        assert_eq!(printable("firewal\u{8}"), "firewal\\u{8}");
+        assert_eq!(printable("a\nb\x1b[31m"), "a\\u{a}b\\u{1b}[31m");
+    }
 
     fn hostport_rule() -> Rule {
         Rule {
