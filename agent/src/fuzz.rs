@@ -16,6 +16,7 @@ use crate::model::ruleset::{Family, Ruleset};
 use crate::observe::nftables::{self, NftCache};
 use crate::observe::{addresses, arp, bpf, iptables_legacy, links, nft_events, sockets, xt};
 use std::fmt::Display;
+use std::path::Path;
 
 /// The longest error message a decoder may produce: an error that echoes its whole input is not
 /// a clear error.
@@ -184,6 +185,59 @@ pub fn nft_notifications(base: &NotificationBase, data: &[u8]) {
             }
         }
         Err(e) => check_error("nft_notifications", &e),
+    }
+}
+
+/// The captured notification steps of `agent/testdata/nft/events/`: for each step, the dump
+/// before it (the cache's starting point) and, as a seed input, its notifications. An input of the
+/// `nft_notifications` target is one byte choosing the step, then notification datagrams.
+#[derive(Debug, Clone)]
+pub struct NotificationSteps {
+    bases: Vec<NotificationBase>,
+    /// One input per step: its name and bytes.
+    pub seeds: Vec<(String, Vec<u8>)>,
+}
+
+impl NotificationSteps {
+    /// Reads `generations.txt`, the dumps and the notifications of `dir`.
+    pub fn load(dir: &Path) -> Result<NotificationSteps, String> {
+        let read = |name: &str| {
+            std::fs::read(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()))
+        };
+        let list = String::from_utf8_lossy(&read("generations.txt")?).into_owned();
+        let mut steps = Vec::new();
+        for line in list.lines().filter(|l| !l.trim().is_empty()) {
+            let (tag, generation) = line
+                .split_once(' ')
+                .ok_or_else(|| format!("generations.txt: bad line {line:?}"))?;
+            let generation: u32 = generation
+                .trim()
+                .parse()
+                .map_err(|e| format!("generations.txt: {line:?}: {e}"))?;
+            steps.push((tag.to_string(), generation));
+        }
+        let mut bases = Vec::new();
+        let mut seeds = Vec::new();
+        for pair in steps.windows(2) {
+            let ((before, generation), (step, _)) = (&pair[0], &pair[1]);
+            let dump = read(&format!("{before}.dump.bin"))?;
+            bases.push(NotificationBase::from_dump(&dump, *generation)?);
+            let index = u8::try_from(bases.len() - 1).map_err(|_| "more than 256 steps")?;
+            let mut input = vec![index];
+            input.extend(read(&format!("{step}.events.bin"))?);
+            seeds.push((step.clone(), input));
+        }
+        if bases.is_empty() {
+            return Err(format!("{}: no notification steps", dir.display()));
+        }
+        Ok(NotificationSteps { bases, seeds })
+    }
+
+    /// Runs one `nft_notifications` input: the first byte chooses the step (modulo their number).
+    pub fn run(&self, data: &[u8]) {
+        if let Some((&step, events)) = data.split_first() {
+            nft_notifications(&self.bases[usize::from(step) % self.bases.len()], events);
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 //! A failing input is written to `<target tmp>/fuzz-failures/<decoder>/`; once fixed it is kept
 //! in `agent/testdata/fuzz/regressions/<decoder>/`, replayed first by every run.
 
-use netmend::fuzz::{self, NotificationBase, Target};
+use netmend::fuzz::{self, NotificationSteps, Target};
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -25,6 +25,9 @@ const HANG_LIMIT: Duration = Duration::from_secs(10);
 const DEFAULT_SECS: f64 = 5.0;
 /// Inputs grow by splices and repeats; past this they are cut back.
 const MAX_INPUT: usize = 128 * 1024;
+
+/// Named inputs: a file name and its bytes.
+type Inputs = Vec<(String, Vec<u8>)>;
 
 fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
@@ -41,7 +44,7 @@ fn unhex(text: &str) -> Vec<u8> {
 }
 
 /// The files of `dir` whose names pass `keep`, sorted, read (`.hex` files decoded).
-fn files(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<(String, Vec<u8>)> {
+fn files(dir: &Path, keep: impl Fn(&str) -> bool) -> Inputs {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -92,7 +95,7 @@ fn xt_extension_input(file: &str, data: &[u8]) -> Option<Vec<u8>> {
     Some(input)
 }
 
-fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
+fn seeds(target: &str) -> Inputs {
     let data = testdata();
     let own = files(&data.join("fuzz/seeds").join(target), |_| true);
     let fixtures = match target {
@@ -125,7 +128,7 @@ fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
     all
 }
 
-fn regressions(target: &str) -> Vec<(String, Vec<u8>)> {
+fn regressions(target: &str) -> Inputs {
     files(&testdata().join("fuzz/regressions").join(target), |_| true)
 }
 
@@ -379,11 +382,7 @@ struct Figures {
 
 /// Feeds `run` the regressions, the seeds, then mutations of the seeds until the budget is spent;
 /// panics naming the saved input on the first panic or hang.
-fn fuzz_target(
-    target: &'static str,
-    seeds: Vec<(String, Vec<u8>)>,
-    run: impl Fn(&[u8]) + Send + Sync + 'static,
-) {
+fn fuzz_target(target: &'static str, seeds: Inputs, run: impl Fn(&[u8]) + Send + Sync + 'static) {
     let regressions = regressions(target);
     let seed = seed_for(target);
     let budget = budget();
@@ -554,34 +553,35 @@ fuzz_tests!(
     config,
 );
 
-/// The notification steps of `agent/testdata/nft/events/`: for each, the dump before it (the base
-/// the cache starts from) and its notifications. The input is one byte choosing the step, then
-/// the notifications; the same layout as the cargo-fuzz target.
+/// nftables notifications replayed on a cache started from the dump before their step (see
+/// `netmend::fuzz::NotificationSteps`).
 #[test]
 fn nft_notifications() {
-    let dir = testdata().join("nft/events");
-    let list = std::fs::read_to_string(dir.join("generations.txt")).unwrap();
-    let steps: Vec<(String, u32)> = list
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(tag, generation)| (tag.to_string(), generation.trim().parse().unwrap()))
+    let steps = NotificationSteps::load(&testdata().join("nft/events")).unwrap();
+    let seeds = steps.seeds.clone();
+    fuzz_target(fuzz::NFT_NOTIFICATIONS, seeds, move |data| steps.run(data));
+}
+
+/// With `NETMEND_FUZZ_EXPORT=DIR`, writes every target's inputs (seeds and regression cases, in
+/// each target's input layout) to `DIR/<target>/`: the starting corpus of the cargo-fuzz run of
+/// `scripts/fuzz.sh`.
+#[test]
+#[ignore = "run by scripts/fuzz.sh to prepare the cargo-fuzz corpus"]
+fn export_seeds() {
+    let dir = PathBuf::from(std::env::var("NETMEND_FUZZ_EXPORT").expect("NETMEND_FUZZ_EXPORT"));
+    let steps = NotificationSteps::load(&testdata().join("nft/events")).unwrap();
+    let mut all: Vec<(&str, Inputs)> = fuzz::TARGETS
+        .iter()
+        .map(|t| (t.name, seeds(t.name)))
         .collect();
-    let mut bases = Vec::new();
-    let mut seeds = Vec::new();
-    for pair in steps.windows(2) {
-        let ((before, generation), (step, _)) = (&pair[0], &pair[1]);
-        let dump = std::fs::read(dir.join(format!("{before}.dump.bin"))).unwrap();
-        bases.push(NotificationBase::from_dump(&dump, *generation).unwrap());
-        let mut input = vec![(bases.len() - 1) as u8];
-        input.extend(std::fs::read(dir.join(format!("{step}.events.bin"))).unwrap());
-        seeds.push((step.clone(), input));
-    }
-    let bases = Arc::new(bases);
-    fuzz_target(fuzz::NFT_NOTIFICATIONS, seeds, move |data| {
-        if let Some((&step, events)) = data.split_first() {
-            fuzz::nft_notifications(&bases[usize::from(step) % bases.len()], events);
+    all.push((fuzz::NFT_NOTIFICATIONS, steps.seeds.clone()));
+    for (target, inputs) in all {
+        let out = dir.join(target);
+        std::fs::create_dir_all(&out).unwrap();
+        for (name, bytes) in inputs.into_iter().chain(regressions(target)) {
+            std::fs::write(out.join(name), bytes).unwrap();
         }
-    });
+    }
 }
 
 /// The mutator itself: it changes inputs, finds the length fields of a captured dump, and keeps

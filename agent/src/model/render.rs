@@ -12,24 +12,33 @@ use crate::model::ruleset::{
 use std::borrow::Cow;
 use std::fmt::Write;
 
-/// Text taken from outside (kernel object names, config keys) made safe to print in an error or a
-/// log line: control characters (a newline, an escape sequence) are shown escaped (`\u{1b}`),
-/// everything else is kept as is.
+/// Longest text [`printable`] shows whole; longer text keeps its head and tail.
+pub const PRINTABLE_MAX_CHARS: usize = 240;
+
+/// Text taken from outside (kernel object names, config keys and values) made safe to put in an
+/// error or a log line: control characters (a newline, an escape sequence) are shown escaped
+/// (`\u{1b}`), and text longer than [`PRINTABLE_MAX_CHARS`] is cut in the middle (its head and its
+/// tail, which usually says what is wrong, are kept). Anything else is kept as is.
 pub fn printable(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    let count = text.chars().count();
+    if count <= PRINTABLE_MAX_CHARS && !text.chars().any(char::is_control) {
         return Cow::Borrowed(text);
     }
-    Cow::Owned(
-        text.chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_unicode().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect(),
-    )
+    let escape = |c: char| {
+        if c.is_control() {
+            c.escape_unicode().to_string()
+        } else {
+            c.to_string()
+        }
+    };
+    if count <= PRINTABLE_MAX_CHARS {
+        return Cow::Owned(text.chars().map(escape).collect());
+    }
+    let (head, tail) = (160, 60);
+    let mut out: String = text.chars().take(head).map(escape).collect();
+    let _ = write!(out, " [{} characters cut] ", count - head - tail);
+    out.extend(text.chars().skip(count - tail).map(escape));
+    Cow::Owned(out)
 }
 
 /// Tables iptables-nft creates; their rules are shown in iptables-save syntax.
@@ -802,10 +811,16 @@ mod tests {
     use crate::model::ruleset::{Cidr, NatRange, Verdict};
 
     #[test]
-    fn printable_escapes_only_control_characters() {
+    fn printable_escapes_control_characters_and_cuts_long_text() {
         assert!(matches!(printable("KUBE-SVC-ÄÖ x"), Cow::Borrowed(_)));
         assert_eq!(printable("firewal\u{8}"), "firewal\\u{8}");
         assert_eq!(printable("a\nb\x1b[31m"), "a\\u{a}b\\u{1b}[31m");
+        let long = format!("{}: not an address", "1".repeat(1000));
+        let shown = printable(&long);
+        assert!(shown.starts_with(&"1".repeat(160)));
+        assert!(shown.contains(&format!(" [{} characters cut] ", long.len() - 220)));
+        assert!(shown.ends_with("1111: not an address"));
+        assert!(shown.chars().count() < 300);
     }
 
     fn hostport_rule() -> Rule {
