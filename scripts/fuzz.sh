@@ -72,7 +72,9 @@ if [ "$long" = 1 ]; then
         status="FAILED (artifact in fuzz/artifacts/$target/, log $log)"
         failed+=("cargo fuzz $target")
       fi
-      runs=$(grep -oE "Done [0-9]+ runs" "$log" | tail -n1 | grep -oE "[0-9]+" || echo 0)
+      # "Done N runs" at a clean end; after a crash, the last status line ("#N ...") counts.
+      runs=$(grep -oE "Done [0-9]+ runs" "$log" | tail -n1 | grep -oE "[0-9]+" ||
+             grep -oE "^#[0-9]+" "$log" | tail -n1 | tr -d '#' || echo 0)
       cov=$(grep -oE "cov: [0-9]+" "$log" | tail -n1 | grep -oE "[0-9]+" || echo "?")
       corpus=$(find "fuzz/corpus/$target" -type f | wc -l)
       echo "fuzz $target (coverage-guided): $runs runs in ${secs}s, coverage $cov edges, corpus $corpus, $status"

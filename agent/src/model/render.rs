@@ -12,16 +12,17 @@ use crate::model::ruleset::{
 use std::borrow::Cow;
 use std::fmt::Write;
 
-/// Longest text [`printable`] shows whole; longer text keeps its head and tail.
+/// Longest text [`printable`] shows whole (counted after escaping); longer text keeps its head
+/// and tail.
 pub const PRINTABLE_MAX_CHARS: usize = 240;
 
 /// Text taken from outside (kernel object names, config keys and values) made safe to put in an
 /// error or a log line: control characters (a newline, an escape sequence) are shown escaped
-/// (`\u{1b}`), and text longer than [`PRINTABLE_MAX_CHARS`] is cut in the middle (its head and its
-/// tail, which usually says what is wrong, are kept). Anything else is kept as is.
+/// (`\u{1b}`), and text that would print longer than [`PRINTABLE_MAX_CHARS`] is cut in the middle
+/// (its head and its tail, which usually says what is wrong, are kept). Anything else is kept as
+/// is.
 pub fn printable(text: &str) -> Cow<'_, str> {
-    let count = text.chars().count();
-    if count <= PRINTABLE_MAX_CHARS && !text.chars().any(char::is_control) {
+    if text.len() <= PRINTABLE_MAX_CHARS && !text.chars().any(char::is_control) {
         return Cow::Borrowed(text);
     }
     let escape = |c: char| {
@@ -31,13 +32,25 @@ pub fn printable(text: &str) -> Cow<'_, str> {
             c.to_string()
         }
     };
-    if count <= PRINTABLE_MAX_CHARS {
-        return Cow::Owned(text.chars().map(escape).collect());
+    let pieces: Vec<String> = text.chars().map(escape).collect();
+    let shown = |piece: &String| piece.chars().count();
+    if pieces.iter().map(shown).sum::<usize>() <= PRINTABLE_MAX_CHARS {
+        return Cow::Owned(pieces.concat());
     }
-    let (head, tail) = (160, 60);
-    let mut out: String = text.chars().take(head).map(escape).collect();
-    let _ = write!(out, " [{} characters cut] ", count - head - tail);
-    out.extend(text.chars().skip(count - tail).map(escape));
+    let (head_max, tail_max) = (160, 60);
+    let (mut head, mut head_len) = (0, 0);
+    while head < pieces.len() && head_len + shown(&pieces[head]) <= head_max {
+        head_len += shown(&pieces[head]);
+        head += 1;
+    }
+    let (mut tail, mut tail_len) = (pieces.len(), 0);
+    while tail > head && tail_len + shown(&pieces[tail - 1]) <= tail_max {
+        tail -= 1;
+        tail_len += shown(&pieces[tail]);
+    }
+    let mut out = pieces[..head].concat();
+    let _ = write!(out, " [{} characters cut] ", tail - head);
+    out.push_str(&pieces[tail..].concat());
     Cow::Owned(out)
 }
 
@@ -821,6 +834,12 @@ mod tests {
         assert!(shown.contains(&format!(" [{} characters cut] ", long.len() - 220)));
         assert!(shown.ends_with("1111: not an address"));
         assert!(shown.chars().count() < 300);
+        // Counted after escaping: 1,000 tabs print as at most 240 characters plus the note.
+        let tabs = "\t".repeat(1000);
+        let shown = printable(&tabs);
+        assert!(shown.starts_with("\\u{9}\\u{9}"));
+        assert!(shown.chars().count() < 260, "{}", shown.chars().count());
+        assert!(shown.contains(&format!(" [{} characters cut] ", 1000 - 32 - 12)));
     }
 
     fn hostport_rule() -> Rule {
