@@ -2,6 +2,13 @@
 # netmend: the per-node network self-healing agent, packaged for the Helm chart in chart/.
 #   docker build -t ghcr.io/netmend/netmend:0.1.0 .
 
+# Base images: referenced by tag here, because no registry could be asked for their digests when
+# this file was written and an unverified digest would be worse than none. A release pins both by
+# digest (docs/supply-chain.md): `docker buildx imagetools inspect <image>` prints the digest of the
+# tag, which is written as `<image>@sha256:<digest>` (the tag kept in front for readers); the
+# Dockerfile test accepts either form.
+# Cargo.lock is honoured: `cargo fetch --locked` and `cargo build --locked` fail on a stale lock.
+
 # ---- build ------------------------------------------------------------------------------------
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src

@@ -27,6 +27,9 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
+# Supply chain (deny.toml): licenses, bans, sources; seconds, no network once crates are cached.
+# Advisories need a database fetched from outside: scripts/hardening.sh runs them when it can.
+scripts/supply-chain.sh
 cargo build --locked -p netmend
 cargo test --locked --workspace
 if [ -x tests/chart/run.sh ]; then

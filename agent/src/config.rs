@@ -13,7 +13,11 @@ use std::time::Duration;
 
 /// A configuration error: the key path and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: {reason}")]
+#[error(
+    "{}: {}",
+    crate::model::render::printable(path),
+    crate::model::render::printable(reason)
+)]
 pub struct ConfigError {
     pub path: String,
     pub reason: String,

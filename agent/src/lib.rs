@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod detect;
 pub mod fault_knobs;
+pub mod fuzz;
 pub mod http;
 pub mod journal;
 pub mod metrics;

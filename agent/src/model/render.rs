@@ -9,7 +9,50 @@ use crate::model::finding::FixAction;
 use crate::model::ruleset::{
     Action, Backend, Direction, Family, Field, Match, PortRange, Rule, Table,
 };
+use std::borrow::Cow;
 use std::fmt::Write;
+
+/// Longest text [`printable`] shows whole (counted after escaping); longer text keeps its head
+/// and tail.
+pub const PRINTABLE_MAX_CHARS: usize = 240;
+
+/// Text taken from outside (kernel object names, config keys and values) made safe to put in an
+/// error or a log line: control characters (a newline, an escape sequence) are shown escaped
+/// (`\u{1b}`), and text that would print longer than [`PRINTABLE_MAX_CHARS`] is cut in the middle
+/// (its head and its tail, which usually says what is wrong, are kept). Anything else is kept as
+/// is.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if text.len() <= PRINTABLE_MAX_CHARS && !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let escape = |c: char| {
+        if c.is_control() {
+            c.escape_unicode().to_string()
+        } else {
+            c.to_string()
+        }
+    };
+    let pieces: Vec<String> = text.chars().map(escape).collect();
+    let shown = |piece: &String| piece.chars().count();
+    if pieces.iter().map(shown).sum::<usize>() <= PRINTABLE_MAX_CHARS {
+        return Cow::Owned(pieces.concat());
+    }
+    let (head_max, tail_max) = (160, 60);
+    let (mut head, mut head_len) = (0, 0);
+    while head < pieces.len() && head_len + shown(&pieces[head]) <= head_max {
+        head_len += shown(&pieces[head]);
+        head += 1;
+    }
+    let (mut tail, mut tail_len) = (pieces.len(), 0);
+    while tail > head && tail_len + shown(&pieces[tail - 1]) <= tail_max {
+        tail -= 1;
+        tail_len += shown(&pieces[tail]);
+    }
+    let mut out = pieces[..head].concat();
+    let _ = write!(out, " [{} characters cut] ", tail - head);
+    out.push_str(&pieces[tail..].concat());
+    Cow::Owned(out)
+}
 
 /// Tables iptables-nft creates; their rules are shown in iptables-save syntax.
 const IPTABLES_TABLE_NAMES: [&str; 5] = ["filter", "nat", "mangle", "raw", "security"];
@@ -782,6 +825,25 @@ pub fn content_hash<'a>(lines: impl IntoIterator<Item = &'a str>) -> u64 {
 mod tests {
     use super::*;
     use crate::model::ruleset::{Cidr, NatRange, Verdict};
+
+    #[test]
+    fn printable_escapes_control_characters_and_cuts_long_text() {
+        assert!(matches!(printable("KUBE-SVC-ÄÖ x"), Cow::Borrowed(_)));
+        assert_eq!(printable("firewal\u{8}"), "firewal\\u{8}");
+        assert_eq!(printable("a\nb\x1b[31m"), "a\\u{a}b\\u{1b}[31m");
+        let long = format!("{}: not an address", "1".repeat(1000));
+        let shown = printable(&long);
+        assert!(shown.starts_with(&"1".repeat(160)));
+        assert!(shown.contains(&format!(" [{} characters cut] ", long.len() - 220)));
+        assert!(shown.ends_with("1111: not an address"));
+        assert!(shown.chars().count() < 300);
+        // Counted after escaping: 1,000 tabs print as at most 240 characters plus the note.
+        let tabs = "\t".repeat(1000);
+        let shown = printable(&tabs);
+        assert!(shown.starts_with("\\u{9}\\u{9}"));
+        assert!(shown.chars().count() < 260, "{}", shown.chars().count());
+        assert!(shown.contains(&format!(" [{} characters cut] ", 1000 - 32 - 12)));
+    }
 
     fn hostport_rule() -> Rule {
         Rule {

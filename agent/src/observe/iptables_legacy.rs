@@ -21,6 +21,7 @@
 //! One file on purpose: the x_tables entry layout (IPv4 and IPv6), the table reader and the blob
 //! decoder share the layout constants; the match and target decoders are in `xt.rs`.
 
+use crate::model::render::printable;
 use crate::model::ruleset::{
     Action, Backend, BaseChain, Chain, Cidr, Direction, Family, HookPoint, Match, Rule, Ruleset,
     Table, TableId, Verdict,
@@ -63,16 +64,26 @@ pub enum LegacyError {
         path: String,
         source: io::Error,
     },
-    #[error("reading legacy table {family} {table} ({step}): {source}")]
+    #[error(
+        "reading legacy table {family} {} ({step}): {source}",
+        printable(table)
+    )]
     Read {
         family: Family,
         table: String,
         step: &'static str,
         source: io::Error,
     },
-    #[error("legacy table {family} {table} kept changing while being read (EAGAIN {EAGAIN_RETRIES} times)")]
+    #[error(
+        "legacy table {family} {} kept changing while being read (EAGAIN {EAGAIN_RETRIES} times)",
+        printable(table)
+    )]
     Unstable { family: Family, table: String },
-    #[error("legacy table {family} {table}: malformed entry blob: {detail}")]
+    #[error(
+        "legacy table {family} {}: malformed entry blob: {}",
+        printable(table),
+        printable(detail)
+    )]
     Malformed {
         family: Family,
         table: String,

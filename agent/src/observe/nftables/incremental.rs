@@ -58,7 +58,7 @@ const NLM_F_APPEND: u16 = 0x800;
 
 /// The cache cannot follow the notifications any more: a full dump is needed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
+#[error("{}", crate::model::render::printable(.0))]
 pub struct NeedResync(pub String);
 
 /// What one [`NftCache::apply_messages`] call did.

@@ -106,7 +106,10 @@ pub enum NftablesError {
     },
     #[error("nftables kept changing while being read: {attempts} dumps in a row were inconsistent (generation moved or dump interrupted); giving up")]
     Inconsistent { attempts: u32 },
-    #[error("nftables {what}: malformed reply: {detail}")]
+    #[error(
+        "nftables {what}: malformed reply: {}",
+        crate::model::render::printable(detail)
+    )]
     Malformed { what: String, detail: String },
 }
 
