@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzing of every decoder of outside bytes in netmend (netmend::fuzz; docs/testing.md).
+# Fuzzing of every decoder of outside bytes in netmend (netmend::fuzz; docs/hardening.md).
 #   scripts/fuzz.sh              the bounded property run of the test suite: captured fixtures
 #                                mutated for 5 s per decoder (stable toolchain)
 #   scripts/fuzz.sh --long [S]   the property run for S seconds per decoder (default 60), then a

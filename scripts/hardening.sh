@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Proves netmend survives (docs/testing.md): fuzzed decoders, a soak under churn, injected faults,
+# Proves netmend survives (docs/hardening.md): fuzzed decoders, a soak under churn, injected faults,
 # least privilege, a clean supply chain. As root, like scripts/test.sh.
 #   scripts/hardening.sh           the full run: fuzzing 60 s per decoder plus a coverage-guided
 #                                  cargo-fuzz run, the 30-minute soak, fault injection, least
@@ -81,6 +81,8 @@ if [ ${#e2e_tests[@]} -gt 0 ]; then
   faults_and_privilege() {
     local out rc passed failed_count
     out=$(mktemp)
+    # The tests run target/debug/netmend, which building the test crate does not rebuild.
+    cargo build --locked -p netmend || return 1
     cargo test --locked -p netmend-e2e "${e2e_tests[@]}" 2>&1 | tee "$out"
     rc=${PIPESTATUS[0]}
     passed=$(grep -oE "test result: [a-zA-Z]+\. [0-9]+ passed" "$out" | grep -oE "[0-9]+ passed" | awk '{n += $1} END {print n + 0}')
