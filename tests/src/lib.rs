@@ -200,6 +200,38 @@ impl NetNs {
         self.spawn_netmend_with_env(args, &[], log)
     }
 
+    /// `netmend run` in this namespace as node `node` against the fake API server whose
+    /// kubeconfig is `dir/kubeconfig`: configuration `dir/config.yaml`, state in `dir/state`,
+    /// log `dir/agent.log`, serving on 127.0.0.1:`port`, in pod namespace `namespace` (the one
+    /// its fix slots live in).
+    pub fn spawn_netmend_on_cluster(
+        &self,
+        dir: &std::path::Path,
+        port: u16,
+        node: &str,
+        namespace: &str,
+    ) -> Background {
+        let path = |name: &str| dir.join(name).display().to_string();
+        let listen = format!("127.0.0.1:{port}");
+        self.spawn_netmend_with_env(
+            &[
+                "run",
+                "--config",
+                &path("config.yaml"),
+                "--listen",
+                &listen,
+                "--state-dir",
+                &path("state"),
+                "--kubeconfig",
+                &path("kubeconfig"),
+                "--node-name",
+                node,
+            ],
+            &[("POD_NAMESPACE", namespace)],
+            &dir.join("agent.log"),
+        )
+    }
+
     /// Starts `netmend ARGS` inside the namespace in the background, with these environment
     /// variables besides the test's own. Never with the in-cluster API of a machine that runs the
     /// tests in a pod (`KUBERNETES_SERVICE_HOST` is removed): a test's API is the one it starts.

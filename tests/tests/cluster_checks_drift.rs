@@ -149,27 +149,10 @@ impl DriftNode {
 
     fn start(&mut self, config: &str) {
         std::fs::write(self.dir.join("config.yaml"), config).unwrap();
-        let listen = format!("127.0.0.1:{PORT}");
-        let config = self.dir.join("config.yaml").display().to_string();
-        let state = self.dir.join("state").display().to_string();
-        let kubeconfig = self.dir.join("kubeconfig").display().to_string();
-        self.agent = Some(self.ns.spawn_netmend_with_env(
-            &[
-                "run",
-                "--config",
-                &config,
-                "--listen",
-                &listen,
-                "--state-dir",
-                &state,
-                "--kubeconfig",
-                &kubeconfig,
-                "--node-name",
-                NODE,
-            ],
-            &[("POD_NAMESPACE", NAMESPACE)],
-            &self.dir.join("agent.log"),
-        ));
+        self.agent = Some(
+            self.ns
+                .spawn_netmend_on_cluster(&self.dir, PORT, NODE, NAMESPACE),
+        );
         self.wait(
             "the agent ready and judging",
             Duration::from_secs(20),

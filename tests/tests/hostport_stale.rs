@@ -190,25 +190,10 @@ impl Node {
             "mode: enforce\nchecks:\n  hostport-stale: {{ {settings} }}\nfixes:\n  remove-stale-hostport: {{ enabled: {fix}, confirmFor: 0s }}\nkubernetes:\n  requestTimeout: 1s\n"
         );
         std::fs::write(self.dir.join("config.yaml"), config).unwrap();
-        let listen = format!("127.0.0.1:{PORT}");
-        let path = |name: &str| self.dir.join(name).display().to_string();
-        self.agent = Some(self.ns.spawn_netmend_with_env(
-            &[
-                "run",
-                "--config",
-                &path("config.yaml"),
-                "--listen",
-                &listen,
-                "--state-dir",
-                &path("state"),
-                "--kubeconfig",
-                &path("kubeconfig"),
-                "--node-name",
-                NODE,
-            ],
-            &[("POD_NAMESPACE", NAMESPACE)],
-            &self.dir.join("agent.log"),
-        ));
+        self.agent = Some(
+            self.ns
+                .spawn_netmend_on_cluster(&self.dir, PORT, NODE, NAMESPACE),
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(exit) = self

@@ -112,28 +112,10 @@ impl KubeNode {
     /// it says the API is connected.
     fn start(&mut self, config: &str, connected: bool) {
         self.write_config(config);
-        let listen = format!("127.0.0.1:{}", self.port);
-        let config = self.dir.join("config.yaml").display().to_string();
-        let state = self.dir.join("state").display().to_string();
-        let kubeconfig = self.dir.join("kubeconfig").display().to_string();
-        let log = self.dir.join("agent.log");
-        self.agent = Some(self.ns.spawn_netmend_with_env(
-            &[
-                "run",
-                "--config",
-                &config,
-                "--listen",
-                &listen,
-                "--state-dir",
-                &state,
-                "--kubeconfig",
-                &kubeconfig,
-                "--node-name",
-                NODE,
-            ],
-            &[("POD_NAMESPACE", NAMESPACE)],
-            &log,
-        ));
+        self.agent = Some(
+            self.ns
+                .spawn_netmend_on_cluster(&self.dir, self.port, NODE, NAMESPACE),
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(exit) = self
