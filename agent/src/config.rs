@@ -649,7 +649,16 @@ mod tests {
         assert!(!c.fix(FixId::SET_PROMISC).enabled);
         assert_eq!(c.checks.len(), crate::detect::CHECKS.len());
         assert_eq!(c.fixes.len(), crate::remediate::fixes::FIXES.len());
-        assert!(c.checks.values().all(|s| s.enabled));
+        // Every check runs by default except the opt-in ones, which act on the cluster.
+        for check in crate::detect::CHECKS {
+            assert_eq!(
+                c.check_enabled(check.id()),
+                check.id() != CheckId::APISERVER_SERVICE_TYPE,
+                "{}",
+                check.id()
+            );
+        }
+        assert!(c.fixes.values().all(|f| !f.guard.enabled));
         assert_eq!(
             c.check(CheckId::HOSTPORT_HIJACK)
                 .settings

@@ -575,7 +575,8 @@ pub fn plan(
         FixAction::SetPromisc { .. }
         | FixAction::ClearPromisc { .. }
         | FixAction::CordonNode { .. }
-        | FixAction::UncordonNode { .. } => {
+        | FixAction::UncordonNode { .. }
+        | FixAction::SetServiceShape { .. } => {
             return Err(LegacyWriteError::BadInput(
                 "not a legacy table change".into(),
             ))
@@ -690,7 +691,8 @@ pub fn apply_action(action: &FixAction) -> Result<String, LegacyWriteError> {
         FixAction::SetPromisc { .. }
         | FixAction::ClearPromisc { .. }
         | FixAction::CordonNode { .. }
-        | FixAction::UncordonNode { .. } => {
+        | FixAction::UncordonNode { .. }
+        | FixAction::SetServiceShape { .. } => {
             return Err(LegacyWriteError::BadInput(
                 "not a legacy table change".into(),
             ))

@@ -60,7 +60,8 @@ fn steps(action: &FixAction) -> Vec<Step<'_>> {
         FixAction::SetPromisc { .. }
         | FixAction::ClearPromisc { .. }
         | FixAction::CordonNode { .. }
-        | FixAction::UncordonNode { .. } => Vec::new(),
+        | FixAction::UncordonNode { .. }
+        | FixAction::SetServiceShape { .. } => Vec::new(),
     }
 }
 
@@ -70,7 +71,8 @@ fn action_table(action: &FixAction) -> Option<&TableRef> {
         FixAction::SetPromisc { .. }
         | FixAction::ClearPromisc { .. }
         | FixAction::CordonNode { .. }
-        | FixAction::UncordonNode { .. } => None,
+        | FixAction::UncordonNode { .. }
+        | FixAction::SetServiceShape { .. } => None,
     }
 }
 
@@ -187,6 +189,21 @@ pub fn describe(action: &FixAction) -> String {
         FixAction::ClearPromisc { interface } => format!("promisc turned off again on {interface}"),
         FixAction::CordonNode { by } => format!("cordon the node for {by}"),
         FixAction::UncordonNode { by } => format!("uncordon the node cordoned for {by}"),
+        FixAction::SetServiceShape {
+            namespace,
+            name,
+            wanted,
+        } => {
+            let mut text = format!(
+                "set Service {namespace}/{name} to type {}",
+                wanted.service_type
+            );
+            if !wanted.annotations.is_empty() {
+                let keys: Vec<&str> = wanted.annotations.keys().map(String::as_str).collect();
+                text.push_str(&format!(" with annotation(s) {}", keys.join(", ")));
+            }
+            text
+        }
     }
 }
 
@@ -252,7 +269,9 @@ impl Actuator for KernelActuator {
                     was_promisc_before: Some(change.was_set_before),
                 });
             }
-            FixAction::CordonNode { .. } | FixAction::UncordonNode { .. } => {
+            FixAction::CordonNode { .. }
+            | FixAction::UncordonNode { .. }
+            | FixAction::SetServiceShape { .. } => {
                 return Err(ActError::Failed(format!(
                     "{} acts on the Kubernetes API, not the kernel",
                     describe(action)

@@ -11,7 +11,7 @@
 use crate::cluster::client::ApiCalls;
 use crate::model::finding::FixAction;
 use crate::remediate::fixes::cordon_node::CORDONED_BY_ANNOTATION;
-use crate::runtime::cluster::{ClusterActError, Cordon, NodeActed};
+use crate::runtime::cluster::{ClusterActError, ClusterActed, Cordon};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
 use kube::Api;
@@ -68,12 +68,12 @@ pub fn patch_for(
 }
 
 /// Carries out `action` on `node`: read, patch (when needed) with the resourceVersion read,
-/// read again. Returns the cordon state read afterwards.
+/// read again. Returns whether it wrote and the cordon state read afterwards.
 pub async fn act_on_node(
     calls: &ApiCalls,
     node: &str,
     action: &FixAction,
-) -> Result<NodeActed, ClusterActError> {
+) -> Result<ClusterActed, ClusterActError> {
     let nodes: Api<Node> = Api::all(calls.requests.clone());
     let what = format!("nodes/{node}");
     let unavailable = |e: crate::cluster::client::CallError| {
@@ -111,9 +111,11 @@ pub async fn act_on_node(
                 "the patch was sent but {what} could not be read back: {e}"
             ))
         })?;
-    Ok(NodeActed {
+    let after = cordon_of(&after);
+    Ok(ClusterActed {
         wrote,
-        after: cordon_of(&after),
+        reached: after.reached(action),
+        after: format!("the node is {after}"),
     })
 }
 
@@ -203,9 +205,10 @@ mod tests {
         let acted = act_on_node(&calls, "node-a", &cordon("x")).await.unwrap();
         assert_eq!(
             acted,
-            NodeActed {
+            ClusterActed {
                 wrote: true,
-                after: Cordon::Ours { by: "x".into() }
+                reached: true,
+                after: "the node is cordoned by netmend for x".into()
             }
         );
         let patches = fake.requests("PATCH", "/api/v1/nodes/node-a");
@@ -229,7 +232,8 @@ mod tests {
         );
         assert_eq!(fake.requests("PATCH", "/api/v1/nodes/node-a").len(), 1);
         let acted = act_on_node(&calls, "node-a", &uncordon("x")).await.unwrap();
-        assert_eq!(acted.after, Cordon::Schedulable);
+        assert!(acted.reached, "{acted:?}");
+        assert_eq!(acted.after, "the node is schedulable");
         let node = fake.node("node-a");
         assert_eq!(node["spec"]["unschedulable"], false);
         assert!(node["metadata"]["annotations"]

@@ -11,6 +11,7 @@
 //!
 //! Its tests (the whole adapter against the in-memory API) make this file long.
 
+pub mod api_service;
 pub mod client;
 pub mod conditions;
 pub mod cordon;
@@ -184,6 +185,10 @@ pub struct ApiCluster {
     node: String,
     /// The Services and EndpointSlices watch, while a check reads them.
     intent: services::IntentWatch,
+    /// The API server Service keeper (its Lease and its watch), while a check keeps the Service.
+    keeper: api_service::KeeperTask,
+    keeper_settings: api_service::KeeperSettings,
+    wall: WallClock,
     runtime: tokio::runtime::Handle,
     cancel: CancellationToken,
 }
@@ -246,6 +251,11 @@ impl ApiCluster {
             tx
         });
 
+        let keeper_settings = api_service::KeeperSettings {
+            holder: node.clone(),
+            namespace: namespace.clone(),
+            lease: settings.slot_lease,
+        };
         let (slots, slots_done) = if settings.fix_slots > 0 {
             let (keeper, client, commands) = slots::SlotClient::pair(
                 calls.clone(),
@@ -254,8 +264,9 @@ impl ApiCluster {
                     lease: settings.slot_lease,
                     holder: node.clone(),
                     namespace,
+                    kind: slots::LeaseKind::FixSlots,
                 },
-                wall,
+                wall.clone(),
             );
             let (done_tx, done_rx) = std::sync::mpsc::channel();
             tokio::spawn(keeper.run(commands, cancel.clone(), done_tx));
@@ -285,6 +296,9 @@ impl ApiCluster {
             slots_done,
             node: node.clone(),
             intent: services::IntentWatch::default(),
+            keeper: api_service::KeeperTask::default(),
+            keeper_settings,
+            wall,
             runtime: tokio::runtime::Handle::current(),
             cancel,
         }
@@ -349,25 +363,61 @@ impl Cluster for ApiCluster {
         self.facts.borrow().as_ref().map(|f| f.cordon.clone())
     }
 
-    fn act_on_node(
+    fn act_on_cluster(
         &mut self,
         action: &crate::model::finding::FixAction,
         wait: Duration,
-    ) -> Result<crate::runtime::cluster::NodeActed, crate::runtime::cluster::ClusterActError> {
+    ) -> Result<crate::runtime::cluster::ClusterActed, crate::runtime::cluster::ClusterActError>
+    {
+        use crate::model::finding::FixAction;
         use crate::runtime::cluster::ClusterActError;
         let (tx, rx) = std::sync::mpsc::channel();
         let calls = self.calls.clone();
-        let node = self.node.clone();
-        let action = action.clone();
-        self.runtime.spawn(async move {
-            let _ = tx.send(cordon::act_on_node(&calls, &node, &action).await);
-        });
+        let object = match action {
+            FixAction::SetServiceShape {
+                namespace, name, ..
+            } => {
+                let action = action.clone();
+                let Some(keeper) = self.keeper.shared() else {
+                    return Err(ClusterActError::Moved(
+                        "no check keeps the API server's Service any more".into(),
+                    ));
+                };
+                self.runtime.spawn(async move {
+                    let _ = tx.send(api_service::set_service_shape(&calls, &keeper, &action).await);
+                });
+                format!("the Service {namespace}/{name}")
+            }
+            _ => {
+                let action = action.clone();
+                let node = self.node.clone();
+                self.runtime.spawn(async move {
+                    let _ = tx.send(cordon::act_on_node(&calls, &node, &action).await);
+                });
+                "the Node".to_string()
+            }
+        };
         rx.recv_timeout(wait).unwrap_or_else(|_| {
             Err(ClusterActError::Unknown(format!(
-                "no answer from the API within {}: whether the Node was changed is not known",
+                "no answer from the API within {}: whether {object} was changed is not known",
                 humantime::format_duration(wait)
             )))
         })
+    }
+
+    fn follow_api_service(&mut self, wanted: bool) {
+        self.keeper.follow(
+            wanted,
+            &self.calls,
+            &self.keeper_settings,
+            &self.wall,
+            &self.runtime,
+            &self.cancel,
+        );
+    }
+
+    fn api_service(&self) -> Option<Arc<crate::model::api_service::ApiServiceView>> {
+        self.keeper.view()
     }
 
     fn follow_service_intent(&mut self, wanted: bool) {
@@ -391,6 +441,7 @@ impl Cluster for ApiCluster {
 
     fn shutdown(&mut self, within: Duration) {
         self.cancel.cancel();
+        self.keeper.stop(within);
         if let Some(done) = self.slots_done.take() {
             if done.recv_timeout(within).is_err() {
                 tracing::warn!("the fix slot was not released in time: it expires on its own");

@@ -15,6 +15,10 @@
 //! The [`SlotKeeper`] runs on a tokio task and owns all of that; the engine's synchronous thread
 //! talks to it through [`SlotClient`], which never waits longer than it is told to.
 //!
+//! The same keeper holds a single named Lease for as long as it is wanted ([`LeaseKind::Keeper`]):
+//! the leader Lease of a cluster-wide task (the API server Service keeper), taken and renewed the
+//! same way, without the cap on how long it is held.
+//!
 //! Its tests (the scripted wire format, and nodes competing through the in-memory fake) make
 //! this file long.
 
@@ -52,6 +56,17 @@ pub struct SlotSettings {
     pub lease: Duration,
     pub holder: String,
     pub namespace: String,
+    pub kind: LeaseKind,
+}
+
+/// What the Leases are for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseKind {
+    /// Fix slots `netmend-fix-slot-<i>`: held for one fix, at most [`MAX_HOLD`], shown on
+    /// `/status` as the slot held.
+    FixSlots,
+    /// One Lease of this name, held for as long as its task runs (`count` is 1).
+    Keeper { name: &'static str },
 }
 
 /// A resourceVersion of a slot and when this node first saw it.
@@ -79,6 +94,8 @@ pub struct SlotKeeper {
     wall: WallClock,
     observed: HashMap<u32, Observed>,
     held: Option<Held>,
+    /// The other holders the last [`SlotKeeper::acquire`] found.
+    holders: Vec<String>,
 }
 
 /// What the engine asks of the keeper.
@@ -97,7 +114,33 @@ impl SlotKeeper {
             wall,
             observed: HashMap::new(),
             held: None,
+            holders: Vec::new(),
         }
+    }
+
+    /// The name of Lease `index`.
+    fn lease_name(&self, index: u32) -> String {
+        match &self.settings.kind {
+            LeaseKind::FixSlots => slot_name(index),
+            LeaseKind::Keeper { name } => name.to_string(),
+        }
+    }
+
+    /// Shows the slot held on `/status` (fix slots only).
+    fn show_held(&self, index: Option<u32>) {
+        if self.settings.kind == LeaseKind::FixSlots {
+            self.calls.book.set_slot_held(index);
+        }
+    }
+
+    /// The nodes that held the Leases when the last [`SlotKeeper::acquire`] found none free.
+    pub fn holders(&self) -> &[String] {
+        &self.holders
+    }
+
+    /// When the Lease held is due for renewal.
+    pub fn next_renew(&self) -> Option<Instant> {
+        self.held.as_ref().map(|h| h.next_renew)
     }
 
     /// The slot held now.
@@ -112,6 +155,7 @@ impl SlotKeeper {
         }
         let mut taken_by = Vec::new();
         let mut failures = Vec::new();
+        self.holders.clear();
         for index in 0..self.settings.count {
             match self.try_slot(index, fix).await {
                 Ok(Attempt::Taken(lease)) => {
@@ -123,11 +167,14 @@ impl SlotKeeper {
                         renewed_at: now,
                         next_renew: now + self.settings.lease / 3,
                     });
-                    tracing::info!(slot = %slot_name(index), %fix, "took a fix slot");
+                    tracing::info!(lease = %self.lease_name(index), %fix, "took the Lease");
                     return SlotDecision::Held { index };
                 }
-                Ok(Attempt::HeldBy(holder)) => taken_by.push(holder),
-                Err(error) => failures.push(format!("{}: {error}", slot_name(index))),
+                Ok(Attempt::HeldBy { text, holder }) => {
+                    taken_by.push(text);
+                    self.holders.extend(holder);
+                }
+                Err(error) => failures.push(format!("{}: {error}", self.lease_name(index))),
             }
         }
         let reason = if failures.is_empty() {
@@ -144,7 +191,7 @@ impl SlotKeeper {
     }
 
     async fn try_slot(&mut self, index: u32, fix: FixId) -> Result<Attempt, CallError> {
-        let name = slot_name(index);
+        let name = self.lease_name(index);
         let what = format!("leases/{name}");
         let current = match self.calls.call("get", &what, self.leases.get(&name)).await {
             Ok(lease) => lease,
@@ -160,9 +207,10 @@ impl SlotKeeper {
                     .await
                 {
                     Ok(lease) => Ok(Attempt::Taken(Box::new(lease))),
-                    Err(e) if e.status() == Some(409) => {
-                        Ok(Attempt::HeldBy(format!("{name}: created by another node")))
-                    }
+                    Err(e) if e.status() == Some(409) => Ok(Attempt::HeldBy {
+                        text: format!("{name}: created by another node"),
+                        holder: None,
+                    }),
                     Err(e) => Err(e),
                 };
             }
@@ -170,7 +218,10 @@ impl SlotKeeper {
         };
         let holder = holder_of(&current);
         if !holder.is_empty() && holder != self.settings.holder && !self.expired(index, &current) {
-            return Ok(Attempt::HeldBy(format!("{name}: {holder}")));
+            return Ok(Attempt::HeldBy {
+                text: format!("{name}: {holder}"),
+                holder: Some(holder),
+            });
         }
         let lease = self.claimed(index, Some(&current), fix);
         match self
@@ -183,9 +234,10 @@ impl SlotKeeper {
             .await
         {
             Ok(lease) => Ok(Attempt::Taken(Box::new(lease))),
-            Err(e) if e.status() == Some(409) => {
-                Ok(Attempt::HeldBy(format!("{name}: taken by another node")))
-            }
+            Err(e) if e.status() == Some(409) => Ok(Attempt::HeldBy {
+                text: format!("{name}: taken by another node"),
+                holder: None,
+            }),
             Err(e) => Err(e),
         }
     }
@@ -222,7 +274,7 @@ impl SlotKeeper {
         let now = micro_time((self.wall)());
         let mut lease = current.cloned().unwrap_or_else(|| Lease {
             metadata: kube::api::ObjectMeta {
-                name: Some(slot_name(index)),
+                name: Some(self.lease_name(index)),
                 namespace: Some(self.settings.namespace.clone()),
                 ..Default::default()
             },
@@ -242,11 +294,13 @@ impl SlotKeeper {
         spec.holder_identity = Some(self.settings.holder.clone());
         spec.lease_duration_seconds = Some(self.settings.lease.as_secs().max(1) as i32);
         spec.renew_time = Some(now);
-        lease
-            .metadata
-            .annotations
-            .get_or_insert_with(Default::default)
-            .insert(FIX_ANNOTATION.to_string(), fix.to_string());
+        if self.settings.kind == LeaseKind::FixSlots {
+            lease
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(FIX_ANNOTATION.to_string(), fix.to_string());
+        }
         lease
     }
 
@@ -256,12 +310,12 @@ impl SlotKeeper {
             return;
         };
         let now = Instant::now();
-        if now - held.taken_at >= MAX_HOLD {
+        if self.settings.kind == LeaseKind::FixSlots && now - held.taken_at >= MAX_HOLD {
             tracing::warn!(slot = %slot_name(held.index), "fix slot held for {}: released", humantime::format_duration(MAX_HOLD));
             self.release().await;
             return;
         }
-        let name = slot_name(held.index);
+        let name = self.lease_name(held.index);
         let what = format!("leases/{name}");
         let mut lease = held.lease.clone();
         for _ in 0..2 {
@@ -324,9 +378,9 @@ impl SlotKeeper {
 
     fn lost(&mut self, why: &str) {
         if let Some(held) = self.held.take() {
-            tracing::warn!(slot = %slot_name(held.index), why, "lost the fix slot");
+            tracing::warn!(lease = %self.lease_name(held.index), why, "lost the Lease");
         }
-        self.calls.book.set_slot_held(None);
+        self.show_held(None);
     }
 
     /// Frees the slot held, if any: clears the holder with the resourceVersion last written. A
@@ -335,8 +389,8 @@ impl SlotKeeper {
         let Some(held) = self.held.take() else {
             return;
         };
-        self.calls.book.set_slot_held(None);
-        let name = slot_name(held.index);
+        self.show_held(None);
+        let name = self.lease_name(held.index);
         let what = format!("leases/{name}");
         let mut lease = held.lease;
         for _ in 0..2 {
@@ -358,7 +412,7 @@ impl SlotKeeper {
                 .await
             {
                 Ok(_) => {
-                    tracing::info!(slot = %name, "released the fix slot");
+                    tracing::info!(lease = %name, "released the Lease");
                     return;
                 }
                 Err(e) if e.status() == Some(409) => {
@@ -369,13 +423,13 @@ impl SlotKeeper {
                         }
                         Ok(_) => return,
                         Err(e) => {
-                            tracing::warn!(slot = %name, error = %e, "cannot release the fix slot: it expires on its own");
+                            tracing::warn!(lease = %name, error = %e, "cannot release the Lease: it expires on its own");
                             return;
                         }
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(slot = %name, error = %e, "cannot release the fix slot: it expires on its own");
+                    tracing::warn!(lease = %name, error = %e, "cannot release the Lease: it expires on its own");
                     return;
                 }
             }
@@ -427,7 +481,11 @@ impl SlotKeeper {
 
 enum Attempt {
     Taken(Box<Lease>),
-    HeldBy(String),
+    /// Held by another node: what to say, and the holder when the Lease named one.
+    HeldBy {
+        text: String,
+        holder: Option<String>,
+    },
 }
 
 fn holder_of(lease: &Lease) -> String {
@@ -565,6 +623,7 @@ mod tests {
             count,
             lease: Duration::from_secs(30),
             holder: holder.into(),
+            kind: LeaseKind::FixSlots,
             namespace: NS.into(),
         }
     }

@@ -141,6 +141,9 @@ pub struct FakeState {
     pub pods: Vec<Value>,
     pub services: Vec<Value>,
     pub endpoint_slices: Vec<Value>,
+    /// Another writer changes the object right before the next merge patch lands (its
+    /// resourceVersion moves, so a patch carrying the one read gets 409).
+    pub write_before_next_patch: bool,
     /// Every request answered, in order.
     pub log: Vec<Seen>,
     /// Requests left unanswered (stalled clients, watches).
@@ -230,6 +233,17 @@ impl FakeApi {
             .unwrap_or_default()
     }
 
+    /// The Service `namespace/name`.
+    pub fn service(&self, namespace: &str, name: &str) -> Value {
+        let state = self.state.lock().unwrap();
+        state
+            .services
+            .iter()
+            .find(|s| is_named(s, namespace, name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no Service {namespace}/{name}"))
+    }
+
     /// Requests seen with this method whose path starts with `prefix`.
     pub fn requests(&self, method: &str, prefix: &str) -> Vec<Seen> {
         self.state
@@ -292,6 +306,52 @@ impl FakeState {
                     .cloned()
                     .collect();
                 (200, self.list("PodList", items))
+            }
+            ("GET", ["api", "v1", "namespaces", namespace, "services", name]) => {
+                match self.services.iter().find(|s| is_named(s, namespace, name)) {
+                    Some(service) => (200, service.clone()),
+                    None => not_found("services", name),
+                }
+            }
+            ("GET", ["api", "v1", "namespaces", namespace, "services"]) => {
+                let selector = seen
+                    .params()
+                    .get("fieldSelector")
+                    .cloned()
+                    .unwrap_or_default();
+                let items: Vec<Value> = self
+                    .services
+                    .iter()
+                    .filter(|s| s["metadata"]["namespace"] == json!(namespace))
+                    .filter(|s| {
+                        selector.is_empty()
+                            || selector
+                                == format!(
+                                    "metadata.name={}",
+                                    s["metadata"]["name"].as_str().unwrap_or("")
+                                )
+                    })
+                    .cloned()
+                    .collect();
+                (200, self.list("ServiceList", items))
+            }
+            ("PATCH", ["api", "v1", "namespaces", namespace, "services", name]) => {
+                let rv = self.next_rv();
+                if std::mem::take(&mut self.write_before_next_patch) {
+                    let moved = self.next_rv();
+                    if let Some(s) = self
+                        .services
+                        .iter_mut()
+                        .find(|s| is_named(s, namespace, name))
+                    {
+                        s["metadata"]["resourceVersion"] = json!(moved);
+                    }
+                }
+                let service = self
+                    .services
+                    .iter_mut()
+                    .find(|s| is_named(s, namespace, name));
+                merge_patch_object(service, "services", name, seen, rv)
             }
             ("GET", ["api", "v1", "services"]) => {
                 let items = self.services.clone();
@@ -453,39 +513,56 @@ impl FakeState {
 }
 
 impl FakeState {
-    /// A JSON merge patch of a Node (cordon, uncordon); a `metadata.resourceVersion` in the patch
-    /// must be the current one (409 otherwise), as the API server has it.
+    /// A JSON merge patch of a Node (cordon, uncordon).
     fn merge_patch_node(&mut self, name: &str, seen: &Seen) -> (u16, Value) {
-        if seen.content_type.as_deref() != Some("application/merge-patch+json") {
-            return (
+        let rv = self.next_rv();
+        merge_patch_object(self.nodes.get_mut(name), "nodes", name, seen, rv)
+    }
+}
+
+/// Whether `object` is `namespace/name`.
+fn is_named(object: &Value, namespace: &str, name: &str) -> bool {
+    object["metadata"]["namespace"] == json!(namespace) && object["metadata"]["name"] == json!(name)
+}
+
+/// A JSON merge patch of `object` (of `kind`, named `name`) at the new resourceVersion `rv`; a
+/// `metadata.resourceVersion` in the patch must be the current one (409 otherwise), as the API
+/// server has it.
+fn merge_patch_object(
+    object: Option<&mut Value>,
+    kind: &str,
+    name: &str,
+    seen: &Seen,
+    rv: String,
+) -> (u16, Value) {
+    if seen.content_type.as_deref() != Some("application/merge-patch+json") {
+        return (
+            415,
+            status_body(
                 415,
-                status_body(
-                    415,
-                    "UnsupportedMediaType",
-                    "this fake takes merge patches of nodes",
-                ),
+                "UnsupportedMediaType",
+                "this fake takes merge patches only",
+            ),
+        );
+    }
+    let Some(object) = object else {
+        return not_found(kind, name);
+    };
+    if let Some(wanted) = seen.body["metadata"]["resourceVersion"].as_str() {
+        if object["metadata"]["resourceVersion"] != json!(wanted) {
+            return (
+                409,
+                status_body(409, "Conflict", "the object has been modified"),
             );
         }
-        let rv = self.next_rv();
-        let Some(node) = self.nodes.get_mut(name) else {
-            return not_found("nodes", name);
-        };
-        if let Some(wanted) = seen.body["metadata"]["resourceVersion"].as_str() {
-            if node["metadata"]["resourceVersion"] != json!(wanted) {
-                return (
-                    409,
-                    status_body(409, "Conflict", "the object has been modified"),
-                );
-            }
-        }
-        let mut patch = seen.body.clone();
-        if let Some(meta) = patch["metadata"].as_object_mut() {
-            meta.remove("resourceVersion");
-        }
-        merge(node, &patch);
-        node["metadata"]["resourceVersion"] = json!(rv);
-        (200, node.clone())
     }
+    let mut patch = seen.body.clone();
+    if let Some(meta) = patch["metadata"].as_object_mut() {
+        meta.remove("resourceVersion");
+    }
+    merge(object, &patch);
+    object["metadata"]["resourceVersion"] = json!(rv);
+    (200, object.clone())
 }
 
 fn not_found(kind: &str, name: &str) -> (u16, Value) {

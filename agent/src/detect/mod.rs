@@ -10,6 +10,7 @@
 //! Persistence (a finding must last [`Check::persist_for`] before it counts) is not decided
 //! here: checks report what the snapshot shows, and the tracker in `remediate` keeps `since`.
 
+pub mod apiserver_service_type;
 pub mod arp_unanswered;
 pub mod backend_split;
 pub mod hostport_hijack;
@@ -22,6 +23,7 @@ pub mod stale_chain;
 pub(crate) mod test_support;
 
 use crate::config::{Config, ConfigError, Settings};
+use crate::model::api_service::ApiServiceView;
 use crate::model::finding::{CheckId, Finding, FixId};
 use crate::model::service_intent::ClusterIntent;
 use crate::model::snapshot::NodeSnapshot;
@@ -38,6 +40,7 @@ pub static CHECKS: &[&dyn Check] = &[
     &kube_proxy_mode_overlap::KubeProxyModeOverlap,
     &hostport_stale::HostportStale,
     &kube_proxy_endpoint_drift::KubeProxyEndpointDrift,
+    &apiserver_service_type::ApiserverServiceType,
 ];
 
 /// What a check reads, which tells the engine when it must run again.
@@ -48,6 +51,9 @@ pub enum Inputs {
     Ruleset,
     /// Links, ARP counters and the responder map: cheap, re-run every pass.
     Links,
+    /// Only objects of the cluster that its watches keep current (no rules, no links): cheap,
+    /// re-run every pass.
+    Cluster,
 }
 
 /// How a fix proposed by a check is proven to have worked.
@@ -102,6 +108,9 @@ pub struct CheckContext<'a> {
     /// The cluster's intent for kube-proxy (Services and their EndpointSlices), while a check
     /// that reads it is enabled and the API is there; `None` in node-local mode.
     pub service_intent: Option<&'a ClusterIntent>,
+    /// The API server's Service and who keeps it, while a check that keeps it is enabled and
+    /// the API is there; `None` in node-local mode.
+    pub api_service: Option<&'a ApiServiceView>,
 }
 
 /// The answer of a node without the Kubernetes API: no IP is known to belong to a pod.
@@ -166,6 +175,11 @@ pub trait Check: Sync {
     fn reads_service_intent(&self) -> bool {
         false
     }
+    /// Whether it reads [`CheckContext::api_service`]: the cluster contends for the keeper's
+    /// Lease and watches the API server's Service only while such a check is enabled.
+    fn keeps_api_service(&self) -> bool {
+        false
+    }
     /// Why the check, although enabled, cannot judge this node now (node-local mode, a mode it
     /// does not read, the cluster not listed yet), for `/status`; `None` while it judges.
     fn not_judged(&self, _context: &CheckContext<'_>) -> Option<String> {
@@ -217,6 +231,13 @@ pub fn service_intent_wanted(config: &Config) -> bool {
         .any(|c| c.reads_service_intent() && config.check_enabled(c.id()))
 }
 
+/// Whether an enabled check keeps the API server's Service.
+pub fn api_service_wanted(config: &Config) -> bool {
+    CHECKS
+        .iter()
+        .any(|c| c.keeps_api_service() && config.check_enabled(c.id()))
+}
+
 /// The enabled checks that cannot judge this node now, with the reason.
 pub fn not_judged(context: &CheckContext<'_>) -> Vec<(CheckId, String)> {
     CHECKS
@@ -249,9 +270,11 @@ pub fn run_checks_with_pods(
         pod_owner: pods.owner,
         pods_known: pods.known,
         service_intent: None,
+        api_service: None,
     };
     let mut findings = run(Inputs::Ruleset, &context);
     findings.extend(run(Inputs::Links, &context));
+    findings.extend(run(Inputs::Cluster, &context));
     findings
 }
 

@@ -139,6 +139,14 @@ pub enum FixAction {
     /// Lift the cordon netmend made for `by` (never one it did not make): the revert of a
     /// `CordonNode` once its fault has been gone long enough.
     UncordonNode { by: String },
+    /// Put a Service (the API server's, `default/kubernetes`) back in the wanted type and
+    /// annotations through the Kubernetes API, under the resourceVersion read. Carried out by the
+    /// cluster, only by the agent that holds the keeper's Lease.
+    SetServiceShape {
+        namespace: String,
+        name: String,
+        wanted: crate::model::api_service::WantedShape,
+    },
 }
 
 impl FixAction {
@@ -147,7 +155,9 @@ impl FixAction {
     pub fn acts_on_cluster(&self) -> bool {
         matches!(
             self,
-            FixAction::CordonNode { .. } | FixAction::UncordonNode { .. }
+            FixAction::CordonNode { .. }
+                | FixAction::UncordonNode { .. }
+                | FixAction::SetServiceShape { .. }
         )
     }
 

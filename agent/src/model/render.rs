@@ -783,7 +783,8 @@ pub fn action_fingerprint(table: &Table, action: &FixAction) -> u64 {
         FixAction::SetPromisc { .. }
         | FixAction::ClearPromisc { .. }
         | FixAction::CordonNode { .. }
-        | FixAction::UncordonNode { .. } => Vec::new(),
+        | FixAction::UncordonNode { .. }
+        | FixAction::SetServiceShape { .. } => Vec::new(),
     };
     for name in chains {
         match table.chain(name) {

@@ -377,6 +377,8 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
         let checks_run = self.node_mode != NodeMode::Off;
         self.cluster
             .follow_service_intent(checks_run && detect::service_intent_wanted(&self.config));
+        self.cluster
+            .follow_api_service(checks_run && detect::api_service_wanted(&self.config));
         let mut not_judged = Vec::new();
         let findings = if checks_run {
             let cluster = &*self.cluster;
@@ -386,6 +388,7 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
                 known: cluster.pods_known(),
             };
             let intent = cluster.service_intent();
+            let api_service = cluster.api_service();
             let mut findings =
                 self.ruleset_memo
                     .findings(&snapshot, &self.config, pods, intent.as_deref());
@@ -396,8 +399,10 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
                 pod_owner: &pod_owner,
                 pods_known: pods.known,
                 service_intent: intent.as_deref(),
+                api_service: api_service.as_deref(),
             };
             findings.extend(detect::run(Inputs::Links, &context));
+            findings.extend(detect::run(Inputs::Cluster, &context));
             not_judged = detect::not_judged(&context);
             findings
         } else {
@@ -477,7 +482,7 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
                 self.journal_entry(line);
             }
         }
-        self.publish_to_cluster(&decided, &reports, checks_run);
+        self.publish_to_cluster(&decided, &reports, checks_run, &not_judged);
         {
             let mut doc = self.shared.status.write().expect("status lock");
             doc.report.findings = reports;
@@ -527,6 +532,7 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
         decided: &[Decided],
         reports: &[FindingReport],
         checks_run: bool,
+        not_judged: &[(CheckId, String)],
     ) {
         let reported: Vec<Reported<'_>> = decided
             .iter()
@@ -538,7 +544,7 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
             .collect();
         let (checks, mut events) = if checks_run {
             (
-                check_states(&self.config, &reported),
+                check_states(&self.config, &reported, not_judged),
                 self.transitions.next(&self.config, &reported),
             )
         } else {

@@ -7,6 +7,10 @@
 //! [`NodeLocal`] is the node-local answer when there is no API: no opt-out, no cluster limit, no
 //! pod names.
 
+use crate::model::api_service::{
+    differences, ApiServiceView, Leadership, WantedShape, API_SERVICE_NAME, API_SERVICE_NAMESPACE,
+    KEEPER_LEASE,
+};
 use crate::model::finding::{CheckId, FixAction, FixId, Outcome};
 use crate::model::service_intent::ClusterIntent;
 use std::net::IpAddr;
@@ -172,18 +176,78 @@ impl Cordon {
     }
 }
 
-/// What acting on the Node did: whether it wrote, and the state read back afterwards.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeActed {
-    pub wrote: bool,
-    pub after: Cordon,
+impl Cordon {
+    /// What a cordon or uncordon `action` has to do from this state.
+    pub fn precheck(&self, action: &FixAction) -> Precheck {
+        match self.admits(action) {
+            Ok(true) => Precheck::Act,
+            Ok(false) => Precheck::Done {
+                state: format!("the node is {self}"),
+            },
+            Err(why) => Precheck::Refuse { why },
+        }
+    }
 }
 
-/// Why an action on the Node was not (or not provably) carried out.
+/// What setting the API server's Service to `wanted` has to do, from the keeper's view: only the
+/// agent holding the keeper's Lease acts, and only on a Service it has read.
+pub fn service_precheck(view: &ApiServiceView, wanted: &WantedShape) -> Precheck {
+    match (&view.leadership, &view.service) {
+        (Leadership::Leading, Some(Some(shape))) => {
+            if differences(shape, wanted).is_empty() {
+                Precheck::Done {
+                    state: format!(
+                        "{API_SERVICE_NAMESPACE}/{API_SERVICE_NAME} is {} as wanted",
+                        shape.service_type
+                    ),
+                }
+            } else {
+                Precheck::Act
+            }
+        }
+        (Leadership::Leading, Some(None)) => Precheck::Refuse {
+            why: format!("the Service {API_SERVICE_NAMESPACE}/{API_SERVICE_NAME} does not exist"),
+        },
+        (Leadership::Leading, None) => Precheck::Refuse {
+            why: format!(
+                "the Service {API_SERVICE_NAMESPACE}/{API_SERVICE_NAME} has not been read yet"
+            ),
+        },
+        (Leadership::Following { holder }, _) => Precheck::Refuse {
+            why: format!("the agent on {holder} keeps the Service (Lease {KEEPER_LEASE})"),
+        },
+        (Leadership::Unknown { reason }, _) => Precheck::Refuse {
+            why: format!("this agent does not hold the Lease {KEEPER_LEASE}: {reason}"),
+        },
+    }
+}
+
+/// What acting on the cluster did: whether it wrote, whether the object read back afterwards is
+/// what the action wants (the proof), and that state in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterActed {
+    pub wrote: bool,
+    pub reached: bool,
+    pub after: String,
+}
+
+/// Whether an action on the cluster has anything to do, judged from what the watches last saw
+/// (the action itself reads the object again before it writes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precheck {
+    /// Something to do.
+    Act,
+    /// Done already: the object is as wanted (`state` says how).
+    Done { state: String },
+    /// The object must be left alone (someone else's cordon, another agent leads), with why.
+    Refuse { why: String },
+}
+
+/// Why an action on the cluster was not (or not provably) carried out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClusterActError {
-    /// The Node is not in a state the action may act from (someone else's cordon, a change
-    /// since it was read): nothing done.
+    /// The object is not in a state the action may act from (someone else's cordon, a change
+    /// since it was read, another agent leads): nothing done.
     #[error("{0}")]
     Moved(String),
     /// No API, or it did not answer before anything was written: nothing done.
@@ -241,16 +305,41 @@ pub trait Cluster: Send {
         None
     }
 
-    /// Carries out an action on the Node (`FixAction::acts_on_cluster`), waiting at most `wait`:
-    /// reads the Node, writes only from a state the action may act from, reads it back.
-    fn act_on_node(
+    /// Whether an action on the cluster (`FixAction::acts_on_cluster`) has anything to do, from
+    /// what the watches last saw; `None` when not known (the action reads the object anyway).
+    fn precheck(&self, action: &FixAction) -> Option<Precheck> {
+        match action {
+            FixAction::CordonNode { .. } | FixAction::UncordonNode { .. } => {
+                self.cordon().map(|c| c.precheck(action))
+            }
+            FixAction::SetServiceShape { wanted, .. } => self
+                .api_service()
+                .map(|view| service_precheck(&view, wanted)),
+            _ => None,
+        }
+    }
+
+    /// Carries out an action on the cluster (`FixAction::acts_on_cluster`), waiting at most
+    /// `wait`: reads the object, writes only from a state the action may act from, under the
+    /// resourceVersion read, and reads it back.
+    fn act_on_cluster(
         &mut self,
         _action: &FixAction,
         _wait: Duration,
-    ) -> Result<NodeActed, ClusterActError> {
+    ) -> Result<ClusterActed, ClusterActError> {
         Err(ClusterActError::Unavailable(
             "node-local mode: no Kubernetes API to act on".into(),
         ))
+    }
+
+    /// Keeps the API server's Service (`default/kubernetes`) in view while `wanted` (an enabled
+    /// check keeps it): asked every pass; the keeper's Lease is contended for and, while this
+    /// agent holds it, the Service is watched. Stopped (and the Lease given back) when not wanted.
+    fn follow_api_service(&mut self, _wanted: bool) {}
+
+    /// The API server's Service and who keeps it, while followed; `None` without an API.
+    fn api_service(&self) -> Option<Arc<ApiServiceView>> {
+        None
     }
 
     /// The agent is stopping: frees the slot held (waiting at most `within`) and stops talking

@@ -19,8 +19,13 @@ pub struct Reported<'a> {
     pub fix: Option<&'a FixReport>,
 }
 
-/// Every enabled check's state after a pass (checks in catalog order).
-pub fn check_states(config: &Config, reported: &[Reported<'_>]) -> Vec<CheckState> {
+/// Every enabled check's state after a pass (checks in catalog order). A check that could not
+/// judge the node (`not_judged`, with why) is not failing and its summary says why.
+pub fn check_states(
+    config: &Config,
+    reported: &[Reported<'_>],
+    not_judged: &[(CheckId, String)],
+) -> Vec<CheckState> {
     crate::detect::CHECKS
         .iter()
         .map(|c| c.id())
@@ -30,10 +35,14 @@ pub fn check_states(config: &Config, reported: &[Reported<'_>]) -> Vec<CheckStat
                 .iter()
                 .filter(|r| r.finding.check == check)
                 .collect();
+            let why_not = not_judged.iter().find(|(c, _)| *c == check);
             CheckState {
                 check,
                 failing: !mine.is_empty(),
-                summary: summary(&mine),
+                summary: match why_not {
+                    Some((_, why)) if mine.is_empty() => format!("not judged on this node: {why}"),
+                    _ => summary(&mine),
+                },
             }
         })
         .collect()
@@ -163,6 +172,10 @@ mod tests {
                 finding: &stale,
                 fix: Some(&fix),
             }],
+            &[(
+                CheckId::HOSTPORT_STALE,
+                "needs the Kubernetes API (pods)".into(),
+            )],
         );
         let enabled: Vec<CheckId> = crate::detect::CHECKS
             .iter()
@@ -185,6 +198,16 @@ mod tests {
             .find(|s| s.check == CheckId::HOSTPORT_HIJACK)
             .unwrap();
         assert!(!hijack.failing);
+        assert_eq!(hijack.summary, "no findings on this node");
+        let unjudged = states
+            .iter()
+            .find(|s| s.check == CheckId::HOSTPORT_STALE)
+            .unwrap();
+        assert!(!unjudged.failing);
+        assert_eq!(
+            unjudged.summary,
+            "not judged on this node: needs the Kubernetes API (pods)"
+        );
     }
 
     #[test]
@@ -196,7 +219,7 @@ mod tests {
             .iter()
             .map(|finding| Reported { finding, fix: None })
             .collect();
-        let states = check_states(&Config::default(), &reported);
+        let states = check_states(&Config::default(), &reported, &[]);
         let hijack = states
             .iter()
             .find(|s| s.check == CheckId::HOSTPORT_HIJACK)

@@ -68,14 +68,14 @@ impl CordonRelease {
             ),
             None => format!("{by} is no check netmend has any more"),
         };
-        let (outcome, detail) = match cluster.act_on_node(&action, wait) {
-            Ok(acted) if acted.after == Cordon::Schedulable => (
+        let (outcome, detail) = match cluster.act_on_cluster(&action, wait) {
+            Ok(acted) if acted.reached => (
                 Outcome::Reverted,
                 format!("uncordoned the node netmend cordoned: {quiet_text}"),
             ),
             Ok(acted) => (
                 Outcome::Failed,
-                format!("uncordon written but the Node read back is {}", acted.after),
+                format!("uncordon written but read back: {}", acted.after),
             ),
             Err(ClusterActError::Moved(why)) => {
                 (Outcome::Blocked, format!("not uncordoned: {why}"))
@@ -101,7 +101,9 @@ impl CordonRelease {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::cluster::{ClusterReport, Connection, NodeActed, NodeMode, SlotDecision};
+    use crate::runtime::cluster::{
+        ClusterActed, ClusterReport, Connection, NodeMode, SlotDecision,
+    };
     use std::net::IpAddr;
 
     /// A cluster whose Node is only its cordon; acting moves it as the API would.
@@ -128,22 +130,20 @@ mod tests {
         fn cordon(&self) -> Option<Cordon> {
             Some(self.cordon.clone())
         }
-        fn act_on_node(
+        fn act_on_cluster(
             &mut self,
             action: &FixAction,
             _wait: Duration,
-        ) -> Result<NodeActed, ClusterActError> {
+        ) -> Result<ClusterActed, ClusterActError> {
             self.acted.push(action.clone());
-            if !self.cordon.admits(action).map_err(ClusterActError::Moved)? {
-                return Ok(NodeActed {
-                    wrote: false,
-                    after: self.cordon.clone(),
-                });
+            let wrote = self.cordon.admits(action).map_err(ClusterActError::Moved)?;
+            if wrote {
+                self.cordon = Cordon::Schedulable;
             }
-            self.cordon = Cordon::Schedulable;
-            Ok(NodeActed {
-                wrote: true,
-                after: Cordon::Schedulable,
+            Ok(ClusterActed {
+                wrote,
+                reached: self.cordon.reached(action),
+                after: self.cordon.to_string(),
             })
         }
     }

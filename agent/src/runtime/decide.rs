@@ -15,7 +15,7 @@ use crate::model::finding::{FixId, FixReport, FixState, Outcome};
 use crate::remediate::guard::{decide, Decision, GuardScope};
 use crate::remediate::history::FixHistory;
 use crate::remediate::tracker::TrackedFinding;
-use crate::runtime::cluster::{Cluster, NodeMode, NODE_MODE_LABEL};
+use crate::runtime::cluster::{Cluster, NodeMode, Precheck, NODE_MODE_LABEL};
 use crate::runtime::pass::{execute, execute_on_cluster, Execution};
 use crate::runtime::slots::{Admission, SlotGate};
 use crate::runtime::{Actuator, NodeReader};
@@ -134,17 +134,18 @@ pub fn decide_and_act(
             }
             _ => decide(&tracked, round.config, history, now, round.scope),
         };
-        // An action on the Node that the guards allow is judged from the Node as last seen: a
-        // node netmend cordoned already, or someone else's cordon, is no new attempt.
+        // An action on the cluster that the guards allow is judged from what the watches last
+        // saw: a node netmend cordoned already, someone else's cordon, a Service another agent
+        // keeps, is no new attempt.
         let decision = match decision {
             Some(Decision::Apply { fix, action }) if action.acts_on_cluster() => {
-                match cluster.cluster.cordon().map(|c| (c.admits(&action), c)) {
-                    Some((Ok(false), cordon)) => Some(Decision::Skip {
+                match cluster.cluster.precheck(&action) {
+                    Some(Precheck::Done { state }) => Some(Decision::Skip {
                         fix,
                         outcome: Outcome::SkippedPreconditionMoved,
-                        detail: format!("already done: the node is {cordon}"),
+                        detail: format!("already done: {state}"),
                     }),
-                    Some((Err(why), _)) => Some(Decision::Skip {
+                    Some(Precheck::Refuse { why }) => Some(Decision::Skip {
                         fix,
                         outcome: Outcome::Blocked,
                         detail: why,

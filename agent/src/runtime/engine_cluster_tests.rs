@@ -576,3 +576,105 @@ fn a_stale_hostport_is_judged_and_removed_only_while_the_pods_are_known() {
     );
     assert_eq!(rig.fix().unwrap().0, "verified");
 }
+
+fn api_service_view(
+    leadership: crate::model::api_service::Leadership,
+    service_type: &str,
+) -> crate::model::api_service::ApiServiceView {
+    crate::model::api_service::ApiServiceView {
+        leadership,
+        service: Some(Some(crate::model::api_service::ServiceShape {
+            service_type: service_type.into(),
+            annotations: Default::default(),
+            resource_version: "9".into(),
+        })),
+        generation: 1,
+    }
+}
+
+const KEEP_LOAD_BALANCER: &str = "mode: enforce\nchecks:\n  apiserver-service-type: { enabled: true }\nfixes:\n  restore-service-type: { enabled: true, confirmFor: 0s, cooldown: 0s, maxAttempts: 2 }\n";
+
+#[test]
+fn the_api_service_is_kept_by_the_lease_holder_until_resets_open_the_breaker() {
+    use crate::model::api_service::Leadership;
+    let mut rig = Rig::new("apiservice", stale_node(), KEEP_LOAD_BALANCER);
+    rig.cluster.script().api_service = Some(api_service_view(Leadership::Leading, "ClusterIP"));
+    rig.pass(0);
+    assert!(rig.cluster.script().api_service_followed);
+    let reset = |rig: &Rig| {
+        let mut script = rig.cluster.script();
+        let shape = script
+            .api_service
+            .as_mut()
+            .unwrap()
+            .service
+            .as_mut()
+            .unwrap();
+        shape.as_mut().unwrap().service_type = "ClusterIP".into();
+    };
+    assert_eq!(rig.cluster.script().acted.len(), 1);
+    assert_eq!(
+        rig.fix().map(|(state, _)| state),
+        Some("verified".to_string())
+    );
+    rig.pass(1);
+    assert_eq!(rig.cluster.script().acted.len(), 1, "as wanted: no finding");
+    // k3s resets it (a server restarted): restored again, the second attempt in the window.
+    reset(&rig);
+    rig.pass(2);
+    assert_eq!(rig.cluster.script().acted.len(), 2);
+    // And again: the breaker opens instead of fighting.
+    reset(&rig);
+    rig.pass(3);
+    rig.pass(4);
+    assert_eq!(rig.cluster.script().acted.len(), 2);
+    let (state, detail) = rig.fix().unwrap();
+    assert_eq!(state, "circuit-open", "{detail}");
+    assert!(detail.contains("no longer fixed"), "{detail}");
+    let outcomes: Vec<Outcome> = rig
+        .cluster
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            NodeEvent::Fix { fix, outcome, .. } if *fix == FixId::RESTORE_SERVICE_TYPE => {
+                Some(*outcome)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Applied,
+            Outcome::Verified,
+            Outcome::Applied,
+            Outcome::Verified,
+            Outcome::SkippedCircuitOpen
+        ]
+    );
+}
+
+#[test]
+fn a_follower_neither_judges_nor_acts_and_says_who_keeps_the_service() {
+    use crate::model::api_service::Leadership;
+    let mut rig = Rig::new("apifollower", stale_node(), KEEP_LOAD_BALANCER);
+    rig.cluster.script().api_service = Some(api_service_view(
+        Leadership::Following {
+            holder: "server-1".into(),
+        },
+        "ClusterIP",
+    ));
+    rig.pass(0);
+    rig.pass(1);
+    assert!(rig.cluster.script().acted.is_empty());
+    let status = rig.status_json();
+    let why = status["notJudged"]["apiserver-service-type"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(why.contains("the agent on server-1 keeps"), "{status}");
+    // Disabled: the engine stops following the Service (the Lease is given back).
+    rig.engine.config = Config::from_yaml("mode: enforce\n").unwrap();
+    rig.pass(2);
+    assert!(!rig.cluster.script().api_service_followed);
+}

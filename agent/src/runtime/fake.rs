@@ -98,7 +98,9 @@ impl Actuator for FakeNode {
                     was_promisc_before: Some(true),
                 })
             }
-            FixAction::CordonNode { .. } | FixAction::UncordonNode { .. } => {
+            FixAction::CordonNode { .. }
+            | FixAction::UncordonNode { .. }
+            | FixAction::SetServiceShape { .. } => {
                 return Err(ActError::Failed(
                     "a cluster action reached the kernel actuator".into(),
                 ))
@@ -150,7 +152,8 @@ impl Actuator for FakeNode {
             FixAction::SetPromisc { .. }
             | FixAction::ClearPromisc { .. }
             | FixAction::CordonNode { .. }
-            | FixAction::UncordonNode { .. } => {
+            | FixAction::UncordonNode { .. }
+            | FixAction::SetServiceShape { .. } => {
                 unreachable!("handled above")
             }
         };
@@ -176,6 +179,13 @@ pub struct ClusterScript {
     pub pods_known: bool,
     pub published: Vec<crate::runtime::cluster::ClusterReport>,
     pub connection: crate::runtime::cluster::Connection,
+    /// The API server's Service as the keeper shows it (`None`: not followed or no API).
+    pub api_service: Option<crate::model::api_service::ApiServiceView>,
+    /// Whether the engine asked to follow the API server's Service on its last pass.
+    pub api_service_followed: bool,
+    /// Every action carried out on the cluster; a Service action sets the view's Service to the
+    /// wanted shape, as the API would.
+    pub acted: Vec<crate::model::finding::FixAction>,
 }
 
 /// A scripted fake of the cluster for engine tests: records every call, answers as scripted.
@@ -231,6 +241,43 @@ impl crate::runtime::cluster::Cluster for ScriptedCluster {
 
     fn pods_known(&self) -> bool {
         self.script().pods_known
+    }
+
+    fn follow_api_service(&mut self, wanted: bool) {
+        self.script().api_service_followed = wanted;
+    }
+
+    fn api_service(&self) -> Option<std::sync::Arc<crate::model::api_service::ApiServiceView>> {
+        self.script().api_service.clone().map(std::sync::Arc::new)
+    }
+
+    fn act_on_cluster(
+        &mut self,
+        action: &crate::model::finding::FixAction,
+        _wait: std::time::Duration,
+    ) -> Result<crate::runtime::cluster::ClusterActed, crate::runtime::cluster::ClusterActError>
+    {
+        use crate::model::finding::FixAction;
+        let mut script = self.script();
+        script.acted.push(action.clone());
+        let FixAction::SetServiceShape { wanted, .. } = action else {
+            return Err(crate::runtime::cluster::ClusterActError::Failed(
+                "the scripted cluster acts on Services only".into(),
+            ));
+        };
+        let shape = script
+            .api_service
+            .as_mut()
+            .and_then(|v| v.service.as_mut())
+            .and_then(|s| s.as_mut())
+            .expect("a Service to act on");
+        shape.service_type = wanted.service_type.clone();
+        shape.annotations.extend(wanted.annotations.clone());
+        Ok(crate::runtime::cluster::ClusterActed {
+            wrote: true,
+            reached: true,
+            after: format!("the Service is {}", shape.service_type),
+        })
     }
 
     fn connection(&self) -> crate::runtime::cluster::Connection {

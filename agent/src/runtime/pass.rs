@@ -296,28 +296,22 @@ pub fn execute_on_cluster(
     // A read, a write and a read back, each bounded by the request timeout.
     let wait = config.kubernetes.request_timeout * 3 + std::time::Duration::from_millis(500);
     let what = crate::act::kernel::describe(&action);
-    match cluster.act_on_node(&action, wait) {
+    match cluster.act_on_cluster(&action, wait) {
         Ok(acted) if !acted.wrote => single(
             Outcome::SkippedPreconditionMoved,
-            format!(
-                "{what}: already done (the node is {}); nothing written",
-                acted.after
-            ),
+            format!("{what}: already done ({}); nothing written", acted.after),
             false,
         ),
         Ok(acted) => {
-            let (outcome, detail) = if acted.after.reached(&action) {
+            let (outcome, detail) = if acted.reached {
                 (
                     Outcome::Verified,
-                    format!("{what}: done; the Node read back shows it"),
+                    format!("{what}: done; read back: {}", acted.after),
                 )
             } else {
                 (
                     Outcome::Ineffective,
-                    format!(
-                        "{what}: written, but the Node read back shows {:?}",
-                        acted.after
-                    ),
+                    format!("{what}: written, but read back: {}", acted.after),
                 )
             };
             Execution {

@@ -80,6 +80,7 @@ impl RulesetMemo {
                         pod_owner,
                         pods_known: pods.known,
                         service_intent,
+                        api_service: None,
                     };
                     memo.intent_findings =
                         detect::run_some(Inputs::Ruleset, &context, reads_intent);
@@ -103,6 +104,7 @@ impl RulesetMemo {
             pod_owner: &recording,
             pods_known: pods.known,
             service_intent,
+            api_service: None,
         };
         let findings = detect::run_some(Inputs::Ruleset, &context, |c| !reads_intent(c));
         let intent_findings = detect::run_some(Inputs::Ruleset, &context, reads_intent);

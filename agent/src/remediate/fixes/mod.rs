@@ -7,6 +7,7 @@ pub mod cordon_node;
 pub mod flush_stale_chain;
 pub mod remove_hijack_rule;
 pub mod remove_stale_hostport;
+pub mod restore_service_type;
 pub mod set_promisc;
 
 use crate::config::{ConfigError, Settings};
@@ -19,6 +20,7 @@ pub static FIXES: &[&dyn Fix] = &[
     &set_promisc::SetPromisc,
     &remove_stale_hostport::RemoveStaleHostport,
     &cordon_node::CordonNode,
+    &restore_service_type::RestoreServiceType,
 ];
 
 /// One fix. Implementations are unit structs listed in [`FIXES`].
