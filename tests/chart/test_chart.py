@@ -685,6 +685,44 @@ def test_each_part_switches_its_rbac_off():
         render({"kubernetes": {"enabled": "sometimes"}})
 
 
+def test_the_api_service_keeper_gets_its_lease_and_that_one_service_only_while_on():
+    def roles(values):
+        return {(r["metadata"]["namespace"], r["metadata"]["name"]): _rules(r)
+                for r in by_kind(objects(values)).get("Role", [])}
+    keeper = ("coordination.k8s.io", "leases", ("netmend-api-service-keeper",), ("get", "patch", "update"))
+    # off (the default): no Service access, no keeper Lease
+    off = roles(None)
+    assert ("default", "netmend-api-service") not in off
+    assert keeper not in off[(NAMESPACE, "netmend")]
+    # the check on: read the one Service by name, contend for the keeper's Lease
+    on = roles({"config": {"checks": {"apiserver-service-type": {"enabled": True}}}})
+    assert on[("default", "netmend-api-service")] == [("", "services", ("kubernetes",), ("get", "list", "watch"))]
+    with_slot = ("coordination.k8s.io", "leases", ("netmend-fix-slot-0", "netmend-api-service-keeper"),
+                 ("get", "patch", "update"))
+    assert on[(NAMESPACE, "netmend")] == sorted([("coordination.k8s.io", "leases", (), ("create",)), with_slot])
+    # with its fix on: patch that Service too, and nothing cluster-wide
+    fix = {"config": {"checks": {"apiserver-service-type": {"enabled": True}},
+                      "fixes": {"restore-service-type": {"enabled": True}}}}
+    objs = objects(fix)
+    assert roles(fix)[("default", "netmend-api-service")] == [
+        ("", "services", ("kubernetes",), ("get", "list", "patch", "watch"))]
+    assert _rules(the(objs, "ClusterRole")) == CLUSTER_RULES
+    binding = the(objs, "RoleBinding", "netmend-api-service")
+    assert binding["metadata"]["namespace"] == "default"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "netmend", "namespace": NAMESPACE}]
+    # no fix slots: the release-namespace Role holds the keeper's Lease alone
+    alone = roles({"kubernetes": {"fixSlots": 0}, "config": {"checks": {"apiserver-service-type": {"enabled": True}}}})
+    assert alone[(NAMESPACE, "netmend")] == sorted([
+        ("coordination.k8s.io", "leases", (), ("create",)),
+        ("coordination.k8s.io", "leases", ("netmend-api-service-keeper",), ("get", "patch", "update"))])
+    for obj in objs:
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+    with pytest.raises(helm.HelmValuesError):
+        render({"config": {"checks": {"apiserver-service-type": {"type": "ClusterIP"}}}})
+    with pytest.raises(helm.HelmValuesError):
+        render({"config": {"checks": {"apiserver-service-type": {"annotations": {"Bad Key": "x"}}}}})
+
+
 # ---- the config block -----------------------------------------------------------------------
 
 
@@ -705,7 +743,10 @@ def test_default_config_is_safe():
     assert parsed["mode"] == "dry-run"
     assert len(parsed["fixes"]) == len(agent_catalog()["defaults"]["fixes"])
     assert not any(f["enabled"] for f in parsed["fixes"].values())
-    assert all(c["enabled"] for c in parsed["checks"].values())
+    # every check runs except the opt-in ones, which the agent itself has off by default
+    defaults = agent_catalog()["defaults"]["checks"]
+    assert {k: c["enabled"] for k, c in parsed["checks"].items()} == {k: c["enabled"] for k, c in defaults.items()}
+    assert [k for k, c in defaults.items() if not c["enabled"]] == ["apiserver-service-type"]
 
 
 def _non_default(path: list[str], schema: dict, default):
@@ -734,6 +775,8 @@ def _non_default(path: list[str], schema: dict, default):
             return default + ".alt"
         assert re.fullmatch(r"[0-9]+(ms|s|m|h)", default), (path, default)
         return "7s" if default != "7s" else "8s"
+    if t == "object" and path[-1] == "annotations":
+        return {"metallb.universe.tf/loadBalancerIPs": "192.168.1.240"}
     raise AssertionError(f"no non-default value for {path}: {schema}")
 
 
@@ -820,7 +863,8 @@ def test_schema_config_keys_match_values_yaml():
 
     def keys(d, prefix=()):
         for k, v in d.items():
-            if isinstance(v, dict):
+            # an empty map (annotations: {}) is a leaf value, not a section
+            if isinstance(v, dict) and v:
                 yield from keys(v, prefix + (k,))
             else:
                 yield prefix + (k,)
