@@ -190,7 +190,7 @@ impl Drop for Cluster {
 
 fn config(fix: bool, max_attempts: u32) -> String {
     let mut text = format!(
-        "mode: enforce\nkubernetes:\n  requestTimeout: 1s\n  slotLease: 3s\nchecks:\n  {CHECK}:\n    enabled: true\n    type: LoadBalancer\n    annotations:\n      {LB_ANNOTATION}: 192.168.1.240\n"
+        "mode: enforce\nkubernetes:\n  requestTimeout: 1s\n  slotLease: 3s\nchecks:\n  kube-proxy-endpoint-drift: {{ enabled: false }}\n  {CHECK}:\n    enabled: true\n    type: LoadBalancer\n    annotations:\n      {LB_ANNOTATION}: 192.168.1.240\n"
     );
     if fix {
         text.push_str(&format!(
@@ -261,6 +261,34 @@ fn the_lease_holder_alone_restores_the_reset_service_and_the_lease_moves_when_it
         last["metadata"]["annotations"],
         json!({LB_ANNOTATION: "192.168.1.240"})
     );
+
+    // Only what the chart's Roles grant for this check (kube-proxy-endpoint-drift, which would
+    // watch every Service, is off here): that one Service by name (list and watch by a field
+    // selector on its name), the keeper's and the fix slot's Leases by name.
+    for request in cluster.api.requests() {
+        if request.path.contains("/services") {
+            let by_name = request.path == SERVICE_PATH
+                || (request.path == "/api/v1/namespaces/default/services"
+                    && request.param("fieldSelector").as_deref()
+                        == Some("metadata.name=kubernetes"));
+            assert!(
+                by_name,
+                "{} {}?{}",
+                request.method, request.path, request.query
+            );
+        }
+        if let Some(lease) = request
+            .path
+            .strip_prefix("/apis/coordination.k8s.io/v1/namespaces/netmend/leases/")
+        {
+            assert!(
+                lease == LEASE || lease == "netmend-fix-slot-0",
+                "{} {}",
+                request.method,
+                request.path
+            );
+        }
+    }
 
     // k3s resets it: put back again by the holder
     cluster.reset_like_k3s();
