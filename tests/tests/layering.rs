@@ -54,3 +54,40 @@ fn pure_layers_do_no_io() {
         offences.join("\n")
     );
 }
+
+#[test]
+fn the_engine_names_no_check_or_fix() {
+    // The checks and fixes are types found through their registries: the engine (`runtime/`)
+    // never picks one by its id. Its test modules and test-only files may.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/src/runtime");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    assert!(files.len() >= 10, "found only {} files", files.len());
+    let mut offences = Vec::new();
+    for file in &files {
+        let name = file.file_name().unwrap().to_string_lossy();
+        if name.ends_with("_tests.rs") || name == "fake.rs" {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("#[cfg(test)]") {
+                break;
+            }
+            let code = line.split("//").next().unwrap_or("");
+            for named in ["CheckId::", "FixId::"] {
+                if let Some(at) = code.find(named) {
+                    let rest = &code[at + named.len()..];
+                    if rest.starts_with(|c: char| c.is_ascii_uppercase()) {
+                        offences.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        offences.is_empty(),
+        "the engine names a check or fix:\n{}",
+        offences.join("\n")
+    );
+}

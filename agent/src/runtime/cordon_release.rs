@@ -86,14 +86,11 @@ impl CordonRelease {
             ),
         };
         let key = format!("{}|{SUBJECT}", id.map(|i| i.as_str()).unwrap_or(&by));
+        let fix = crate::remediate::fixes::fix_owning(&action)
+            .map(|f| f.id())
+            .unwrap_or_else(|| FixId::new("unregistered"));
         Some(JournalEntry::new(
-            now,
-            id,
-            FixId::CORDON_NODE,
-            SUBJECT,
-            &key,
-            outcome,
-            &detail,
+            now, id, fix, SUBJECT, &key, outcome, &detail,
         ))
     }
 }

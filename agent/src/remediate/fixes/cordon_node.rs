@@ -8,7 +8,7 @@
 //! someone uncordoned after netmend cordoned it. netmend lifts its own cordon once the check has
 //! had no finding for its `staleAfter`, and never anyone else's.
 
-use crate::model::finding::FixId;
+use crate::model::finding::{FixAction, FixId};
 use crate::remediate::fixes::Fix;
 
 /// The annotation on the Node that says netmend cordoned it, and for which check.
@@ -27,5 +27,12 @@ impl Fix for CordonNode {
 
     fn description(&self) -> &'static str {
         "cordon the node through the Kubernetes API (annotated netmend.io/cordoned-by), and uncordon it when the fault has been gone for staleAfter"
+    }
+
+    fn owns(&self, action: &FixAction) -> bool {
+        matches!(
+            action,
+            FixAction::CordonNode { .. } | FixAction::UncordonNode { .. }
+        )
     }
 }

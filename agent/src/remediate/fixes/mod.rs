@@ -11,7 +11,7 @@ pub mod restore_service_type;
 pub mod set_promisc;
 
 use crate::config::{ConfigError, Settings};
-use crate::model::finding::FixId;
+use crate::model::finding::{FixAction, FixId};
 
 /// Every fix netmend has, in the order the catalog lists them.
 pub static FIXES: &[&dyn Fix] = &[
@@ -33,6 +33,16 @@ pub trait Fix: Sync {
     fn parse_settings(&self, raw: serde_json::Value) -> Result<Settings, ConfigError> {
         Settings::none(raw)
     }
+    /// Whether `action` is this fix's to carry out or to revert (the engine journals a revert it
+    /// runs on its own, such as lifting a cordon, under the fix that owns the action).
+    fn owns(&self, _action: &FixAction) -> bool {
+        false
+    }
+}
+
+/// The registered fix that owns `action`.
+pub fn fix_owning(action: &FixAction) -> Option<&'static dyn Fix> {
+    FIXES.iter().copied().find(|f| f.owns(action))
 }
 
 /// The registered fix with this id.
@@ -43,4 +53,39 @@ pub fn fix(id: FixId) -> Option<&'static dyn Fix> {
 /// The registered fix whose id is `text`.
 pub fn fix_named(text: &str) -> Option<&'static dyn Fix> {
     FIXES.iter().copied().find(|f| f.id().as_str() == text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::api_service::WantedShape;
+
+    #[test]
+    fn every_action_on_the_cluster_has_one_owning_fix() {
+        let actions = [
+            FixAction::CordonNode { by: "c".into() },
+            FixAction::UncordonNode { by: "c".into() },
+            FixAction::SetServiceShape {
+                namespace: "default".into(),
+                name: "kubernetes".into(),
+                wanted: WantedShape {
+                    service_type: "LoadBalancer".into(),
+                    annotations: Default::default(),
+                },
+            },
+        ];
+        for action in &actions {
+            let owners: Vec<FixId> = FIXES
+                .iter()
+                .filter(|f| f.owns(action))
+                .map(|f| f.id())
+                .collect();
+            assert_eq!(owners.len(), 1, "{action:?}: {owners:?}");
+            assert_eq!(fix_owning(action).map(|f| f.id()), owners.first().copied());
+        }
+        assert_eq!(
+            fix_owning(&FixAction::UncordonNode { by: "c".into() }).map(|f| f.id().to_string()),
+            Some("cordon-node".to_string())
+        );
+    }
 }

@@ -9,7 +9,7 @@
 //! reset is one more attempt: after `maxAttempts` within the breaker window the breaker opens and
 //! the journal and an Event say so, instead of fighting forever.
 
-use crate::model::finding::FixId;
+use crate::model::finding::{FixAction, FixId};
 use crate::remediate::fixes::Fix;
 
 pub struct RestoreServiceType;
@@ -25,5 +25,9 @@ impl Fix for RestoreServiceType {
 
     fn description(&self) -> &'static str {
         "set the API server's Service back to the configured type and annotations through the Kubernetes API (by the one agent holding the keeper's Lease), proven by reading it back"
+    }
+
+    fn owns(&self, action: &FixAction) -> bool {
+        matches!(action, FixAction::SetServiceShape { .. })
     }
 }
