@@ -1,5 +1,6 @@
 //! The engine of `netmend run`: level-triggered passes over the node. Change events only mark the
-//! state dirty; a pass (at most one per `minPassInterval`) reads the snapshot, settles fixes
+//! state dirty; a pass (on the first change at once; what arrives meanwhile is folded into the
+//! next one; at most one per `minPassInterval` when that is set) reads the snapshot, settles fixes
 //! waiting for proof, evaluates the checks, keeps `since`, runs the shared decision loop
 //! (`runtime::decide`), counts, journals and publishes `/status`, and hands the cluster what the
 //! pass saw (`runtime::cluster`: check states and events). A tick every second lets time-based
@@ -682,7 +683,8 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
         }
     }
 
-    /// Runs passes until `stop` is set: on wake-ups (debounced by `minPassInterval`), on ticks,
+    /// Runs passes until `stop` is set: on wake-ups (at once, or spaced by `minPassInterval` when
+    /// set; the wake-ups queued while a pass ran are served by one pass), on ticks,
     /// and on a full resync every `resyncInterval` (the probe decides what a resync re-reads).
     pub fn run(&mut self, wakes: Receiver<Wake>, stop: &AtomicBool) {
         let mut last_pass: Option<Instant> = None;
