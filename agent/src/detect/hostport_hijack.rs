@@ -44,7 +44,7 @@ use crate::detect::{Check, CheckContext, CheckMemory, Inputs};
 use crate::model::finding::{
     CheckId, Finding, FixAction, FixId, FixProposal, NarrowPorts, RuleRef, Severity, TableRef,
 };
-use crate::model::graph::{Edge, TableGraph};
+use crate::model::graph::{chain_index_of, ChainIndex, Edge, TableGraph};
 use crate::model::portmap::cni_owner;
 use crate::model::render::{action_fingerprint, render_iptables, render_rule, rule_spec};
 use crate::model::ruleset::TableId;
@@ -405,6 +405,11 @@ struct TableWalks {
     protections: Vec<Protection>,
     locals: Vec<IpAddr>,
     walks: HashMap<WalkKey, SubWalk>,
+    /// The table's chain positions by name as of `indexed` chains, and the chains changed since
+    /// (checked, and new chains added, before the index is used again).
+    index: Option<ChainIndex>,
+    indexed: usize,
+    changed_since_index: BTreeSet<String>,
     keep_from: usize,
     /// Sub-walks replayed instead of walked, over the memory's life (tests look).
     #[cfg(test)]
@@ -445,6 +450,39 @@ struct StoredHit {
     path: Vec<(String, usize)>,
 }
 
+impl TableWalks {
+    /// The chain index of `table`, taken out of the memory (give it back with
+    /// [`TableWalks::keep_index`]): the kept one when every chain changed since it was made is
+    /// where the index says or not in it (the cache appends new chains and closes the gaps of
+    /// deleted ones, so a deletion moves a changed chain's place), with chains added since put
+    /// in; otherwise a new one.
+    fn take_index(&mut self, table: &Table) -> ChainIndex {
+        let changed = std::mem::take(&mut self.changed_since_index);
+        let kept = self.index.take().filter(|index| {
+            table.chains.len() >= self.indexed
+                && changed.iter().all(|name| match index.get(name) {
+                    Some(&i) => table.chains.get(i).is_some_and(|c| &c.name == name),
+                    None => true,
+                })
+        });
+        let index = match kept {
+            Some(mut index) => {
+                for (i, chain) in table.chains.iter().enumerate().skip(self.indexed) {
+                    index.insert(chain.name.clone(), i);
+                }
+                index
+            }
+            None => chain_index_of(table),
+        };
+        self.indexed = table.chains.len();
+        index
+    }
+
+    fn keep_index(&mut self, index: ChainIndex) {
+        self.index = Some(index);
+    }
+}
+
 impl SubWalk {
     fn depends_on(&self, changes: &TableChanges) -> bool {
         self.chains
@@ -467,6 +505,9 @@ impl WalkMemory {
             Some(changes) if changes.whole => false,
             Some(changes) => {
                 table.walks.retain(|_, walk| !walk.depends_on(changes));
+                table
+                    .changed_since_index
+                    .extend(changes.chains.iter().cloned());
                 true
             }
         });
@@ -484,6 +525,9 @@ impl WalkMemory {
             protections: protections.to_vec(),
             locals: locals.to_vec(),
             walks: HashMap::new(),
+            index: None,
+            indexed: 0,
+            changed_since_index: BTreeSet::new(),
             keep_from,
             #[cfg(test)]
             replayed: 0,
@@ -869,11 +913,15 @@ fn detect_in_table(
     if !has_candidate {
         return Vec::new();
     }
-    let graph = TableGraph::new(table);
     let locals = local_destinations(snapshot, table);
+    let mut memory = memory.map(|m| m.table(&table.id, protections, &locals));
+    let kept_index = memory.as_deref_mut().map(|m| m.take_index(table));
+    let graph = match &kept_index {
+        Some(index) => TableGraph::with_index(table, index),
+        None => TableGraph::new(table),
+    };
     let mut hits: BTreeMap<(usize, usize), Hit> = BTreeMap::new();
     let mut budget = VISIT_BUDGET;
-    let mut memory = memory.map(|m| m.table(&table.id, protections, &locals));
     let mut log = WalkLog::default();
     for hook in [HookPoint::Prerouting, HookPoint::Output] {
         for (index, base) in graph.base_chains(&[hook], &base_type(table)) {
@@ -912,7 +960,7 @@ fn detect_in_table(
             per_chain.entry(pos.0).or_default().push((pos, hit));
         }
     }
-    per_chain
+    let findings = per_chain
         .into_iter()
         .map(|(chain_index, hits)| {
             finding_for(
@@ -925,7 +973,12 @@ fn detect_in_table(
                 budget == 0,
             )
         })
-        .collect()
+        .collect();
+    drop(graph);
+    if let (Some(memory), Some(index)) = (memory, kept_index) {
+        memory.keep_index(index);
+    }
+    findings
 }
 
 /// The chain type string base chains of this table carry (legacy tables name it by table).
@@ -2976,11 +3029,16 @@ mod tests {
                 ..WalkMemory::default()
             };
             for step in 0..150 {
-                let (what, changes) = if step == 0 {
-                    ("start".to_string(), TableChanges::default())
-                } else {
-                    edit(&mut table, &mut dice)
-                };
+                // One to three edits between two evaluations, as the engine folds the
+                // transactions that arrive during a pass into the next one.
+                let mut what = Vec::new();
+                let mut changes = TableChanges::default();
+                for _ in 0..if step == 0 { 0 } else { 1 + dice.below(3) } {
+                    let (text, touched) = edit(&mut table, &mut dice);
+                    what.push(text);
+                    changes.chains.extend(touched.chains);
+                    changes.sets.extend(touched.sets);
+                }
                 let mut snapshot = snapshot_with(Some(vec![table.clone()]), None);
                 snapshot.addresses = Some(vec![LocalAddress {
                     address: "192.168.1.10".parse().unwrap(),
@@ -3004,7 +3062,7 @@ mod tests {
                 );
                 assert_eq!(
                     incremental, full,
-                    "table {} step {step} after {what}",
+                    "table {} step {step} after {what:?}",
                     table.id
                 );
                 with_findings += usize::from(!full.is_empty());

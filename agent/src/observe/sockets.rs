@@ -186,9 +186,16 @@ pub fn nat_matched_ports<'a>(rulesets: impl IntoIterator<Item = &'a Ruleset>) ->
             }
         }
     }
-    (0..=u16::MAX)
-        .filter(|p| bits[usize::from(p >> 6)] & (1 << (p & 63)) != 0)
-        .collect()
+    let mut out = BTreeSet::new();
+    for (word_index, word) in bits.iter().enumerate().filter(|(_, w)| **w != 0) {
+        let base = (word_index as u16) << 6;
+        out.extend(
+            (0..64u16)
+                .filter(|bit| word & (1 << bit) != 0)
+                .map(|bit| base | bit),
+        );
+    }
+    out
 }
 
 /// The inode of a `socket:[12345]` descriptor link target.
