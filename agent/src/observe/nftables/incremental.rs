@@ -32,10 +32,10 @@
 //! to the cached ruleset and deciding when only a full dump is safe.
 
 use super::{
-    current_generation, decode_chain, decode_rule, decode_set, decode_set_elements, decode_table,
-    finish_elements, read_ruleset_with_sets, NftDumpStats, NftablesError, RuleContext, SetHeader,
-    SetHeaders, NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWCHAIN, NFT_MSG_NEWGEN, NFT_MSG_NEWRULE,
-    NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFT_MSG_NEWTABLE,
+    decode_chain, decode_rule, decode_set, decode_set_elements, decode_table, finish_elements,
+    read_ruleset_with_sets, NftDumpStats, NftablesError, RuleContext, SetHeader, SetHeaders,
+    NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWCHAIN, NFT_MSG_NEWGEN, NFT_MSG_NEWRULE, NFT_MSG_NEWSET,
+    NFT_MSG_NEWSETELEM, NFT_MSG_NEWTABLE,
 };
 use crate::model::ruleset::{Backend, Family, Rule, Ruleset, SetElement, Table, TableId};
 use crate::model::ruleset_changes::{RulesetChanges, Touched};
@@ -675,6 +675,8 @@ pub struct TrackerStats {
 /// An event subscription plus the cache it feeds: the incremental nftables reader.
 pub struct NftTracker {
     socket: Option<NftEventSocket>,
+    /// Asks the kernel's generation id, on a socket of its own kept open.
+    generation: super::GenerationQuery,
     buffer: i32,
     cache: Option<NftCache>,
     force: Option<String>,
@@ -699,6 +701,7 @@ impl NftTracker {
     pub fn with_buffer(bytes: i32) -> NftTracker {
         NftTracker {
             socket: None,
+            generation: super::GenerationQuery::default(),
             buffer: bytes,
             cache: None,
             force: None,
@@ -744,7 +747,7 @@ impl NftTracker {
         if reason.is_none() {
             let deadline = Instant::now() + CATCH_UP;
             loop {
-                let kernel = current_generation()?;
+                let kernel = self.generation.current()?;
                 let cache = self.cache.as_ref().map_or(0, |c| c.generation());
                 if kernel == cache {
                     break;
