@@ -410,6 +410,9 @@ struct TableWalks {
     index: Option<ChainIndex>,
     indexed: usize,
     changed_since_index: BTreeSet<String>,
+    /// Whether a pass walked this table with this memory before: only then is an index worth
+    /// its copies of the names (a table restored whole is walked once with a borrowed one).
+    walked_before: bool,
     keep_from: usize,
     /// Sub-walks replayed instead of walked, over the memory's life (tests look).
     #[cfg(test)]
@@ -455,8 +458,12 @@ impl TableWalks {
     /// [`TableWalks::keep_index`]): the kept one when every chain changed since it was made is
     /// where the index says or not in it (the cache appends new chains and closes the gaps of
     /// deleted ones, so a deletion moves a changed chain's place), with chains added since put
-    /// in; otherwise a new one.
-    fn take_index(&mut self, table: &Table) -> ChainIndex {
+    /// in; otherwise a new one, from the second walk of this memory on (`None` before: walk
+    /// with a borrowed index).
+    fn take_index(&mut self, table: &Table) -> Option<ChainIndex> {
+        if !std::mem::replace(&mut self.walked_before, true) {
+            return None;
+        }
         let changed = std::mem::take(&mut self.changed_since_index);
         let kept = self.index.take().filter(|index| {
             table.chains.len() >= self.indexed
@@ -475,7 +482,7 @@ impl TableWalks {
             None => chain_index_of(table),
         };
         self.indexed = table.chains.len();
-        index
+        Some(index)
     }
 
     fn keep_index(&mut self, index: ChainIndex) {
@@ -528,6 +535,7 @@ impl WalkMemory {
             index: None,
             indexed: 0,
             changed_since_index: BTreeSet::new(),
+            walked_before: false,
             keep_from,
             #[cfg(test)]
             replayed: 0,
@@ -915,7 +923,7 @@ fn detect_in_table(
     }
     let locals = local_destinations(snapshot, table);
     let mut memory = memory.map(|m| m.table(&table.id, protections, &locals));
-    let kept_index = memory.as_deref_mut().map(|m| m.take_index(table));
+    let kept_index = memory.as_deref_mut().and_then(|m| m.take_index(table));
     let graph = match &kept_index {
         Some(index) => TableGraph::with_index(table, index),
         None => TableGraph::new(table),
