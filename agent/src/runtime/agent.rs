@@ -688,8 +688,8 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
     /// and on a full resync every `resyncInterval` (the probe decides what a resync re-reads).
     pub fn run(&mut self, wakes: Receiver<Wake>, stop: &AtomicBool) {
         let mut last_pass: Option<Instant> = None;
-        // Only passes triggered by changes are rate-limited: a tick pass just before an event
-        // must not delay the reaction to it.
+        // Only passes triggered by changes are spaced (when `minPassInterval` is set): a tick
+        // pass just before an event must not delay the reaction to it.
         let mut last_change_pass: Option<Instant> = None;
         let mut last_resync = Instant::now();
         while !stop.load(Ordering::SeqCst) {
