@@ -501,6 +501,13 @@ impl SubWalk {
 }
 
 impl WalkMemory {
+    /// Whether a table was walked twice with this memory (the second walk keeps a chain index):
+    /// what an evaluation that went on from the previous one leaves.
+    #[cfg(test)]
+    pub(crate) fn went_on_from_a_previous_walk(&self) -> bool {
+        self.tables.values().any(|t| t.index.is_some())
+    }
+
     /// Forgets what `changed` can have made wrong; everything when it is `None`.
     fn forget(&mut self, changed: Option<&ChangedSince>) {
         let Some(changed) = changed else {

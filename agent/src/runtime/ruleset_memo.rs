@@ -206,6 +206,14 @@ mod tests {
         .unwrap()
     }
 
+    fn hijack_memory(memo: &RulesetMemo) -> &crate::detect::hostport_hijack::WalkMemory {
+        memo.memories
+            .get(&crate::model::finding::CheckId::HOSTPORT_HIJACK)
+            .and_then(|m| m.as_ref())
+            .and_then(|m| m.downcast_ref())
+            .expect("the hijack check's memory")
+    }
+
     /// The nat table of a node whose PREROUTING may jump to a portmap-style hijack of 6443.
     fn nat_with(hijack: bool) -> crate::model::ruleset::Table {
         let mut text = String::from(
@@ -249,10 +257,27 @@ mod tests {
             assert_eq!(remembered, full, "generation {generation}");
             assert_eq!(remembered.len(), usize::from(hijack), "{remembered:#?}");
         }
-        // The hijack check kept what it walked between the passes.
-        assert!(memo
-            .memories
-            .contains_key(&crate::model::finding::CheckId::HOSTPORT_HIJACK));
+        // The hijack check went on from what it walked in the previous pass.
+        assert!(hijack_memory(&memo).went_on_from_a_previous_walk());
+        // Another full read (a new log origin): the memory starts afresh.
+        let mut snapshot = snapshot_with(Some(vec![nat_with(true)]), None);
+        if let Some(ruleset) = snapshot.nftables.as_mut() {
+            Arc::make_mut(ruleset).generation = Some(6);
+        }
+        snapshot.addresses = Some(vec![LocalAddress {
+            address: "192.168.1.10".parse().unwrap(),
+            prefix: 24,
+            ifindex: 2,
+        }]);
+        // (a log that would answer for generation 5, but of another read)
+        let mut other_read = RulesetChanges::new(43, 5);
+        other_read.record(6, Vec::new());
+        snapshot.nft_changes = Some(Arc::new(other_read));
+        assert_eq!(
+            memo.findings(&snapshot, &config, Pods::unknown(), None),
+            detect::run_checks(&snapshot, &config, &[])
+        );
+        assert!(!hijack_memory(&memo).went_on_from_a_previous_walk());
     }
 
     #[test]
