@@ -157,7 +157,7 @@ for _ in range(int(sys.argv[1])):
         for command in COMMANDS:
             subprocess.run(command.split(), check=True)
     t = time.monotonic(); wait(hijacked); result["appear"].append((time.monotonic() - t) * 1000)
-    time.sleep(0.3)  # past minPassInterval (50 ms by default), which rate-limits back-to-back change passes
+    time.sleep(0.3)  # the removal is timed apart from the hijack's passes (and past a minPassInterval if one is set)
     subprocess.run(["sh", "-c", UNHIJACK], check=True)
     t = time.monotonic(); wait(lambda: not hijacked()); result["clear"].append((time.monotonic() - t) * 1000)
     time.sleep(0.3)

@@ -534,7 +534,7 @@ impl Config {
             .engine
             .min_pass_interval
             .map(|d| d.0)
-            .unwrap_or(Duration::from_millis(50));
+            .unwrap_or(Duration::ZERO);
         if min_pass_interval > Duration::from_secs(60) {
             return Err(ConfigError::new(
                 "engine.minPassInterval",

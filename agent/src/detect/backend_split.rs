@@ -174,8 +174,12 @@ pub fn detect(snapshot: &NodeSnapshot) -> Vec<Finding> {
     ) else {
         return Vec::new();
     };
-    let nft_counts = owner_counts(nft);
+    // The legacy side first: usually empty, and then the nftables side need not be counted.
     let legacy_counts = owner_counts(legacy);
+    if legacy_counts.is_empty() {
+        return Vec::new();
+    }
+    let nft_counts = owner_counts(nft);
     let mut findings = Vec::new();
     for (key, n) in &nft_counts {
         let Some(l) = legacy_counts.get(key) else {

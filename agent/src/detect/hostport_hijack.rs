@@ -40,20 +40,22 @@
 //! could move out once a second check proposes `remove-hijack-rule`.
 
 use crate::config::{ConfigError, Settings};
-use crate::detect::{Check, CheckContext, Inputs};
+use crate::detect::{Check, CheckContext, CheckMemory, Inputs};
 use crate::model::finding::{
     CheckId, Finding, FixAction, FixId, FixProposal, NarrowPorts, RuleRef, Severity, TableRef,
 };
-use crate::model::graph::{Edge, TableGraph};
+use crate::model::graph::{chain_index_of, ChainIndex, Edge, TableGraph};
 use crate::model::portmap::cni_owner;
 use crate::model::render::{action_fingerprint, render_iptables, render_rule, rule_spec};
+use crate::model::ruleset::TableId;
 use crate::model::ruleset::{
     Action, Backend, Direction, Field, HookPoint, KeyValue, Match, NatRange, PortRange, Rule,
     SetElement, Table, Verdict,
 };
+use crate::model::ruleset_changes::{ChangedSince, TableChanges};
 use crate::model::snapshot::{NodeSnapshot, ProcessInfo};
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 const TCP: u8 = 6;
@@ -63,6 +65,9 @@ const ADDRTYPE_LOCAL: u16 = 1 << 2;
 const VISIT_BUDGET: usize = 4_000_000;
 /// How many jump paths a finding shows.
 const MAX_PATHS: usize = 4;
+/// The fewest rule visits a sub-walk must have cost to be kept for the next pass: cheaper ones
+/// are walked again rather than stored.
+const KEEP_WALKS_FROM: usize = 16;
 /// The comment kube-proxy (iptables mode) puts on the API server Service's rule.
 const KUBERNETES_SVC_COMMENT: &str = "default/kubernetes:https";
 /// The part of kube-proxy's nftables-mode service chain name that names the API server Service.
@@ -102,7 +107,7 @@ enum Reason {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct Protection {
     reason: Reason,
     publisher: Option<Publisher>,
@@ -125,7 +130,7 @@ enum Scope {
 /// Protected packets still possible on a path: every port of `ports` to every address of
 /// `destinations`, protected for the protections `why` (indexes; they share one publisher and
 /// one set of destinations, so that a walk carries few groups however many listeners there are).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Group {
     ports: Vec<u16>,
     destinations: Vec<IpAddr>,
@@ -328,8 +333,22 @@ pub fn detect_naming_pods(
     config: &HijackConfig,
     pod_owner: &dyn Fn(IpAddr) -> Option<String>,
 ) -> Vec<Finding> {
+    detect_remembering(snapshot, config, pod_owner, None)
+}
+
+/// The check, reusing and filling `memory`'s sub-walks when given (its stale ones already
+/// forgotten: see [`WalkMemory::forget`]).
+fn detect_remembering(
+    snapshot: &NodeSnapshot,
+    config: &HijackConfig,
+    pod_owner: &dyn Fn(IpAddr) -> Option<String>,
+    mut memory: Option<&mut WalkMemory>,
+) -> Vec<Finding> {
     let protections = protections(snapshot, config);
     if protections.is_empty() {
+        if let Some(memory) = memory {
+            memory.tables.clear();
+        }
         return Vec::new();
     }
     let naming = Naming {
@@ -337,21 +356,282 @@ pub fn detect_naming_pods(
         pod_owner,
     };
     let mut findings = Vec::new();
+    let mut seen: Vec<&TableId> = Vec::new();
     for backend in [Backend::Nft, Backend::Legacy] {
         let Some(ruleset) = snapshot.ruleset(backend) else {
             continue;
         };
         for table in &ruleset.tables {
+            seen.push(&table.id);
             findings.extend(detect_in_table(
                 snapshot,
                 table,
                 &protections,
                 config,
                 &naming,
+                memory.as_deref_mut(),
             ));
         }
     }
+    if let Some(memory) = memory {
+        memory.tables.retain(|id, _| seen.contains(&id));
+    }
     findings
+}
+
+/// What the walk keeps between passes: per table, the sub-walks below chains it did, keyed by
+/// the chain and the state the walk entered it with. A sub-walk's result depends only on the
+/// chains it entered and the sets its rules read (and the protections and node addresses, which
+/// empty a table's memory when they move), so after a change only the sub-walks that entered a
+/// changed chain are forgotten: the hooks' walk re-walks the changed chains and replays the rest.
+#[derive(Debug)]
+pub struct WalkMemory {
+    tables: BTreeMap<TableId, TableWalks>,
+    /// The fewest rule visits a sub-walk is kept for ([`KEEP_WALKS_FROM`]).
+    keep_from: usize,
+}
+
+impl Default for WalkMemory {
+    fn default() -> WalkMemory {
+        WalkMemory {
+            tables: BTreeMap::new(),
+            keep_from: KEEP_WALKS_FROM,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct TableWalks {
+    protections: Vec<Protection>,
+    locals: Vec<IpAddr>,
+    walks: HashMap<WalkKey, SubWalk>,
+    /// The table's chain positions by name as of `indexed` chains, and the chains changed since
+    /// (checked, and new chains added, before the index is used again).
+    index: Option<ChainIndex>,
+    indexed: usize,
+    changed_since_index: BTreeSet<String>,
+    /// Whether a pass walked this table with this memory before: only then is an index worth
+    /// its copies of the names (a table restored whole is walked once with a borrowed one).
+    walked_before: bool,
+    keep_from: usize,
+    /// Sub-walks replayed instead of walked, over the memory's life (tests look).
+    #[cfg(test)]
+    replayed: usize,
+}
+
+/// A chain and the state a walk entered it with.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct WalkKey {
+    chain: String,
+    hook: &'static str,
+    through_map: bool,
+    groups: Vec<Group>,
+}
+
+/// What walking below one chain did, by chain names (indexes move when chains come and go).
+#[derive(Debug)]
+struct SubWalk {
+    /// Rule visits it cost (taken from the budget when replayed).
+    visits: usize,
+    /// What the chain returns to its caller.
+    stopped: Vec<Vec<usize>>,
+    hits: Vec<StoredHit>,
+    /// Every chain it entered, and jump targets it met that named no chain.
+    chains: Vec<String>,
+    unresolved: Vec<String>,
+    /// The sets and maps the rules it visited read.
+    sets: Vec<String>,
+}
+
+/// One hit recorded below a chain: the rule, what it captured, and the path from the chain.
+#[derive(Debug)]
+struct StoredHit {
+    chain: String,
+    rule: usize,
+    captured: Vec<(u16, usize)>,
+    through_map: bool,
+    path: Vec<(String, usize)>,
+}
+
+impl TableWalks {
+    /// The chain index of `table`, taken out of the memory (give it back with
+    /// [`TableWalks::keep_index`]): the kept one when every chain changed since it was made is
+    /// where the index says or not in it (the cache appends new chains and closes the gaps of
+    /// deleted ones, so a deletion moves a changed chain's place), with chains added since put
+    /// in; otherwise a new one, from the second walk of this memory on (`None` before: walk
+    /// with a borrowed index).
+    fn take_index(&mut self, table: &Table) -> Option<ChainIndex> {
+        if !std::mem::replace(&mut self.walked_before, true) {
+            return None;
+        }
+        let changed = std::mem::take(&mut self.changed_since_index);
+        let kept = self.index.take().filter(|index| {
+            table.chains.len() >= self.indexed
+                && changed.iter().all(|name| match index.get(name) {
+                    Some(&i) => table.chains.get(i).is_some_and(|c| &c.name == name),
+                    None => true,
+                })
+        });
+        let index = match kept {
+            Some(mut index) => {
+                for (i, chain) in table.chains.iter().enumerate().skip(self.indexed) {
+                    index.insert(chain.name.clone(), i);
+                }
+                index
+            }
+            None => chain_index_of(table),
+        };
+        self.indexed = table.chains.len();
+        Some(index)
+    }
+
+    fn keep_index(&mut self, index: ChainIndex) {
+        self.index = Some(index);
+    }
+}
+
+impl SubWalk {
+    fn depends_on(&self, changes: &TableChanges) -> bool {
+        self.chains
+            .iter()
+            .chain(&self.unresolved)
+            .any(|c| changes.chains.contains(c))
+            || self.sets.iter().any(|s| changes.sets.contains(s))
+    }
+}
+
+impl WalkMemory {
+    /// Whether a table was walked twice with this memory (the second walk keeps a chain index):
+    /// what an evaluation that went on from the previous one leaves.
+    #[cfg(test)]
+    pub(crate) fn went_on_from_a_previous_walk(&self) -> bool {
+        self.tables.values().any(|t| t.index.is_some())
+    }
+
+    /// Forgets what `changed` can have made wrong; everything when it is `None`.
+    fn forget(&mut self, changed: Option<&ChangedSince>) {
+        let Some(changed) = changed else {
+            self.tables.clear();
+            return;
+        };
+        self.tables.retain(|id, table| match changed.table(id) {
+            None => true,
+            Some(changes) if changes.whole => false,
+            Some(changes) => {
+                table.walks.retain(|_, walk| !walk.depends_on(changes));
+                table
+                    .changed_since_index
+                    .extend(changes.chains.iter().cloned());
+                true
+            }
+        });
+    }
+
+    /// The sub-walks of `table`, emptied when the protections or the node's addresses moved.
+    fn table(
+        &mut self,
+        id: &TableId,
+        protections: &[Protection],
+        locals: &[IpAddr],
+    ) -> &mut TableWalks {
+        let keep_from = self.keep_from;
+        let fresh = || TableWalks {
+            protections: protections.to_vec(),
+            locals: locals.to_vec(),
+            walks: HashMap::new(),
+            index: None,
+            indexed: 0,
+            changed_since_index: BTreeSet::new(),
+            walked_before: false,
+            keep_from,
+            #[cfg(test)]
+            replayed: 0,
+        };
+        let table = self.tables.entry(id.clone()).or_insert_with(fresh);
+        if table.protections != protections || table.locals != locals {
+            *table = fresh();
+        }
+        table
+    }
+}
+
+/// A hit as the walk found it, by positions in the current table.
+#[derive(Debug, Clone)]
+struct HitEvent {
+    position: RulePos,
+    captured: Vec<(u16, usize)>,
+    through_map: bool,
+    path: Vec<RulePos>,
+}
+
+/// What a walk did, in order, while it keeps sub-walks: each chain's sub-walk is a stretch of it.
+#[derive(Debug, Default)]
+struct WalkLog {
+    hits: Vec<HitEvent>,
+    entered: Vec<usize>,
+    unresolved: Vec<String>,
+    sets: Vec<String>,
+}
+
+/// Where each part of a [`WalkLog`] stood when a chain was entered.
+#[derive(Debug, Clone, Copy)]
+struct LogMark {
+    hits: usize,
+    entered: usize,
+    unresolved: usize,
+    sets: usize,
+}
+
+impl WalkLog {
+    fn mark(&self) -> LogMark {
+        LogMark {
+            hits: self.hits.len(),
+            entered: self.entered.len(),
+            unresolved: self.unresolved.len(),
+            sets: self.sets.len(),
+        }
+    }
+
+    /// The sub-walk logged since `mark`, for a chain entered with a path `path_len` long.
+    fn sub_walk(
+        &self,
+        graph: &TableGraph<'_>,
+        mark: LogMark,
+        path_len: usize,
+        visits: usize,
+        stopped: &[Vec<usize>],
+    ) -> SubWalk {
+        let name = |i: usize| graph.chain(i).name.clone();
+        let mut entered = self.entered[mark.entered..].to_vec();
+        entered.sort_unstable();
+        entered.dedup();
+        let sorted = |items: &[String]| {
+            let mut items = items.to_vec();
+            items.sort_unstable();
+            items.dedup();
+            items
+        };
+        SubWalk {
+            visits,
+            stopped: stopped.to_vec(),
+            hits: self.hits[mark.hits..]
+                .iter()
+                .map(|event| StoredHit {
+                    chain: name(event.position.0),
+                    rule: event.position.1,
+                    captured: event.captured.clone(),
+                    through_map: event.through_map,
+                    path: event.path[path_len..]
+                        .iter()
+                        .map(|(c, r)| (name(*c), *r))
+                        .collect(),
+                })
+                .collect(),
+            chains: entered.into_iter().map(name).collect(),
+            unresolved: sorted(&self.unresolved[mark.unresolved..]),
+            sets: sorted(&self.sets[mark.sets..]),
+        }
+    }
 }
 
 /// The ports the API server is served on: its default port, and the ports kube-proxy sends the
@@ -638,6 +918,7 @@ fn detect_in_table(
     protections: &[Protection],
     config: &HijackConfig,
     naming: &Naming<'_>,
+    memory: Option<&mut WalkMemory>,
 ) -> Vec<Finding> {
     let has_candidate = table
         .chains
@@ -647,10 +928,16 @@ fn detect_in_table(
     if !has_candidate {
         return Vec::new();
     }
-    let graph = TableGraph::new(table);
     let locals = local_destinations(snapshot, table);
+    let mut memory = memory.map(|m| m.table(&table.id, protections, &locals));
+    let kept_index = memory.as_deref_mut().and_then(|m| m.take_index(table));
+    let graph = match &kept_index {
+        Some(index) => TableGraph::with_index(table, index),
+        None => TableGraph::new(table),
+    };
     let mut hits: BTreeMap<(usize, usize), Hit> = BTreeMap::new();
     let mut budget = VISIT_BUDGET;
+    let mut log = WalkLog::default();
     for hook in [HookPoint::Prerouting, HookPoint::Output] {
         for (index, base) in graph.base_chains(&[hook], &base_type(table)) {
             if !is_nat_base(table, &base.chain_type) {
@@ -670,8 +957,13 @@ fn detect_in_table(
                 protections,
                 hook: hook.as_str(),
                 on_stack: vec![false; table.chains.len()],
+                depth_of: vec![0; table.chains.len()],
+                depth: 0,
+                cycle_floor: usize::MAX,
                 hits: &mut hits,
                 budget: &mut budget,
+                memory: memory.as_deref_mut(),
+                log: &mut log,
             }
             .chain(index, state);
         }
@@ -683,7 +975,7 @@ fn detect_in_table(
             per_chain.entry(pos.0).or_default().push((pos, hit));
         }
     }
-    per_chain
+    let findings = per_chain
         .into_iter()
         .map(|(chain_index, hits)| {
             finding_for(
@@ -696,7 +988,12 @@ fn detect_in_table(
                 budget == 0,
             )
         })
-        .collect()
+        .collect();
+    drop(graph);
+    if let (Some(memory), Some(index)) = (memory, kept_index) {
+        memory.keep_index(index);
+    }
+    findings
 }
 
 /// The chain type string base chains of this table carry (legacy tables name it by table).
@@ -726,18 +1023,161 @@ struct Walk<'g, 'a> {
     protections: &'g [Protection],
     hook: &'static str,
     on_stack: Vec<bool>,
+    /// How deep in the walk each chain on the stack was entered (1 for the base chain).
+    depth_of: Vec<usize>,
+    depth: usize,
+    /// The shallowest depth of a chain on the stack that the walk below the current chain ran
+    /// into (a cycle): when it is above the current chain, that sub-walk depends on how it was
+    /// reached and is not kept.
+    cycle_floor: usize,
     hits: &'g mut BTreeMap<(usize, usize), Hit>,
     budget: &'g mut usize,
+    /// The sub-walks kept from earlier passes, and where this walk keeps its own.
+    memory: Option<&'g mut TableWalks>,
+    log: &'g mut WalkLog,
 }
 
 impl Walk<'_, '_> {
     /// Walks one chain; returns the API-Service groups (by protection index) the chain stops for
     /// every packet that entered it (kube-proxy's IPVS ClusterIP ACCEPT), so that the caller
-    /// stops them too after an unconditional jump.
+    /// stops them too after an unconditional jump. With a memory, a sub-walk kept for this chain
+    /// and state is replayed instead, and a new one is kept.
     fn chain(&mut self, chain_index: usize, state: PathState) -> Vec<Vec<usize>> {
         if self.on_stack[chain_index] {
+            self.cycle_floor = self.cycle_floor.min(self.depth_of[chain_index]);
             return Vec::new();
         }
+        if self.memory.is_none() {
+            return self.rules(chain_index, state);
+        }
+        let key = WalkKey {
+            chain: self.graph.chain(chain_index).name.clone(),
+            hook: self.hook,
+            through_map: state.through_map,
+            groups: state.groups.clone(),
+        };
+        let kept = self
+            .memory
+            .as_deref_mut()
+            .and_then(|memory| memory.walks.remove(&key));
+        if let Some(kept) = kept {
+            if let Some(stopped) = self.replay(&kept, &state.path) {
+                if let Some(memory) = self.memory.as_deref_mut() {
+                    #[cfg(test)]
+                    {
+                        memory.replayed += 1;
+                    }
+                    memory.walks.insert(key, kept);
+                }
+                return stopped;
+            }
+        }
+        let mark = self.log.mark();
+        let path_len = state.path.len();
+        let budget_before = *self.budget;
+        let outer_floor = std::mem::replace(&mut self.cycle_floor, usize::MAX);
+        self.depth += 1;
+        let depth = self.depth;
+        self.depth_of[chain_index] = depth;
+        self.log.entered.push(chain_index);
+        let stopped = self.rules(chain_index, state);
+        self.depth -= 1;
+        let inner_floor = self.cycle_floor;
+        self.cycle_floor = outer_floor.min(inner_floor);
+        let visits = budget_before - *self.budget;
+        let keep_from = self.memory.as_deref().map_or(usize::MAX, |m| m.keep_from);
+        if inner_floor >= depth && *self.budget > 0 && visits >= keep_from {
+            let kept = self
+                .log
+                .sub_walk(self.graph, mark, path_len, visits, &stopped);
+            if let Some(memory) = self.memory.as_deref_mut() {
+                memory.walks.insert(key, kept);
+            }
+        }
+        stopped
+    }
+
+    /// Replays a kept sub-walk below a chain entered with `path`: its hits, its cost and what it
+    /// logged. `None` (walk it instead) when the budget would run out in it or a chain it
+    /// entered is on the stack now (the walk would stop there).
+    fn replay(&mut self, kept: &SubWalk, path: &[RulePos]) -> Option<Vec<Vec<usize>>> {
+        if *self.budget <= kept.visits {
+            return None;
+        }
+        let graph = self.graph;
+        let mut entered = Vec::with_capacity(kept.chains.len());
+        for name in &kept.chains {
+            let index = graph.chain_index(name)?;
+            if self.on_stack[index] {
+                return None;
+            }
+            entered.push(index);
+        }
+        if kept
+            .unresolved
+            .iter()
+            .any(|n| graph.chain_index(n).is_some())
+        {
+            return None;
+        }
+        let mut events = Vec::with_capacity(kept.hits.len());
+        for hit in &kept.hits {
+            let mut full = path.to_vec();
+            for (chain, rule) in &hit.path {
+                full.push((graph.chain_index(chain)?, *rule));
+            }
+            events.push(HitEvent {
+                position: (graph.chain_index(&hit.chain)?, hit.rule),
+                captured: hit.captured.clone(),
+                through_map: hit.through_map,
+                path: full,
+            });
+        }
+        *self.budget -= kept.visits;
+        self.log.entered.extend(entered);
+        self.log.unresolved.extend(kept.unresolved.iter().cloned());
+        self.log.sets.extend(kept.sets.iter().cloned());
+        for event in events {
+            self.add_hit(event);
+        }
+        Some(kept.stopped.clone())
+    }
+
+    /// Notes what a visited rule reads beyond its chain (sets, jump targets), for a kept
+    /// sub-walk's dependencies.
+    fn log_reads(&mut self, rule: &Rule) {
+        for m in &rule.matches {
+            if let Match::SetLookup { set, .. } = m {
+                self.log.sets.push(set.clone());
+            }
+        }
+        match &rule.action {
+            Action::VerdictMap { set, .. } => {
+                self.log.sets.push(set.clone());
+                if let Some(map) = self.graph.table.sets.get(set) {
+                    for element in &map.elements {
+                        let target = element.verdict.as_ref().and_then(Verdict::target_chain);
+                        if let Some(target) = target {
+                            if self.graph.chain_index(target).is_none() {
+                                self.log.unresolved.push(target.to_string());
+                            }
+                        }
+                    }
+                }
+            }
+            Action::Verdict { verdict } => {
+                if let Some(target) = verdict.target_chain() {
+                    if self.graph.chain_index(target).is_none() {
+                        self.log.unresolved.push(target.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The rules of one chain, in order.
+    fn rules(&mut self, chain_index: usize, state: PathState) -> Vec<Vec<usize>> {
         self.on_stack[chain_index] = true;
         let graph = self.graph;
         let chain = graph.chain(chain_index);
@@ -748,6 +1188,9 @@ impl Walk<'_, '_> {
                 break;
             }
             *self.budget -= 1;
+            if self.memory.is_some() {
+                self.log_reads(rule);
+            }
             if is_cluster_ip_accept(graph.table, &chain.name, rule) {
                 let protections = self.protections;
                 let api = |g: &Group| {
@@ -834,13 +1277,25 @@ impl Walk<'_, '_> {
         if captured.is_empty() {
             return;
         }
-        let hit = self.hits.entry(position).or_default();
-        hit.ports.extend(captured.iter().map(|(p, _)| *p));
-        hit.reasons.extend(captured);
-        hit.through_map |= state.through_map;
+        self.add_hit(HitEvent {
+            position,
+            captured,
+            through_map: state.through_map,
+            path: state.path.clone(),
+        });
+    }
+
+    fn add_hit(&mut self, event: HitEvent) {
+        let hit = self.hits.entry(event.position).or_default();
+        hit.ports.extend(event.captured.iter().map(|(p, _)| *p));
+        hit.reasons.extend(event.captured.iter().copied());
+        hit.through_map |= event.through_map;
         hit.hooks.insert(self.hook);
-        if hit.paths.len() < MAX_PATHS && !hit.paths.contains(&state.path) {
-            hit.paths.push(state.path.clone());
+        if hit.paths.len() < MAX_PATHS && !hit.paths.contains(&event.path) {
+            hit.paths.push(event.path.clone());
+        }
+        if self.memory.is_some() {
+            self.log.hits.push(event);
         }
     }
 }
@@ -1527,6 +1982,32 @@ impl Check for HostportHijack {
                 .settings
                 .get::<HijackConfig>(),
             context.pod_owner,
+        )
+    }
+
+    fn detect_incremental(
+        &self,
+        context: &CheckContext<'_>,
+        changed: Option<&ChangedSince>,
+        memory: &mut CheckMemory,
+    ) -> Vec<Finding> {
+        if memory.as_ref().is_none_or(|m| !m.is::<WalkMemory>()) {
+            *memory = Some(Box::new(WalkMemory::default()));
+        }
+        let walks = memory
+            .as_mut()
+            .and_then(|m| m.downcast_mut::<WalkMemory>())
+            .expect("a walk memory was just put there");
+        walks.forget(changed);
+        detect_remembering(
+            context.snapshot,
+            context
+                .config
+                .check(self.id())
+                .settings
+                .get::<HijackConfig>(),
+            context.pod_owner,
+            Some(walks),
         )
     }
 }
@@ -2390,5 +2871,221 @@ mod tests {
             Some(("cbr0".to_string(), "abc123".to_string()))
         );
         assert_eq!(cni_owner("kubernetes service portals"), None);
+    }
+
+    /// The `*nat` part of a captured iptables-save fixture in `tests/fixtures/healthy`.
+    fn fixture_nat(name: &str) -> Table {
+        let path = format!(
+            "{}/../tests/fixtures/healthy/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let nat: Vec<&str> = text
+            .lines()
+            .skip_while(|l| *l != "*nat")
+            .skip(1)
+            .take_while(|l| *l != "COMMIT")
+            .collect();
+        iptables_table(Backend::Nft, "nat", &nat.join("\n"))
+    }
+
+    /// The nftables ruleset of kube-proxy's nftables mode as the kernel sent it (verdict maps).
+    fn kube_proxy_nftables() -> Vec<Table> {
+        let path = format!(
+            "{}/testdata/nft/kube_proxy_nftables.bin",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let bytes = std::fs::read(path).unwrap();
+        crate::observe::nftables::decode_messages(&bytes, 1)
+            .unwrap()
+            .tables
+    }
+
+    /// A small deterministic generator (xorshift) for the edit sequences.
+    struct Dice(u64);
+
+    impl Dice {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n.max(1) as u64) as usize
+        }
+    }
+
+    fn nat_rule(line: &str) -> Rule {
+        let chain = line.split_whitespace().nth(1).unwrap();
+        let table = iptables_table(Backend::Nft, "nat", &format!(":{chain} - [0:0]\n{line}"));
+        table.chains[0].rules[0].clone()
+    }
+
+    /// One random edit of `table` (rules appended, inserted, deleted; chains created, deleted,
+    /// jumped to, in cycles too, or before they exist; map elements removed): what it says and
+    /// what it touched.
+    fn edit(table: &mut Table, dice: &mut Dice) -> (String, TableChanges) {
+        let mut changes = TableChanges::default();
+        let chains = table.chains.len();
+        let pick = dice.below(chains);
+        let name = table.chains[pick].name.clone();
+        let spare = format!("EDIT-{}", dice.below(4));
+        let text = match dice.below(8) {
+            0 => {
+                let port = [22, 6443, 10250, 8080][dice.below(4)];
+                let line = format!(
+                    "-A {name} -p tcp -m tcp --dport {port} -j DNAT --to-destination 10.42.0.9:{port}"
+                );
+                table.chains[pick].rules.push(nat_rule(&line));
+                line
+            }
+            1 => {
+                if table.chain(&spare).is_none() {
+                    table.chains.push(crate::model::ruleset::Chain {
+                        name: spare.clone(),
+                        handle: 0,
+                        base: None,
+                        rules: Vec::new(),
+                    });
+                }
+                let port = [22, 6443, 10250][dice.below(3)];
+                let line = format!(
+                    "-A {spare} -p tcp -m tcp --dport {port} -j DNAT --to-destination 10.42.0.10:{port}"
+                );
+                let rule = nat_rule(&line);
+                table
+                    .chains
+                    .iter_mut()
+                    .find(|c| c.name == spare)
+                    .unwrap()
+                    .rules
+                    .push(rule);
+                changes.chains.insert(spare.clone());
+                line
+            }
+            2 => {
+                let rules = table.chains[pick].rules.len();
+                if rules == 0 {
+                    return ("nothing".into(), changes);
+                }
+                let at = dice.below(rules);
+                table.chains[pick].rules.remove(at);
+                format!("-D {name} {}", at + 1)
+            }
+            3 if table.chains[pick].base.is_none() => {
+                table.chains.remove(pick);
+                for chain in &mut table.chains {
+                    let before = chain.rules.len();
+                    chain.rules.retain(|r| {
+                        !matches!(&r.action, Action::Verdict { verdict } if verdict.target_chain() == Some(&name))
+                    });
+                    if chain.rules.len() != before {
+                        changes.chains.insert(chain.name.clone());
+                    }
+                }
+                format!("-X {name}")
+            }
+            4 => {
+                let line = [
+                    format!("-A {name} -d 10.99.0.1/32 -j RETURN"),
+                    format!("-A {name} -p udp -j RETURN"),
+                    format!("-A {name} -m addrtype --dst-type LOCAL -j RETURN"),
+                ][dice.below(3)]
+                .clone();
+                table.chains[pick].rules.insert(0, nat_rule(&line));
+                format!("-I{}", &line[2..])
+            }
+            5 => {
+                let target = table.chains[dice.below(chains)].name.clone();
+                let line = format!("-A {name} -j {target}");
+                table.chains[pick].rules.push(nat_rule(&line));
+                line
+            }
+            6 => {
+                let line = format!("-A {name} -m addrtype --dst-type LOCAL -j {spare}");
+                table.chains[pick].rules.push(nat_rule(&line));
+                line
+            }
+            _ => {
+                let Some(set) = table
+                    .sets
+                    .values_mut()
+                    .filter(|s| !s.elements.is_empty())
+                    .nth(dice.below(4))
+                else {
+                    return ("nothing".into(), changes);
+                };
+                let at = dice.below(set.elements.len());
+                set.elements.remove(at);
+                changes.sets.insert(set.name.clone());
+                return (format!("element {at} of {} deleted", set.name), changes);
+            }
+        };
+        changes.chains.insert(name);
+        (text, changes)
+    }
+
+    #[test]
+    fn incremental_findings_equal_a_full_evaluation_through_chain_edits() {
+        let mut tables: Vec<Table> = [
+            "k3s-flannel-svclb.rules",
+            "docker-k3s.rules",
+            "docker.rules",
+        ]
+        .into_iter()
+        .map(fixture_nat)
+        .collect();
+        tables.extend(kube_proxy_nftables());
+        let mut with_findings = 0;
+        let mut replayed = 0;
+        for (seed, start) in tables.into_iter().enumerate() {
+            let mut table = start;
+            let mut dice = Dice(0x9e37_79b9_7f4a_7c15 ^ (seed as u64 + 1));
+            let mut memory = WalkMemory {
+                keep_from: 0,
+                ..WalkMemory::default()
+            };
+            for step in 0..150 {
+                // One to three edits between two evaluations, as the engine folds the
+                // transactions that arrive during a pass into the next one.
+                let mut what = Vec::new();
+                let mut changes = TableChanges::default();
+                for _ in 0..if step == 0 { 0 } else { 1 + dice.below(3) } {
+                    let (text, touched) = edit(&mut table, &mut dice);
+                    what.push(text);
+                    changes.chains.extend(touched.chains);
+                    changes.sets.extend(touched.sets);
+                }
+                let mut snapshot = snapshot_with(Some(vec![table.clone()]), None);
+                snapshot.addresses = Some(vec![LocalAddress {
+                    address: "192.168.1.10".parse().unwrap(),
+                    prefix: 24,
+                    ifindex: 2,
+                }]);
+                snapshot.listeners = Some(vec![
+                    listener("0.0.0.0", 10250, None),
+                    listener("127.0.0.1", 8080, None),
+                ]);
+                let full = detect(&snapshot, &config());
+                let mut changed = ChangedSince::default();
+                changed.tables.insert(table.id.clone(), changes);
+                // Now and then the engine cannot say what changed: start afresh.
+                memory.forget((step % 37 != 36).then_some(&changed));
+                let incremental = detect_remembering(
+                    &snapshot,
+                    &config(),
+                    &crate::detect::no_pods,
+                    Some(&mut memory),
+                );
+                assert_eq!(
+                    incremental, full,
+                    "table {} step {step} after {what:?}",
+                    table.id
+                );
+                with_findings += usize::from(!full.is_empty());
+            }
+            replayed += memory.tables.values().map(|t| t.replayed).sum::<usize>();
+        }
+        // The sequences did make hijacks, and the memory did answer for unchanged chains.
+        assert!(with_findings > 50, "{with_findings}");
+        assert!(replayed > 100, "{replayed}");
     }
 }

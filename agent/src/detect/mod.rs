@@ -9,6 +9,10 @@
 //!
 //! Persistence (a finding must last [`Check::persist_for`] before it counts) is not decided
 //! here: checks report what the snapshot shows, and the tracker in `remediate` keeps `since`.
+//!
+//! A check may keep what it worked out between the agent's passes ([`Check::detect_incremental`],
+//! [`CheckMemory`]) to re-evaluate only what a ruleset change can affect; its findings must be
+//! those [`Check::detect`] gives on the same snapshot.
 
 pub mod apiserver_service_type;
 pub mod arp_unanswered;
@@ -25,6 +29,7 @@ pub(crate) mod test_support;
 use crate::config::{Config, ConfigError, Settings};
 use crate::model::api_service::ApiServiceView;
 use crate::model::finding::{CheckId, Finding, FixId};
+use crate::model::ruleset_changes::ChangedSince;
 use crate::model::service_intent::ClusterIntent;
 use crate::model::snapshot::NodeSnapshot;
 use std::net::IpAddr;
@@ -42,6 +47,10 @@ pub static CHECKS: &[&dyn Check] = &[
     &kube_proxy_endpoint_drift::KubeProxyEndpointDrift,
     &apiserver_service_type::ApiserverServiceType,
 ];
+
+/// What a check keeps from one evaluation for the next (see [`Check::detect_incremental`]): the
+/// engine holds one per check and never looks inside.
+pub type CheckMemory = Option<Box<dyn std::any::Any + Send>>;
 
 /// What a check reads, which tells the engine when it must run again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +179,19 @@ pub trait Check: Sync {
         false
     }
     fn detect(&self, context: &CheckContext<'_>) -> Vec<Finding>;
+    /// [`Check::detect`] with what the check kept from its previous evaluation in `memory`
+    /// (empty at first). `changed` is what moved in the nftables ruleset since that evaluation,
+    /// given only when nothing else the ruleset checks read moved (the legacy ruleset, listeners,
+    /// addresses, configuration, pods); `None` when anything may have moved: start afresh.
+    /// Must return what `detect` returns on the same context; by default it is `detect`.
+    fn detect_incremental(
+        &self,
+        context: &CheckContext<'_>,
+        _changed: Option<&ChangedSince>,
+        _memory: &mut CheckMemory,
+    ) -> Vec<Finding> {
+        self.detect(context)
+    }
     /// Whether it reads [`CheckContext::service_intent`]: the cluster watches Services and
     /// EndpointSlices only while such a check is enabled.
     fn reads_service_intent(&self) -> bool {
@@ -222,6 +244,27 @@ pub fn run_some(
         .filter(|c| c.inputs() == inputs && context.config.check_enabled(c.id()) && which(**c))
         .flat_map(|c| c.detect(context))
         .collect()
+}
+
+/// [`run_some`] through [`Check::detect_incremental`], with one memory per check in `memories`
+/// (a disabled check's memory is dropped).
+pub fn run_some_incremental(
+    inputs: Inputs,
+    context: &CheckContext<'_>,
+    which: impl Fn(&dyn Check) -> bool,
+    changed: Option<&ChangedSince>,
+    memories: &mut std::collections::HashMap<CheckId, CheckMemory>,
+) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for check in CHECKS.iter().filter(|c| c.inputs() == inputs && which(**c)) {
+        if !context.config.check_enabled(check.id()) {
+            memories.remove(&check.id());
+            continue;
+        }
+        let memory = memories.entry(check.id()).or_default();
+        findings.extend(check.detect_incremental(context, changed, memory));
+    }
+    findings
 }
 
 /// Whether an enabled check reads the cluster's intent for kube-proxy.

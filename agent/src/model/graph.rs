@@ -35,6 +35,28 @@ impl Hasher for NameHasher {
 /// A map keyed by chain names, with [`NameHasher`].
 pub type NameMap<K, V> = HashMap<K, V, BuildHasherDefault<NameHasher>>;
 
+/// A table's chain positions by name, owned: a caller that knows when it is still right (the
+/// chains it names kept their places) keeps it from one pass to the next instead of hashing every
+/// name again.
+pub type ChainIndex = NameMap<String, usize>;
+
+/// The positions of `table`'s chains by name.
+pub fn chain_index_of(table: &Table) -> ChainIndex {
+    table
+        .chains
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.clone(), i))
+        .collect()
+}
+
+/// Where a graph looks chain names up.
+#[derive(Debug)]
+enum Names<'a> {
+    Built(NameMap<&'a str, usize>),
+    Kept(&'a ChainIndex),
+}
+
 /// A continuation of a rule into a chain.
 #[derive(Debug, Clone, Copy)]
 pub struct Edge<'a> {
@@ -47,7 +69,7 @@ pub struct Edge<'a> {
 #[derive(Debug)]
 pub struct TableGraph<'a> {
     pub table: &'a Table,
-    index: NameMap<&'a str, usize>,
+    index: Names<'a>,
     /// Who jumps or goes to each chain, built on the first question: most users only follow
     /// edges forward, and the graph of a 30,000-chain table is rebuilt on every ruleset change.
     referrers: OnceCell<Referrers>,
@@ -71,7 +93,17 @@ impl<'a> TableGraph<'a> {
             .collect();
         TableGraph {
             table,
-            index,
+            index: Names::Built(index),
+            referrers: OnceCell::new(),
+        }
+    }
+
+    /// The graph of `table` with an index kept by the caller, which must be `table`'s
+    /// ([`chain_index_of`] it, or kept right since).
+    pub fn with_index(table: &'a Table, index: &'a ChainIndex) -> TableGraph<'a> {
+        TableGraph {
+            table,
+            index: Names::Kept(index),
             referrers: OnceCell::new(),
         }
     }
@@ -115,7 +147,10 @@ impl<'a> TableGraph<'a> {
     }
 
     pub fn chain_index(&self, name: &str) -> Option<usize> {
-        self.index.get(name).copied()
+        match &self.index {
+            Names::Built(index) => index.get(name).copied(),
+            Names::Kept(index) => index.get(name).copied(),
+        }
     }
 
     pub fn chain(&self, index: usize) -> &'a Chain {

@@ -9,5 +9,6 @@ pub mod l2;
 pub mod portmap;
 pub mod render;
 pub mod ruleset;
+pub mod ruleset_changes;
 pub mod service_intent;
 pub mod snapshot;

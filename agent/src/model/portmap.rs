@@ -12,8 +12,7 @@
 //! local traffic, then `-p tcp --dport 80 -j DNAT --to-destination <pod>:<port>` (with `-d <host
 //! IP>` when the hostPort names one).
 
-use crate::model::graph::TableGraph;
-use crate::model::ruleset::{Action, Direction, Family, Match, Ruleset, Table, TableId};
+use crate::model::ruleset::{Action, Direction, Family, Match, Rule, Ruleset, Table, TableId};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -82,17 +81,26 @@ fn read_table(table: &Table, out: &mut Vec<ContainerChain>) {
     let Some(dispatch) = table.chain(DISPATCH_CHAIN) else {
         return;
     };
-    let graph = TableGraph::new(table);
+    // The `CNI-DN-*` chains by name: the only jump targets read here (an index of every chain
+    // cost more than the rest of this read on 30,000-chain tables). A repeated name resolves to
+    // its last chain, as in the jump graph.
+    let container_chains: HashMap<&str, usize> = table
+        .chains
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.name.starts_with("CNI-DN-"))
+        .map(|(i, c)| (c.name.as_str(), i))
+        .collect();
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (position, rule) in dispatch.rules.iter().enumerate() {
         let Some(owner) = rule.comment.as_deref().and_then(cni_owner) else {
             continue;
         };
-        for edge in graph.edges(rule) {
-            let chain = graph.chain(edge.target);
-            if !chain.name.starts_with("CNI-DN-") {
+        for target in jump_targets(table, rule) {
+            let Some(&index) = container_chains.get(target) else {
                 continue;
-            }
+            };
+            let chain = &table.chains[index];
             if let Some(&known) = seen.get(chain.name.as_str()) {
                 out[known].jump_positions.push(position);
                 continue;
@@ -155,6 +163,22 @@ fn read_table(table: &Table, out: &mut Vec<ContainerChain>) {
                 ports,
             });
         }
+    }
+}
+
+/// The chain names a rule continues into: its jump or goto, or every verdict of its map (in the
+/// map's order), as [`crate::model::graph::TableGraph::edges`] follows them.
+fn jump_targets<'t>(table: &'t Table, rule: &'t Rule) -> Vec<&'t str> {
+    match &rule.action {
+        Action::Verdict { verdict } => verdict.target_chain().into_iter().collect(),
+        Action::VerdictMap { set, .. } => table
+            .sets
+            .get(set)
+            .into_iter()
+            .flat_map(|s| &s.elements)
+            .filter_map(|e| e.verdict.as_ref()?.target_chain())
+            .collect(),
+        _ => Vec::new(),
     }
 }
 

@@ -104,6 +104,9 @@ impl SourceStatus {
 pub struct NodeSnapshot {
     /// nf_tables state (None when the source failed). Shared: the agent keeps it between passes.
     pub nftables: Option<Arc<Ruleset>>,
+    /// What the notifications said each nftables transaction since the last full read touched,
+    /// when the ruleset comes from the incremental reader (None: a full read every time).
+    pub nft_changes: Option<Arc<crate::model::ruleset_changes::RulesetChanges>>,
     /// x_tables state (None when the source failed; empty when no legacy table is loaded).
     pub legacy: Option<Arc<Ruleset>>,
     /// TCP listeners (None when the source failed).

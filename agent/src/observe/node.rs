@@ -211,6 +211,9 @@ impl NodeReader for KernelReader {
         match self.read_nftables() {
             Ok((ruleset, status)) => {
                 snapshot.nftables = Some(ruleset);
+                if self.view == NftView::Cached {
+                    snapshot.nft_changes = self.tracker.changes();
+                }
                 snapshot.sources.insert("nftables".into(), status);
             }
             Err(e @ nftables::NftablesError::PermissionDenied { .. }) => {

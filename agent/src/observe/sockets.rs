@@ -141,7 +141,10 @@ pub fn read_listeners() -> Result<Vec<ListeningSocket>, SocketsError> {
 /// tables, and port components of set elements in tables that have a nat base chain): the only
 /// listeners whose owner matters to `hostport-hijack`.
 pub fn nat_matched_ports<'a>(rulesets: impl IntoIterator<Item = &'a Ruleset>) -> BTreeSet<u16> {
-    let mut out = BTreeSet::new();
+    // One bit per port while reading (tens of thousands of rules name a port at 10,000
+    // Services: a tree insert each cost more than the rest of the read).
+    let mut bits = vec![0u64; 1 << 10];
+    let mut insert = |port: u16| bits[usize::from(port >> 6)] |= 1 << (port & 63);
     for ruleset in rulesets {
         for table in &ruleset.tables {
             let nat = table
@@ -162,13 +165,13 @@ pub fn nat_matched_ports<'a>(rulesets: impl IntoIterator<Item = &'a Ruleset>) ->
                     } = m
                     {
                         for r in ranges.iter().filter(|r| r.last - r.first < 1024) {
-                            out.extend(r.first..=r.last);
+                            (r.first..=r.last).for_each(&mut insert);
                         }
                     }
                 }
                 if let Action::Dnat { range } | Action::Snat { range } = &rule.action {
                     if let Some(p) = range.ports {
-                        out.insert(p.first);
+                        insert(p.first);
                     }
                 }
             }
@@ -176,12 +179,21 @@ pub fn nat_matched_ports<'a>(rulesets: impl IntoIterator<Item = &'a Ruleset>) ->
                 for element in &set.elements {
                     for k in &element.key {
                         if let KeyValue::Port(p) = k {
-                            out.insert(*p);
+                            insert(*p);
                         }
                     }
                 }
             }
         }
+    }
+    let mut out = BTreeSet::new();
+    for (word_index, word) in bits.iter().enumerate().filter(|(_, w)| **w != 0) {
+        let base = (word_index as u16) << 6;
+        out.extend(
+            (0..64u16)
+                .filter(|bit| word & (1 << bit) != 0)
+                .map(|bit| base | bit),
+        );
     }
     out
 }

@@ -1,5 +1,6 @@
 //! The engine of `netmend run`: level-triggered passes over the node. Change events only mark the
-//! state dirty; a pass (at most one per `minPassInterval`) reads the snapshot, settles fixes
+//! state dirty; a pass (on the first change at once; what arrives meanwhile is folded into the
+//! next one; at most one per `minPassInterval` when that is set) reads the snapshot, settles fixes
 //! waiting for proof, evaluates the checks, keeps `since`, runs the shared decision loop
 //! (`runtime::decide`), counts, journals and publishes `/status`, and hands the cluster what the
 //! pass saw (`runtime::cluster`: check states and events). A tick every second lets time-based
@@ -688,12 +689,13 @@ impl<P: NodeReader, A: Actuator> Engine<P, A> {
         }
     }
 
-    /// Runs passes until `stop` is set: on wake-ups (debounced by `minPassInterval`), on ticks,
+    /// Runs passes until `stop` is set: on wake-ups (at once, or spaced by `minPassInterval` when
+    /// set; the wake-ups queued while a pass ran are served by one pass), on ticks,
     /// and on a full resync every `resyncInterval` (the probe decides what a resync re-reads).
     pub fn run(&mut self, wakes: Receiver<Wake>, stop: &AtomicBool) {
         let mut last_pass: Option<Instant> = None;
-        // Only passes triggered by changes are rate-limited: a tick pass just before an event
-        // must not delay the reaction to it.
+        // Only passes triggered by changes are spaced (when `minPassInterval` is set): a tick
+        // pass just before an event must not delay the reaction to it.
         let mut last_change_pass: Option<Instant> = None;
         let mut last_resync = Instant::now();
         while !stop.load(Ordering::SeqCst) {

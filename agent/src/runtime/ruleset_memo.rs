@@ -6,14 +6,21 @@
 //! read it run again; the others' findings are kept.
 //! The memo holds no strong reference to a ruleset, so the incremental cache can keep changing
 //! its own in place without a copy.
+//!
+//! When only the nftables ruleset moved and its reader's change log says which chains and sets
+//! did, the checks that do not read the intent run through [`detect::Check::detect_incremental`]
+//! with that change and the memory they kept from the previous evaluation; whenever anything
+//! else moved (or the log cannot say), their memories are dropped and they start afresh.
 
 use crate::config::Config;
-use crate::detect::{self, CheckContext, Inputs, Pods};
-use crate::model::finding::Finding;
+use crate::detect::{self, CheckContext, CheckMemory, Inputs, Pods};
+use crate::model::finding::{CheckId, Finding};
 use crate::model::ruleset::Ruleset;
+use crate::model::ruleset_changes::ChangedSince;
 use crate::model::service_intent::ClusterIntent;
 use crate::model::snapshot::{ListeningSocket, LocalAddress, NodeSnapshot};
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Weak};
 
@@ -21,10 +28,14 @@ use std::sync::{Arc, Weak};
 #[derive(Default)]
 pub struct RulesetMemo {
     last: Option<Memo>,
+    /// What each check kept from the last evaluation, for an incremental one.
+    memories: HashMap<CheckId, CheckMemory>,
 }
 
 struct Memo {
     nft_generation: Option<Option<u32>>,
+    /// The full read the nftables change log started from.
+    nft_origin: Option<u64>,
     legacy: Option<Weak<Ruleset>>,
     listeners: Option<Vec<ListeningSocket>>,
     addresses: Option<Vec<LocalAddress>>,
@@ -54,15 +65,17 @@ impl RulesetMemo {
         let legacy = snapshot.legacy.as_ref().map(Arc::downgrade);
         let intent_generation = service_intent.map(|i| i.generation);
         let reads_intent = |c: &dyn detect::Check| c.reads_service_intent();
+        let nft_changes = snapshot.nft_changes.as_deref();
+        // Set when only the nftables ruleset moved and its change log says how.
+        let mut changed: Option<ChangedSince> = None;
+        let mut asked_before: Vec<(IpAddr, Option<String>)> = Vec::new();
         if let Some(memo) = &mut self.last {
             let same_legacy = match (&memo.legacy, &legacy) {
                 (Some(a), Some(b)) => a.ptr_eq(b),
                 (None, None) => true,
                 _ => false,
             };
-            let rest_unchanged = memo.nft_generation == nft_generation
-                && nft_generation.is_some_and(|g| g.is_some())
-                && same_legacy
+            let others_unchanged = same_legacy
                 && memo.listeners == snapshot.listeners
                 && memo.addresses == snapshot.addresses
                 && memo.config == *config
@@ -71,6 +84,21 @@ impl RulesetMemo {
                     .pods_asked
                     .iter()
                     .all(|(ip, answer)| pod_owner(*ip) == *answer);
+            let rest_unchanged = others_unchanged
+                && memo.nft_generation == nft_generation
+                && nft_generation.is_some_and(|g| g.is_some());
+            if others_unchanged && !rest_unchanged {
+                changed = match (memo.nft_origin, memo.nft_generation, nft_changes) {
+                    (Some(origin), Some(Some(from)), Some(log)) if nft_generation.is_some() => {
+                        log.since(origin, from)
+                    }
+                    _ => None,
+                };
+                if changed.is_some() {
+                    // A check answering from its memory may not ask again for a pod it named.
+                    asked_before = memo.pods_asked.clone();
+                }
+            }
             if rest_unchanged {
                 if memo.intent_generation != intent_generation {
                     let context = CheckContext {
@@ -91,7 +119,10 @@ impl RulesetMemo {
                 return findings;
             }
         }
-        let asked = RefCell::new(Vec::new());
+        if changed.is_none() {
+            self.memories.clear();
+        }
+        let asked = RefCell::new(asked_before);
         let recording = |ip: IpAddr| {
             let answer = pod_owner(ip);
             asked.borrow_mut().push((ip, answer.clone()));
@@ -106,13 +137,20 @@ impl RulesetMemo {
             service_intent,
             api_service: None,
         };
-        let findings = detect::run_some(Inputs::Ruleset, &context, |c| !reads_intent(c));
+        let findings = detect::run_some_incremental(
+            Inputs::Ruleset,
+            &context,
+            |c| !reads_intent(c),
+            changed.as_ref(),
+            &mut self.memories,
+        );
         let intent_findings = detect::run_some(Inputs::Ruleset, &context, reads_intent);
         let mut pods_asked = asked.into_inner();
         pods_asked.sort();
         pods_asked.dedup();
         self.last = Some(Memo {
             nft_generation,
+            nft_origin: nft_changes.map(|log| log.origin),
             legacy,
             listeners: snapshot.listeners.clone(),
             addresses: snapshot.addresses.clone(),
@@ -168,6 +206,80 @@ mod tests {
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
         }))
         .unwrap()
+    }
+
+    fn hijack_memory(memo: &RulesetMemo) -> &crate::detect::hostport_hijack::WalkMemory {
+        memo.memories
+            .get(&crate::model::finding::CheckId::HOSTPORT_HIJACK)
+            .and_then(|m| m.as_ref())
+            .and_then(|m| m.downcast_ref())
+            .expect("the hijack check's memory")
+    }
+
+    /// The nat table of a node whose PREROUTING may jump to a portmap-style hijack of 6443.
+    fn nat_with(hijack: bool) -> crate::model::ruleset::Table {
+        let mut text = String::from(
+            ":PREROUTING ACCEPT [0:0]\n:CNI-HOSTPORT-DNAT - [0:0]\n\
+             -A CNI-HOSTPORT-DNAT -p tcp -m tcp --dport 6443 -j DNAT --to-destination 10.42.0.9:6443\n",
+        );
+        text.push_str(WEB.trim_start().split_once('\n').unwrap().1);
+        if hijack {
+            text.push_str("-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\n");
+        }
+        iptables_table(Backend::Nft, "nat", &text)
+    }
+
+    #[test]
+    fn after_an_nftables_change_the_log_names_the_incremental_findings_equal_a_full_run() {
+        use crate::model::ruleset_changes::{RulesetChanges, Touched};
+        use crate::model::snapshot::LocalAddress;
+        let config = Config::default();
+        let mut log = RulesetChanges::new(42, 1);
+        let mut memo = RulesetMemo::default();
+        for (generation, hijack) in [(1, false), (2, true), (3, true), (4, false), (5, true)] {
+            let table = nat_with(hijack);
+            if generation > 1 {
+                log.record(
+                    generation,
+                    vec![Touched::Chain(table.id.clone(), "PREROUTING".into())],
+                );
+            }
+            let mut snapshot = snapshot_with(Some(vec![table]), None);
+            if let Some(ruleset) = snapshot.nftables.as_mut() {
+                Arc::make_mut(ruleset).generation = Some(generation);
+            }
+            snapshot.addresses = Some(vec![LocalAddress {
+                address: "192.168.1.10".parse().unwrap(),
+                prefix: 24,
+                ifindex: 2,
+            }]);
+            snapshot.nft_changes = Some(Arc::new(log.clone()));
+            let full = detect::run_checks(&snapshot, &config, &[]);
+            let remembered = memo.findings(&snapshot, &config, Pods::unknown(), None);
+            assert_eq!(remembered, full, "generation {generation}");
+            assert_eq!(remembered.len(), usize::from(hijack), "{remembered:#?}");
+        }
+        // The hijack check went on from what it walked in the previous pass.
+        assert!(hijack_memory(&memo).went_on_from_a_previous_walk());
+        // Another full read (a new log origin): the memory starts afresh.
+        let mut snapshot = snapshot_with(Some(vec![nat_with(true)]), None);
+        if let Some(ruleset) = snapshot.nftables.as_mut() {
+            Arc::make_mut(ruleset).generation = Some(6);
+        }
+        snapshot.addresses = Some(vec![LocalAddress {
+            address: "192.168.1.10".parse().unwrap(),
+            prefix: 24,
+            ifindex: 2,
+        }]);
+        // (a log that would answer for generation 5, but of another read)
+        let mut other_read = RulesetChanges::new(43, 5);
+        other_read.record(6, Vec::new());
+        snapshot.nft_changes = Some(Arc::new(other_read));
+        assert_eq!(
+            memo.findings(&snapshot, &config, Pods::unknown(), None),
+            detect::run_checks(&snapshot, &config, &[])
+        );
+        assert!(!hijack_memory(&memo).went_on_from_a_previous_walk());
     }
 
     #[test]

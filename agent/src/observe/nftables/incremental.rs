@@ -32,15 +32,17 @@
 //! to the cached ruleset and deciding when only a full dump is safe.
 
 use super::{
-    current_generation, decode_chain, decode_rule, decode_set, decode_set_elements, decode_table,
-    finish_elements, read_ruleset_with_sets, NftDumpStats, NftablesError, RuleContext, SetHeader,
-    SetHeaders, NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWCHAIN, NFT_MSG_NEWGEN, NFT_MSG_NEWRULE,
-    NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFT_MSG_NEWTABLE,
+    decode_chain, decode_rule, decode_set, decode_set_elements, decode_table, finish_elements,
+    read_ruleset_with_sets, NftDumpStats, NftablesError, RuleContext, SetHeader, SetHeaders,
+    NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWCHAIN, NFT_MSG_NEWGEN, NFT_MSG_NEWRULE, NFT_MSG_NEWSET,
+    NFT_MSG_NEWSETELEM, NFT_MSG_NEWTABLE,
 };
 use crate::model::ruleset::{Backend, Family, Rule, Ruleset, SetElement, Table, TableId};
+use crate::model::ruleset_changes::{RulesetChanges, Touched};
 use crate::observe::netlink::{split_messages, Attrs};
 use crate::observe::nft_events::{decode_newgen, NftEventSocket};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,7 +112,14 @@ pub struct NftCache {
     /// Rules replaced in place in the open commit: (table, handle). The kernel follows the new
     /// rule with a DELRULE of the old one, which carries the same handle.
     replaced: HashSet<(usize, u64)>,
+    /// What each committed transaction since the dump touched.
+    changes: Arc<RulesetChanges>,
+    /// What the transaction being committed touched so far.
+    touched: Vec<Touched>,
 }
+
+/// Numbers the dumps a cache starts from, so that a change log never answers for another dump.
+static DUMP_ORIGIN: AtomicU64 = AtomicU64::new(1);
 
 fn element_identity(element: &SetElement) -> String {
     format!("{:?}|{:?}", element.key, element.key_end)
@@ -171,7 +180,28 @@ impl NftCache {
             pending: Vec::new(),
             dirty: false,
             replaced: HashSet::new(),
+            changes: Arc::new(RulesetChanges::new(
+                DUMP_ORIGIN.fetch_add(1, Ordering::Relaxed),
+                generation,
+            )),
+            touched: Vec::new(),
         }
+    }
+
+    /// What each transaction applied since the dump touched (chains, sets, tables).
+    pub fn changes(&self) -> Arc<RulesetChanges> {
+        self.changes.clone()
+    }
+
+    /// Notes that the open transaction touched `item` (the log sorts out repeats).
+    fn touch(&mut self, item: Touched) {
+        if self.touched.last() != Some(&item) {
+            self.touched.push(item);
+        }
+    }
+
+    fn table_id(&self, t: usize) -> TableId {
+        self.ruleset.tables[t].id.clone()
     }
 
     /// The generation id the cache is consistent with.
@@ -222,6 +252,8 @@ impl NftCache {
                 )));
             }
             summary.applied += self.commit(&pending)?;
+            let touched = std::mem::take(&mut self.touched);
+            Arc::make_mut(&mut self.changes).record(id, touched);
             self.generation = id;
             Arc::make_mut(&mut self.ruleset).generation = Some(id);
             summary.commits += 1;
@@ -288,6 +320,11 @@ impl NftCache {
             NFT_MSG_NEWTABLE => {
                 let (family, name, handle) = decode_table(payload)
                     .ok_or_else(|| NeedResync("undecodable NEWTABLE".into()))?;
+                self.touch(Touched::Table(TableId {
+                    backend: Backend::Nft,
+                    family,
+                    name: name.clone(),
+                }));
                 if self.table_slot(family, &name).is_none() {
                     Arc::make_mut(&mut self.ruleset).tables.push(Table {
                         id: TableId {
@@ -309,6 +346,7 @@ impl NftCache {
                     .map(|a| a.string())
                     .ok_or_else(|| NeedResync("DELTABLE without a name".into()))?;
                 let t = self.table_for(family, &name)?;
+                self.touch(Touched::Table(self.table_id(t)));
                 if !intervals.is_empty() {
                     return Err(NeedResync("table deleted amid interval changes".into()));
                 }
@@ -319,6 +357,7 @@ impl NftCache {
                 let (family, table, chain) = decode_chain(payload)
                     .ok_or_else(|| NeedResync("undecodable NEWCHAIN".into()))?;
                 let t = self.table_for(family, &table)?;
+                self.touch(Touched::Chain(self.table_id(t), chain.name.clone()));
                 if let Some(&c) = self.tables[t].chain_index.get(&chain.name) {
                     // An update (policy, hook priority): keep the rules.
                     let model = &mut Arc::make_mut(&mut self.ruleset).tables[t].chains[c];
@@ -341,6 +380,7 @@ impl NftCache {
                 let (family, table, chain) = decode_chain(payload)
                     .ok_or_else(|| NeedResync("undecodable DELCHAIN".into()))?;
                 let t = self.table_for(family, &table)?;
+                self.touch(Touched::Chain(self.table_id(t), chain.name.clone()));
                 let c = self.chain_for(t, &chain.name)?;
                 let state = &mut self.tables[t];
                 state.chain_index.remove(&chain.name);
@@ -366,6 +406,7 @@ impl NftCache {
                 };
                 let t = self.table_for(family, table)?;
                 let c = self.chain_for(t, chain)?;
+                self.touch(Touched::Chain(self.table_id(t), chain.to_string()));
                 match handle {
                     Some(handle) if self.replaced.remove(&(t, handle)) => {}
                     Some(handle) => {
@@ -389,6 +430,7 @@ impl NftCache {
                 let header =
                     decode_set(attrs).ok_or_else(|| NeedResync("undecodable NEWSET".into()))?;
                 let t = self.table_for(family, &header.table)?;
+                self.touch(Touched::Set(self.table_id(t), header.set.name.clone()));
                 let name = header.set.name.clone();
                 let sets = &mut Arc::make_mut(&mut self.ruleset).tables[t].sets;
                 match sets.get_mut(&name) {
@@ -409,6 +451,7 @@ impl NftCache {
                 let header =
                     decode_set(attrs).ok_or_else(|| NeedResync("undecodable DELSET".into()))?;
                 let t = self.table_for(family, &header.table)?;
+                self.touch(Touched::Set(self.table_id(t), header.set.name.clone()));
                 let name = &header.set.name;
                 if Arc::make_mut(&mut self.ruleset).tables[t]
                     .sets
@@ -426,6 +469,7 @@ impl NftCache {
                 let (table, set, raw) = decode_set_elements(attrs)
                     .ok_or_else(|| NeedResync("undecodable set element message".into()))?;
                 let t = self.table_for(family, table)?;
+                self.touch(Touched::Set(self.table_id(t), set.to_string()));
                 let header = self.tables[t]
                     .set_headers
                     .get(set)
@@ -474,6 +518,7 @@ impl NftCache {
         };
         let t = self.table_for(family, table)?;
         let c = self.chain_for(t, chain)?;
+        self.touch(Touched::Chain(self.table_id(t), chain.to_string()));
         let mut rule: Rule = {
             let ctx = RuleContext {
                 family,
@@ -630,6 +675,8 @@ pub struct TrackerStats {
 /// An event subscription plus the cache it feeds: the incremental nftables reader.
 pub struct NftTracker {
     socket: Option<NftEventSocket>,
+    /// Asks the kernel's generation id, on a socket of its own kept open.
+    generation: super::GenerationQuery,
     buffer: i32,
     cache: Option<NftCache>,
     force: Option<String>,
@@ -654,11 +701,17 @@ impl NftTracker {
     pub fn with_buffer(bytes: i32) -> NftTracker {
         NftTracker {
             socket: None,
+            generation: super::GenerationQuery::default(),
             buffer: bytes,
             cache: None,
             force: None,
             stats: TrackerStats::default(),
         }
+    }
+
+    /// What the transactions applied since the last full dump touched (None before the first).
+    pub fn changes(&self) -> Option<Arc<RulesetChanges>> {
+        self.cache.as_ref().map(NftCache::changes)
     }
 
     /// Makes the next refresh dump in full, saying why.
@@ -694,7 +747,7 @@ impl NftTracker {
         if reason.is_none() {
             let deadline = Instant::now() + CATCH_UP;
             loop {
-                let kernel = current_generation()?;
+                let kernel = self.generation.current()?;
                 let cache = self.cache.as_ref().map_or(0, |c| c.generation());
                 if kernel == cache {
                     break;
@@ -847,6 +900,63 @@ mod tests {
             let (fresh, _) = dump(tag, *generation);
             assert_eq!(normalized(&cached), normalized(&fresh), "{tag}");
         }
+    }
+
+    /// Every chain and set that differs between two captured dumps (or exists in one only).
+    fn differences(before: &Ruleset, after: &Ruleset) -> Vec<(TableId, String, &'static str)> {
+        let before = normalized(before);
+        let after = normalized(after);
+        let mut out = Vec::new();
+        for table in before.tables.iter().chain(&after.tables) {
+            let other = |r: &Ruleset| r.tables.iter().find(|t| t.id == table.id).cloned();
+            let (old, new) = (other(&before), other(&after));
+            for chain in &table.chains {
+                let find = |t: &Option<Table>| {
+                    t.as_ref()
+                        .and_then(|t| t.chain(&chain.name).cloned())
+                        .map(|c| (c.base, c.rules))
+                };
+                if find(&old) != find(&new) {
+                    out.push((table.id.clone(), chain.name.clone(), "chain"));
+                }
+            }
+            for name in table.sets.keys() {
+                let find = |t: &Option<Table>| t.as_ref().and_then(|t| t.sets.get(name).cloned());
+                if find(&old) != find(&new) {
+                    out.push((table.id.clone(), name.clone(), "set"));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_change_log_names_every_chain_and_set_a_step_changed() {
+        let steps = steps();
+        let mut cache = start_cache();
+        let origin = cache.changes().origin;
+        let mut named = 0;
+        for pair in steps.windows(2) {
+            let ((before_tag, before_generation), (tag, generation)) = (&pair[0], &pair[1]);
+            cache.apply_messages(&events(tag)).unwrap();
+            let changed = cache.changes().since(origin, *before_generation).unwrap();
+            let (before, _) = dump(before_tag, *before_generation);
+            let (after, _) = dump(tag, *generation);
+            for (table, name, kind) in differences(&before, &after) {
+                let said = changed.table(&table).is_some_and(|t| {
+                    t.whole
+                        || match kind {
+                            "chain" => t.chains.contains(&name),
+                            _ => t.sets.contains(&name),
+                        }
+                });
+                assert!(said, "{tag}: {kind} {table} {name} changed unnoticed");
+                named += 1;
+            }
+        }
+        assert!(named > 10, "the capture changes chains and sets: {named}");
+        // A new dump starts a new log: the old origin has no answer there.
+        assert!(start_cache().changes().since(origin, steps[0].1).is_none());
     }
 
     #[test]
