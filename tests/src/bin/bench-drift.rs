@@ -109,8 +109,7 @@ fn main() -> Result<()> {
         .sum();
 
     let rss = rss_mib();
-    let (programmed_p50, programmed_max, programmed) =
-        timed(5, || programmed_services(&ruleset));
+    let (programmed_p50, programmed_max, programmed) = timed(5, || programmed_services(&ruleset));
     let programmed_rss = rss_mib() - rss;
     if programmed.services.len() != services {
         bail!(
@@ -122,7 +121,8 @@ fn main() -> Result<()> {
     let service_list: Vec<Service> = (0..services).map(service).collect::<Result<_>>()?;
     let slice_list: Vec<EndpointSlice> = (0..services)
         .map(|i| {
-            let addresses: Vec<String> = (0..endpoints).map(|j| endpoint(i, j, endpoints)).collect();
+            let addresses: Vec<String> =
+                (0..endpoints).map(|j| endpoint(i, j, endpoints)).collect();
             slice(i, &addresses)
         })
         .collect::<Result<_>>()?;
@@ -139,13 +139,18 @@ fn main() -> Result<()> {
         drift(&programmed, &intent.intended, &intent.services)
     });
     if !drifts.is_empty() {
-        bail!("{} drifts before any change: {:?}", drifts.len(), &drifts[..1]);
+        bail!(
+            "{} drifts before any change: {:?}",
+            drifts.len(),
+            &drifts[..1]
+        );
     }
 
     // The cluster moves one endpoint of `moves` Services to new pods; kube-proxy never hears.
     let mut event_times = Vec::with_capacity(moves);
     for i in 0..moves {
-        let mut addresses: Vec<String> = (0..endpoints).map(|j| endpoint(i, j, endpoints)).collect();
+        let mut addresses: Vec<String> =
+            (0..endpoints).map(|j| endpoint(i, j, endpoints)).collect();
         addresses[0] = format!("10.200.{}.{}", i / 256, i % 256);
         let moved = slice(i, &addresses)?;
         let start = Instant::now();
@@ -159,7 +164,10 @@ fn main() -> Result<()> {
         let intent = index.view();
         drift(&programmed, &intent.intended, &intent.services)
     });
-    if drifts.len() != moves || drifts.iter().any(|d| d.missing.len() != 1 || d.extra.len() != 1)
+    if drifts.len() != moves
+        || drifts
+            .iter()
+            .any(|d| d.missing.len() != 1 || d.extra.len() != 1)
     {
         bail!(
             "expected {moves} drifting Service ports with one missing and one extra endpoint each, got {}",
