@@ -1,5 +1,6 @@
 //! The architecture's rule, checked: the pure layers (`model`, `detect`, `remediate`) never use
-//! tokio, the kernel-facing layers (`observe`, `act`, `sys`), the runtime, or process spawning.
+//! tokio, the kernel-facing layers (`observe`, `act`, `sys`), the runtime, or process spawning
+//! outside their test modules; and the engine (`runtime/`) names no check or fix.
 
 use std::path::{Path, PathBuf};
 
@@ -39,7 +40,16 @@ fn pure_layers_do_no_io() {
     let mut offences = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
-        for (n, line) in text.lines().enumerate() {
+        let lines: Vec<&str> = text.lines().collect();
+        for (n, line) in lines.iter().enumerate() {
+            // A file's test module (`#[cfg(test)] mod tests {` at the top level) may read
+            // captured fixtures and decode them with the real decoders: the rule is about what
+            // the layer runs.
+            if line.starts_with("#[cfg(test)]")
+                && lines.get(n + 1).is_some_and(|l| l.starts_with("mod tests"))
+            {
+                break;
+            }
             let code = line.split("//").next().unwrap_or("");
             for f in forbidden {
                 if code.contains(f) {
