@@ -23,7 +23,6 @@ use crate::runtime::cluster::{ClusterActError, ClusterActed, SlotDecision};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Api;
@@ -316,46 +315,28 @@ pub async fn set_service_shape(
     }
     let services: Api<Service> = Api::namespaced(calls.requests.clone(), namespace);
     let what = format!("services/{namespace}/{name}");
-    let read = match calls.call("get", &what, services.get(name)).await {
-        Ok(service) => service,
-        Err(e) if e.status() == Some(404) => {
-            return Err(ClusterActError::Moved(format!(
-                "the Service {namespace}/{name} does not exist"
-            )))
-        }
-        Err(e) => return Err(ClusterActError::Unavailable(format!("reading {what}: {e}"))),
-    };
-    let now = ServiceShape::of(&read);
-    let patch = merge_patch(&now, wanted);
-    let wrote = patch.is_some();
-    if let Some(patch) = patch {
-        // The Lease re-checked at the moment of the write: a renewal lost while reading means
-        // another agent may be acting.
-        if !keeper.leading() {
-            return Err(not_leading());
-        }
-        calls
-            .call(
-                "patch",
-                &what,
-                services.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
-            )
-            .await
-            .map_err(|e| match e.status() {
-                Some(409) => ClusterActError::Moved(format!(
-                    "the Service changed since it was read (409 Conflict): {e}"
-                )),
-                _ => ClusterActError::Failed(format!("patching {what}: {e}")),
-            })?;
-    }
-    let after = calls
-        .call("get", &what, services.get(name))
-        .await
-        .map_err(|e| {
-            ClusterActError::Unknown(format!(
-                "the patch was sent but {what} could not be read back: {e}"
-            ))
-        })?;
+    let (wrote, after) = calls
+        .read_patch_read(
+            &services,
+            name,
+            &what,
+            |e| match e.status() {
+                Some(404) => {
+                    ClusterActError::Moved(format!("the Service {namespace}/{name} does not exist"))
+                }
+                _ => ClusterActError::Unavailable(format!("reading {what}: {e}")),
+            },
+            |read| {
+                let patch = merge_patch(&ServiceShape::of(read), wanted);
+                // The Lease re-checked at the moment of the write: a renewal lost while reading
+                // means another agent may be acting.
+                if patch.is_some() && !keeper.leading() {
+                    return Err(not_leading());
+                }
+                Ok(patch)
+            },
+        )
+        .await?;
     let after = ServiceShape::of(&after);
     Ok(ClusterActed {
         wrote,

@@ -7,7 +7,7 @@
 //!
 //! Its tests (against real plain-HTTP and TLS servers on the loopback) make this file long.
 
-use crate::runtime::cluster::Connection;
+use crate::runtime::cluster::{ClusterActError, Connection};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -354,6 +354,52 @@ impl ApiCalls {
             Err(error) => self.book.failed(verb, what, error),
         }
         outcome
+    }
+
+    /// The one way netmend writes an object of the cluster: reads `name` through `api`, asks
+    /// `patch_for` what to change from the object read (`None`: nothing; an error: leave it
+    /// alone), sends that JSON merge patch (which carries the resourceVersion read, so a change
+    /// in between is refused with 409 instead of overwritten), and reads the object back, the
+    /// proof. A failed read is what `read_failed` makes of it, a 409 `Moved`, another refusal
+    /// `Failed`, a failed read back `Unknown`. Returns whether it wrote and the object read back.
+    pub async fn read_patch_read<K>(
+        &self,
+        api: &kube::Api<K>,
+        name: &str,
+        what: &str,
+        read_failed: impl FnOnce(CallError) -> ClusterActError,
+        patch_for: impl FnOnce(&K) -> Result<Option<serde_json::Value>, ClusterActError>,
+    ) -> Result<(bool, K), ClusterActError>
+    where
+        K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let read = self
+            .call("get", what, api.get(name))
+            .await
+            .map_err(read_failed)?;
+        let patch = patch_for(&read)?;
+        let wrote = patch.is_some();
+        if let Some(patch) = patch {
+            let params = kube::api::PatchParams::default();
+            self.call(
+                "patch",
+                what,
+                api.patch(name, &params, &kube::api::Patch::Merge(&patch)),
+            )
+            .await
+            .map_err(|e| match e.status() {
+                Some(409) => ClusterActError::Moved(format!(
+                    "{what} changed since it was read (409 Conflict): {e}"
+                )),
+                _ => ClusterActError::Failed(format!("patching {what}: {e}")),
+            })?;
+        }
+        let after = self.call("get", what, api.get(name)).await.map_err(|e| {
+            ClusterActError::Unknown(format!(
+                "the patch was sent but {what} could not be read back: {e}"
+            ))
+        })?;
+        Ok((wrote, after))
     }
 
     /// A watch stream (`what`) delivered an item.

@@ -13,7 +13,6 @@ use crate::model::finding::FixAction;
 use crate::remediate::fixes::cordon_node::CORDONED_BY_ANNOTATION;
 use crate::runtime::cluster::{ClusterActError, ClusterActed, Cordon};
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Patch, PatchParams};
 use kube::Api;
 use serde_json::json;
 
@@ -76,41 +75,18 @@ pub async fn act_on_node(
 ) -> Result<ClusterActed, ClusterActError> {
     let nodes: Api<Node> = Api::all(calls.requests.clone());
     let what = format!("nodes/{node}");
-    let unavailable = |e: crate::cluster::client::CallError| {
-        ClusterActError::Unavailable(format!("reading {what}: {e}"))
-    };
-    let read = calls
-        .call("get", &what, nodes.get(node))
-        .await
-        .map_err(unavailable)?;
-    let now = cordon_of(&read);
-    let resource_version = read.metadata.resource_version.clone().unwrap_or_default();
-    let patch = patch_for(action, &now, &resource_version)?;
-    let wrote = patch.is_some();
-    if let Some(patch) = patch {
-        let params = PatchParams::default();
-        calls
-            .call(
-                "patch",
-                &what,
-                nodes.patch(node, &params, &Patch::Merge(&patch)),
-            )
-            .await
-            .map_err(|e| match e.status() {
-                Some(409) => ClusterActError::Moved(format!(
-                    "the Node changed since it was read (409 Conflict): {e}"
-                )),
-                _ => ClusterActError::Failed(format!("patching {what}: {e}")),
-            })?;
-    }
-    let after = calls
-        .call("get", &what, nodes.get(node))
-        .await
-        .map_err(|e| {
-            ClusterActError::Unknown(format!(
-                "the patch was sent but {what} could not be read back: {e}"
-            ))
-        })?;
+    let (wrote, after) = calls
+        .read_patch_read(
+            &nodes,
+            node,
+            &what,
+            |e| ClusterActError::Unavailable(format!("reading {what}: {e}")),
+            |read| {
+                let resource_version = read.metadata.resource_version.clone().unwrap_or_default();
+                patch_for(action, &cordon_of(read), &resource_version)
+            },
+        )
+        .await?;
     let after = cordon_of(&after);
     Ok(ClusterActed {
         wrote,

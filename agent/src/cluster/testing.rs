@@ -28,6 +28,14 @@ pub struct Seen {
 }
 
 impl Seen {
+    /// The `fieldSelector` of the query ("" when none).
+    pub fn field_selector(&self) -> String {
+        self.params()
+            .get("fieldSelector")
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// The query's `key=value` pairs, decoded.
     pub fn params(&self) -> BTreeMap<String, String> {
         self.query
@@ -277,11 +285,7 @@ impl FakeState {
             ("PATCH", ["api", "v1", "nodes", name, "status"]) => self.patch_node_status(name, seen),
             ("PATCH", ["api", "v1", "nodes", name]) => self.merge_patch_node(name, seen),
             ("GET", ["api", "v1", "nodes"]) => {
-                let selector = seen
-                    .params()
-                    .get("fieldSelector")
-                    .cloned()
-                    .unwrap_or_default();
+                let selector = seen.field_selector();
                 let items: Vec<Value> = self
                     .nodes
                     .iter()
@@ -291,11 +295,7 @@ impl FakeState {
                 (200, self.list("NodeList", items))
             }
             ("GET", ["api", "v1", "pods"]) => {
-                let selector = seen
-                    .params()
-                    .get("fieldSelector")
-                    .cloned()
-                    .unwrap_or_default();
+                let selector = seen.field_selector();
                 let items: Vec<Value> = self
                     .pods
                     .iter()
@@ -314,11 +314,7 @@ impl FakeState {
                 }
             }
             ("GET", ["api", "v1", "namespaces", namespace, "services"]) => {
-                let selector = seen
-                    .params()
-                    .get("fieldSelector")
-                    .cloned()
-                    .unwrap_or_default();
+                let selector = seen.field_selector();
                 let items: Vec<Value> = self
                     .services
                     .iter()

@@ -39,7 +39,7 @@
 //! configured owners) all read the same walk state; each part is a section below, and the fix plan
 //! could move out once a second check proposes `remove-hijack-rule`.
 
-use crate::config::{ConfigError, Settings};
+use crate::config::{Config, ConfigError, Settings};
 use crate::detect::{Check, CheckContext, CheckMemory, Inputs};
 use crate::model::finding::{
     CheckId, Finding, FixAction, FixId, FixProposal, NarrowPorts, RuleRef, Severity, TableRef,
@@ -1916,6 +1916,14 @@ struct RawHijack {
     protect_listening_ports: Option<bool>,
 }
 
+/// The check's settings in `config`.
+fn hijack_config(config: &Config) -> &HijackConfig {
+    config
+        .check(CheckId::HOSTPORT_HIJACK)
+        .settings
+        .get::<HijackConfig>()
+}
+
 impl Check for HostportHijack {
     fn id(&self) -> CheckId {
         CheckId::HOSTPORT_HIJACK
@@ -1976,11 +1984,7 @@ impl Check for HostportHijack {
     fn detect(&self, context: &CheckContext<'_>) -> Vec<Finding> {
         detect_naming_pods(
             context.snapshot,
-            context
-                .config
-                .check(self.id())
-                .settings
-                .get::<HijackConfig>(),
+            hijack_config(context.config),
             context.pod_owner,
         )
     }
@@ -2001,11 +2005,7 @@ impl Check for HostportHijack {
         walks.forget(changed);
         detect_remembering(
             context.snapshot,
-            context
-                .config
-                .check(self.id())
-                .settings
-                .get::<HijackConfig>(),
+            hijack_config(context.config),
             context.pod_owner,
             Some(walks),
         )
